@@ -1,0 +1,40 @@
+# Thin wrapper over CMakePresets.json. `make demo`, `make test`, `make test-sanitize`.
+DEMO ?= quickstart
+JOBS ?= 2
+MAKEFLAGS += --no-print-directory
+
+.PHONY: all deps demo test test-sanitize bench format clean
+
+all: test
+
+deps:
+	@bash scripts/install-deps.sh
+
+demo: deps
+	cmake --preset release
+	cmake --build --preset release -j$(JOBS) --target $(DEMO)
+	build/release/examples/$(DEMO)
+
+test: deps
+	cmake --preset release
+	cmake --build --preset release -j$(JOBS)
+	ctest --preset release
+
+test-sanitize: deps
+	cmake --preset sanitize
+	cmake --build --preset sanitize -j$(JOBS)
+	ctest --preset sanitize
+
+bench: deps
+	cmake --preset release
+	cmake --build --preset release -j$(JOBS)
+	@for b in build/release/benchmarks/bench_*; do \
+	  if [ -x "$$b" ]; then echo "== $$b"; "$$b" || exit 1; fi; \
+	done
+
+format:
+	find include tests examples benchmarks \( -name '*.hpp' -o -name '*.cpp' \) -print0 \
+	  | xargs -0 -r clang-format -i
+
+clean:
+	rm -rf build

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install the Debian 12 packages tapegrad needs to build, test and run its demo.
+# Does nothing when all of them are already installed.
+set -euo pipefail
+
+PACKAGES="g++ cmake make libeigen3-dev googletest libgtest-dev libbenchmark-dev zlib1g-dev dataset-fashion-mnist"
+
+missing=()
+for pkg in $PACKAGES; do
+  if [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" != "installed" ]; then
+    missing+=("$pkg")
+  fi
+done
+
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "install-deps: all required packages are installed."
+  exit 0
+fi
+
+# Through sudo when not root; env, because sudo resets the environment.
+as_root=(env DEBIAN_FRONTEND=noninteractive)
+if [ "$(id -u)" -ne 0 ]; then
+  as_root=(sudo "${as_root[@]}")
+fi
+run() {
+  echo "+ $*"
+  "$@"
+}
+
+echo "install-deps: missing packages: ${missing[*]}"
+run "${as_root[@]}" apt-get update
+run "${as_root[@]}" apt-get install -y --no-install-recommends "${missing[@]}"

@@ -1,0 +1,23 @@
+# ctest case install_consumer: cmake -D BUILD_DIR=... -D WORK_DIR=... -D CONSUMER_DIR=...
+#   [-D CONFIG=...] [-D GENERATOR=...] [-D CXX_COMPILER=...] -P run.cmake
+set(prefix ${WORK_DIR}/prefix)
+set(consumer_build ${WORK_DIR}/build)
+if(NOT CONFIG)
+  set(CONFIG Release)
+endif()
+file(REMOVE_RECURSE ${WORK_DIR})
+
+function(run)
+  list(JOIN ARGV " " cmd)
+  message(STATUS "+ ${cmd}")
+  execute_process(COMMAND ${ARGV} COMMAND_ERROR_IS_FATAL ANY)
+endfunction()
+
+run(${CMAKE_COMMAND} --install ${BUILD_DIR} --prefix ${prefix} --config ${CONFIG})
+run(${CMAKE_COMMAND} -S ${CONSUMER_DIR} -B ${consumer_build} -G ${GENERATOR}
+    -D CMAKE_CXX_COMPILER=${CXX_COMPILER} -D CMAKE_BUILD_TYPE=${CONFIG}
+    -D CMAKE_PREFIX_PATH=${prefix})
+run(${CMAKE_COMMAND} --build ${consumer_build} --config ${CONFIG})
+find_program(consumer_exe tapegrad_consumer PATHS ${consumer_build}
+             PATH_SUFFIXES ${CONFIG} NO_DEFAULT_PATH REQUIRED)
+run(${consumer_exe})
