@@ -1,0 +1,165 @@
+#pragma once
+// Module<T>: the base of every layer, as torch::nn::Module. A module owns Parameters
+// (trained), buffers (state saved with the model but never optimised, e.g. BatchNorm's
+// running statistics) and child modules, each under a name; named_parameters() and
+// named_buffers() join the names with dots ("0.weight", "block1.bn1.running_mean").
+//
+// Call a module with operator() (not forward()) so that summary() can see it.
+
+#include <cstdint>
+#include <iomanip>
+#include <memory>
+#include <ostream>
+#include <sstream>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tapegrad/tape.hpp"
+
+namespace tapegrad::nn {
+
+template <class T>
+class Module;
+
+namespace detail {
+// While summary() runs, every module call appends a row here.
+struct SummaryRow {
+  int depth;
+  std::string name;
+  Shape output;
+  int64_t params;
+};
+inline thread_local std::vector<SummaryRow>* summary_rows = nullptr;
+inline thread_local int summary_depth = 0;
+}  // namespace detail
+
+template <class T>
+class Module {
+ public:
+  Module() = default;
+  virtual ~Module() = default;
+  Module(const Module&) = delete;  // parameters are handles: a copy would share them silently
+  Module& operator=(const Module&) = delete;
+
+  virtual Var<T> forward(const Var<T>& x) = 0;
+  // A short description for summaries, e.g. "Dense(784, 256)".
+  virtual std::string name() const = 0;
+
+  Var<T> operator()(const Var<T>& x) {
+    if (detail::summary_rows == nullptr) return forward(x);
+    const size_t row = detail::summary_rows->size();
+    detail::summary_rows->push_back({detail::summary_depth, name(), Shape{}, num_parameters()});
+    ++detail::summary_depth;
+    Var<T> y = forward(x);
+    --detail::summary_depth;
+    (*detail::summary_rows)[row].output = y.shape();
+    return y;
+  }
+
+  // ---- parameters, buffers, children ----
+  std::vector<std::pair<std::string, Parameter<T>>> named_parameters() const {
+    std::vector<std::pair<std::string, Parameter<T>>> out;
+    collect_parameters("", out);
+    return out;
+  }
+  std::vector<Parameter<T>> parameters() const {
+    std::vector<Parameter<T>> out;
+    for (auto& [n, p] : named_parameters()) out.push_back(p);
+    return out;
+  }
+  std::vector<std::pair<std::string, Tensor<T>>> named_buffers() const {
+    std::vector<std::pair<std::string, Tensor<T>>> out;
+    collect_buffers("", out);
+    return out;
+  }
+  const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& named_children() const {
+    return children_;
+  }
+  int64_t num_parameters() const {
+    int64_t n = 0;
+    for (auto& [name, p] : named_parameters()) n += p.numel();
+    return n;
+  }
+  void zero_grad() {
+    for (auto& p : parameters()) p.zero_grad();
+  }
+
+  // ---- train / eval, propagated to children ----
+  void train(bool on = true) {
+    training_ = on;
+    for (auto& [n, c] : children_) c->train(on);
+  }
+  void eval() { train(false); }
+  bool is_training() const { return training_; }
+
+  // Runs the model once on zeros of input_shape (no gradients) and prints, like Keras'
+  // model.summary(), each module call with its output shape and parameter count.
+  std::string summary(const Shape& input_shape) {
+    std::vector<detail::SummaryRow> rows;
+    {
+      NoGradGuard no_grad;
+      Tape<T> tape;
+      detail::summary_rows = &rows;
+      detail::summary_depth = 0;
+      try {
+        (*this)(tape.constant(Tensor<T>::zeros(input_shape)));
+      } catch (...) {
+        detail::summary_rows = nullptr;
+        throw;
+      }
+      detail::summary_rows = nullptr;
+    }
+    std::ostringstream os;
+    const auto line = std::string(72, '-') + "\n";
+    os << line << std::left << std::setw(40) << "Layer" << std::setw(20) << "Output shape"
+       << std::right << std::setw(12) << "Params" << "\n"
+       << line;
+    for (const auto& r : rows)
+      os << std::left << std::setw(40) << (std::string(2 * r.depth, ' ') + r.name)
+         << std::setw(20) << r.output.str() << std::right << std::setw(12) << r.params << "\n";
+    os << line << "Total params: " << num_parameters() << "\n"
+       << "Input shape: " << input_shape.str() << "\n";
+    return os.str();
+  }
+
+ protected:
+  Parameter<T> register_parameter(std::string name, Tensor<T> init) {
+    Parameter<T> p(std::move(init));
+    params_.emplace_back(std::move(name), p);
+    return p;
+  }
+  // Replaces a registered parameter (weight normalization swaps a weight for g and v).
+  void unregister_parameter(const std::string& name) {
+    std::erase_if(params_, [&](auto& e) { return e.first == name; });
+  }
+  // The returned tensor shares storage with the registered buffer: update it in place.
+  Tensor<T> register_buffer(std::string name, Tensor<T> init) {
+    buffers_.emplace_back(std::move(name), init);
+    return init;
+  }
+  template <class M>
+  std::shared_ptr<M> register_module(std::string name, std::shared_ptr<M> m) {
+    children_.emplace_back(std::move(name), m);
+    return m;
+  }
+
+ private:
+  void collect_parameters(const std::string& prefix,
+                          std::vector<std::pair<std::string, Parameter<T>>>& out) const {
+    for (auto& [n, p] : params_) out.emplace_back(prefix + n, p);
+    for (auto& [n, c] : children_) c->collect_parameters(prefix + n + ".", out);
+  }
+  void collect_buffers(const std::string& prefix,
+                       std::vector<std::pair<std::string, Tensor<T>>>& out) const {
+    for (auto& [n, b] : buffers_) out.emplace_back(prefix + n, b);
+    for (auto& [n, c] : children_) c->collect_buffers(prefix + n + ".", out);
+  }
+
+  std::vector<std::pair<std::string, Parameter<T>>> params_;
+  std::vector<std::pair<std::string, Tensor<T>>> buffers_;
+  std::vector<std::pair<std::string, std::shared_ptr<Module>>> children_;
+  bool training_ = true;
+};
+
+}  // namespace tapegrad::nn

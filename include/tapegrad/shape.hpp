@@ -1,0 +1,79 @@
+#pragma once
+// Shape: the sizes of a tensor's dimensions, rank 0 (a scalar) to 6, row-major.
+
+#include <array>
+#include <cstdint>
+#include <initializer_list>
+#include <ostream>
+#include <span>
+#include <string>
+
+#include "tapegrad/error.hpp"
+
+namespace tapegrad {
+
+class Shape {
+ public:
+  static constexpr int max_rank = 6;
+
+  Shape() = default;  // rank 0: a scalar with one element
+  Shape(std::initializer_list<int64_t> dims) { assign(std::span(dims.begin(), dims.size())); }
+  explicit Shape(std::span<const int64_t> dims) { assign(dims); }
+
+  int rank() const { return rank_; }
+  int64_t operator[](int i) const { return dims_[static_cast<size_t>(i)]; }
+  int64_t& operator[](int i) { return dims_[static_cast<size_t>(i)]; }
+  // Dimension counted from the end for negative i, as in PyTorch: dim(-1) is the last.
+  int64_t dim(int i) const { return (*this)[normalize(i)]; }
+  int normalize(int i) const {
+    if (i < -rank_ || i >= rank_)
+      detail::fail<ShapeError>("dim ", i, " out of range for shape ", str());
+    return i < 0 ? i + rank_ : i;
+  }
+
+  int64_t numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < rank_; ++i) n *= dims_[i];
+    return n;
+  }
+  std::span<const int64_t> dims() const { return {dims_.data(), static_cast<size_t>(rank_)}; }
+
+  void push_back(int64_t d) {
+    if (rank_ == max_rank) detail::fail<ShapeError>("Shape: rank above ", max_rank);
+    check_dim(d);
+    dims_[rank_++] = d;
+  }
+
+  std::string str() const {
+    std::string s = "[";
+    for (int i = 0; i < rank_; ++i) s += (i ? "," : "") + std::to_string(dims_[i]);
+    return s + "]";
+  }
+
+  friend bool operator==(const Shape& a, const Shape& b) {
+    if (a.rank_ != b.rank_) return false;
+    for (int i = 0; i < a.rank_; ++i)
+      if (a.dims_[i] != b.dims_[i]) return false;
+    return true;
+  }
+  friend std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.str(); }
+
+ private:
+  void assign(std::span<const int64_t> dims) {
+    if (dims.size() > max_rank)
+      detail::fail<ShapeError>("Shape: rank ", dims.size(), " above the maximum ", max_rank);
+    rank_ = static_cast<int>(dims.size());
+    for (int i = 0; i < rank_; ++i) {
+      check_dim(dims[i]);
+      dims_[i] = dims[i];
+    }
+  }
+  static void check_dim(int64_t d) {
+    if (d < 0) detail::fail<ShapeError>("Shape: negative size ", d);
+  }
+
+  std::array<int64_t, max_rank> dims_{};
+  int rank_ = 0;
+};
+
+}  // namespace tapegrad

@@ -1,0 +1,362 @@
+#pragma once
+// Tensor<T>: a contiguous row-major array of float or double with a Shape.
+// Copies share storage (like torch.Tensor); clone() copies the data. Compute goes through
+// Eigen maps of the storage (matrix(), array()), so kernels are Eigen expressions or GEMMs.
+
+#include <Eigen/Core>
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <initializer_list>
+#include <iomanip>
+#include <memory>
+#include <new>
+#include <ostream>
+#include <type_traits>
+#include <vector>
+
+#include "tapegrad/error.hpp"
+#include "tapegrad/random.hpp"
+#include "tapegrad/shape.hpp"
+
+namespace tapegrad {
+
+template <class T>
+class Tensor {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
+                "tapegrad::Tensor<T>: T must be float or double");
+
+ public:
+  using Scalar = T;
+  // 64-byte alignment: AVX-512 loads, and Eigen maps may assume Aligned64.
+  static constexpr size_t alignment = 64;
+  using MatrixMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
+                               Eigen::Aligned64>;
+  using ConstMatrixMap =
+      Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
+                 Eigen::Aligned64>;
+  using ArrayMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>, Eigen::Aligned64>;
+  using ConstArrayMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>, Eigen::Aligned64>;
+
+  Tensor() : shape_{0} {}  // an empty tensor of shape [0]; allocates nothing
+
+  // Uninitialised storage of the given shape.
+  explicit Tensor(const Shape& shape) : shape_(shape) { allocate(shape.numel()); }
+
+  // ---- creation ----
+  static Tensor empty(const Shape& s) { return Tensor(s); }
+  static Tensor zeros(const Shape& s) { return full(s, T(0)); }
+  static Tensor ones(const Shape& s) { return full(s, T(1)); }
+  static Tensor full(const Shape& s, T v) {
+    Tensor t(s);
+    t.fill_(v);
+    return t;
+  }
+  static Tensor scalar(T v) { return full(Shape{}, v); }
+  static Tensor from(const std::vector<T>& values, const Shape& s) {
+    if (static_cast<int64_t>(values.size()) != s.numel())
+      detail::fail<ShapeError>("Tensor::from: ", values.size(), " values for shape ", s, " (",
+                               s.numel(), " elements)");
+    Tensor t(s);
+    std::copy(values.begin(), values.end(), t.data());
+    return t;
+  }
+  static Tensor from(const std::vector<T>& values) {
+    return from(values, Shape{static_cast<int64_t>(values.size())});
+  }
+  // Nested initializer lists, as torch::tensor({{1, 2}, {3, 4}}).
+  using List1 = std::initializer_list<T>;
+  using List2 = std::initializer_list<List1>;
+  using List3 = std::initializer_list<List2>;
+  using List4 = std::initializer_list<List3>;
+  static Tensor from(List1 l) { return from(std::vector<T>(l)); }
+  static Tensor from(List2 l) { return from_nested(l); }
+  static Tensor from(List3 l) { return from_nested(l); }
+  static Tensor from(List4 l) { return from_nested(l); }
+
+  // 0, 1, ..., n-1 and start, start+step, ... < stop, as torch.arange.
+  static Tensor arange(int64_t n) { return arange(T(0), T(n), T(1)); }
+  static Tensor arange(T start, T stop, T step = T(1)) {
+    if (step == T(0) || !std::isfinite(start) || !std::isfinite(stop))
+      detail::fail<ValueError>("arange: invalid range (", start, ", ", stop, ", ", step, ")");
+    const double n = std::ceil((double(stop) - double(start)) / double(step));
+    Tensor t(Shape{std::max<int64_t>(0, static_cast<int64_t>(n))});
+    for (int64_t i = 0; i < t.numel(); ++i) t[i] = start + T(i) * step;
+    return t;
+  }
+  static Tensor rand(const Shape& s, Generator& g, T lo = T(0), T hi = T(1)) {
+    Tensor t(s);
+    for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<T>(g.uniform(lo, hi));
+    return t;
+  }
+  static Tensor randn(const Shape& s, Generator& g, T mean = T(0), T stddev = T(1)) {
+    Tensor t(s);
+    for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<T>(g.normal(mean, stddev));
+    return t;
+  }
+
+  // ---- properties ----
+  const Shape& shape() const { return shape_; }
+  int rank() const { return shape_.rank(); }
+  int64_t numel() const { return shape_.numel(); }
+  int64_t size(int dim) const { return shape_.dim(dim); }
+  T* data() { return data_.get(); }
+  const T* data() const { return data_.get(); }
+  // True when both tensors view the same storage.
+  bool shares_storage(const Tensor& o) const { return data_ == o.data_; }
+  // How many Tensors share this storage; 1 means this one alone.
+  long use_count() const { return data_.use_count(); }
+  int64_t capacity() const { return capacity_; }
+
+  // ---- element access ----
+  T& operator[](int64_t i) { return data_.get()[i]; }  // flat, unchecked
+  const T& operator[](int64_t i) const { return data_.get()[i]; }
+  template <class... I>
+  T& operator()(I... idx) {  // multi-index, unchecked
+    return data_.get()[offset_unchecked(idx...)];
+  }
+  template <class... I>
+  const T& operator()(I... idx) const {
+    return data_.get()[offset_unchecked(idx...)];
+  }
+  template <class... I>
+  T& at(I... idx) {  // multi-index, bounds-checked
+    return data_.get()[offset_checked({static_cast<int64_t>(idx)...})];
+  }
+  template <class... I>
+  const T& at(I... idx) const {
+    return data_.get()[offset_checked({static_cast<int64_t>(idx)...})];
+  }
+  T item() const {
+    if (numel() != 1)
+      detail::fail<ShapeError>("item: tensor of shape ", shape_, " has ", numel(),
+                               " elements, not 1");
+    return data_.get()[0];
+  }
+
+  // ---- shape changes (sharing storage) and copies ----
+  // One size may be -1: it is inferred from the others.
+  Tensor reshape(std::initializer_list<int64_t> dims) const {
+    return reshape(std::vector<int64_t>(dims));
+  }
+  Tensor reshape(const std::vector<int64_t>& dims) const {
+    Tensor t = *this;
+    t.shape_ = infer_shape(dims);
+    return t;
+  }
+  Tensor reshape(const Shape& s) const {
+    return reshape(std::vector<int64_t>(s.dims().begin(), s.dims().end()));
+  }
+  Tensor flatten() const { return reshape({numel()}); }
+  Tensor clone() const {
+    Tensor t(shape_);
+    if (numel()) std::memcpy(t.data(), data(), sizeof(T) * static_cast<size_t>(numel()));
+    return t;
+  }
+  Tensor& fill_(T v) {
+    std::fill_n(data(), numel(), v);
+    return *this;
+  }
+  Tensor& zero_() { return fill_(T(0)); }
+  // Copies values from a tensor with the same number of elements into this storage.
+  Tensor& copy_(const Tensor& src) {
+    if (src.numel() != numel())
+      detail::fail<ShapeError>("copy_: ", src.shape(), " into ", shape_);
+    if (numel() && src.data() != data())
+      std::memmove(data(), src.data(), sizeof(T) * static_cast<size_t>(numel()));
+    return *this;
+  }
+  template <class U>
+  Tensor<U> to() const {
+    Tensor<U> t(shape_);
+    for (int64_t i = 0; i < numel(); ++i) t[i] = static_cast<U>((*this)[i]);
+    return t;
+  }
+  // Gives this tensor the shape s, keeping its storage when it is large enough and not shared
+  // with another tensor; otherwise allocates. The tape uses it to reuse buffers step after step.
+  void resize(const Shape& s) {
+    const int64_t n = s.numel();
+    if (n > capacity_ || data_.use_count() > 1) allocate(n);
+    shape_ = s;
+  }
+
+  // ---- Eigen views (no copies) ----
+  // matrix(): rank >= 2 folds the leading dims into rows, the last dim is the columns;
+  // rank 1 is one row; rank 0 is 1x1.
+  MatrixMap matrix() { return matrix(rows(), cols()); }
+  ConstMatrixMap matrix() const { return matrix(rows(), cols()); }
+  MatrixMap matrix(int64_t r, int64_t c) {
+    check_view(r, c);
+    return MatrixMap(data(), r, c);
+  }
+  ConstMatrixMap matrix(int64_t r, int64_t c) const {
+    check_view(r, c);
+    return ConstMatrixMap(data(), r, c);
+  }
+  ArrayMap array() { return ArrayMap(data(), numel()); }
+  ConstArrayMap array() const { return ConstArrayMap(data(), numel()); }
+
+ private:
+  template <class U>
+  friend class Tensor;
+
+  int64_t rows() const { return rank() >= 2 ? numel() / shape_.dim(-1) : 1; }
+  int64_t cols() const { return rank() >= 1 ? shape_.dim(-1) : 1; }
+  void check_view(int64_t r, int64_t c) const {
+    if (r * c != numel())
+      detail::fail<ShapeError>("matrix: a ", r, "x", c, " view of shape ", shape_);
+  }
+
+  void allocate(int64_t n) {
+    // At least one element, so data() is never null and always aligned.
+    const size_t count = static_cast<size_t>(std::max<int64_t>(n, 1));
+    T* p = static_cast<T*>(::operator new(count * sizeof(T), std::align_val_t{alignment}));
+    data_ = std::shared_ptr<T>(p, [](T* q) { ::operator delete(q, std::align_val_t{alignment}); });
+    capacity_ = n;
+  }
+
+  Shape infer_shape(const std::vector<int64_t>& dims) const {
+    int infer = -1;
+    int64_t known = 1;
+    for (size_t i = 0; i < dims.size(); ++i) {
+      if (dims[i] == -1) {
+        if (infer >= 0) detail::fail<ShapeError>("reshape: more than one -1 in the new shape");
+        infer = static_cast<int>(i);
+      } else if (dims[i] < 0) {
+        detail::fail<ShapeError>("reshape: negative size ", dims[i]);
+      } else {
+        known *= dims[i];
+      }
+    }
+    std::vector<int64_t> out = dims;
+    if (infer >= 0) {
+      if (known == 0 || numel() % known != 0)
+        detail::fail<ShapeError>("reshape: cannot infer -1 for ", shape_, " (", numel(),
+                                 " elements)");
+      out[static_cast<size_t>(infer)] = numel() / known;
+    }
+    Shape s{std::span<const int64_t>(out)};
+    if (s.numel() != numel())
+      detail::fail<ShapeError>("reshape: ", shape_, " (", numel(), " elements) to ", s, " (",
+                               s.numel(), " elements)");
+    return s;
+  }
+
+  template <class... I>
+  int64_t offset_unchecked(I... idx) const {
+    const int64_t ix[] = {static_cast<int64_t>(idx)...};
+    int64_t off = 0;
+    for (size_t d = 0; d < sizeof...(I); ++d) off = off * shape_[static_cast<int>(d)] + ix[d];
+    return off;
+  }
+  int64_t offset_checked(std::initializer_list<int64_t> idx) const {
+    if (static_cast<int>(idx.size()) != rank())
+      detail::fail<ShapeError>("at: ", idx.size(), " indices for shape ", shape_);
+    int64_t off = 0;
+    int d = 0;
+    for (int64_t i : idx) {
+      if (i < 0 || i >= shape_[d])
+        detail::fail<ShapeError>("at: index ", i, " out of range for dim ", d, " of shape ",
+                                 shape_);
+      off = off * shape_[d++] + i;
+    }
+    return off;
+  }
+
+  template <class L>
+  static void nested_shape(const L& l, std::vector<int64_t>& dims, size_t depth) {
+    if constexpr (std::is_same_v<L, List1>) {
+      if (depth == dims.size()) dims.push_back(static_cast<int64_t>(l.size()));
+    } else {
+      if (depth == dims.size()) dims.push_back(static_cast<int64_t>(l.size()));
+      for (const auto& sub : l) nested_shape(sub, dims, depth + 1);
+    }
+  }
+  template <class L>
+  static void nested_fill(const L& l, const std::vector<int64_t>& dims, size_t depth,
+                          std::vector<T>& out) {
+    if (static_cast<int64_t>(l.size()) != dims[depth])
+      detail::fail<ShapeError>("Tensor::from: ragged nested list (", l.size(), " vs ",
+                               dims[depth], " at depth ", depth, ")");
+    if constexpr (std::is_same_v<L, List1>) {
+      out.insert(out.end(), l.begin(), l.end());
+    } else {
+      for (const auto& sub : l) nested_fill(sub, dims, depth + 1, out);
+    }
+  }
+  template <class L>
+  static Tensor from_nested(const L& l) {
+    std::vector<int64_t> dims;
+    nested_shape(l, dims, 0);
+    std::vector<T> values;
+    nested_fill(l, dims, 0, values);
+    return from(values, Shape{std::span<const int64_t>(dims)});
+  }
+
+  std::shared_ptr<T> data_;
+  int64_t capacity_ = 0;
+  Shape shape_;
+};
+
+// |a - b| <= atol + rtol * |b| elementwise, as torch.allclose; shapes must be equal.
+// NaN is never close to anything.
+template <class T>
+bool allclose(const Tensor<T>& a, const Tensor<T>& b, double rtol = 1e-5, double atol = 1e-8) {
+  if (!(a.shape() == b.shape())) return false;
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    const double x = a[i], y = b[i];
+    if (x == y) continue;  // also equal infinities
+    if (!(std::abs(x - y) <= atol + rtol * std::abs(y))) return false;
+  }
+  return true;
+}
+
+namespace detail {
+// Prints one dimension of t starting at offset, PyTorch-style, eliding the middle of long
+// dimensions when the tensor is summarised.
+template <class T>
+void print_dim(std::ostream& os, const Tensor<T>& t, int dim, int64_t offset, int64_t stride,
+               bool summarise, int indent) {
+  const int64_t n = t.shape()[dim];
+  const int64_t inner = stride / n;
+  constexpr int64_t edge = 3;
+  os << '[';
+  for (int64_t i = 0; i < n; ++i) {
+    if (summarise && n > 2 * edge && i == edge) {
+      os << (dim + 1 == t.rank() ? "..., " : "...,\n" + std::string(indent + 1, ' '));
+      i = n - edge - 1;
+      continue;
+    }
+    if (dim + 1 == t.rank()) {
+      os << std::setw(10) << t[offset + i];
+    } else {
+      print_dim(os, t, dim + 1, offset + i * inner, inner, summarise, indent + 1);
+    }
+    if (i + 1 < n)
+      os << (dim + 1 == t.rank() ? ", " : ",\n" + std::string(indent + 1, ' '));
+  }
+  os << ']';
+}
+}  // namespace detail
+
+// tensor([[    1.0000,     2.0000], ...], shape=[2,2]); tensors above 1000 elements show only
+// the first and last three entries of each dimension, as PyTorch does.
+template <class T>
+std::ostream& operator<<(std::ostream& os, const Tensor<T>& t) {
+  const auto flags = os.flags();
+  const auto prec = os.precision();
+  os << std::fixed << std::setprecision(4) << "tensor(";
+  if (t.rank() == 0) {
+    os << t[0];
+  } else if (t.numel() == 0) {
+    os << "[]";
+  } else {
+    detail::print_dim(os, t, 0, 0, t.numel(), t.numel() > 1000, 7);
+  }
+  os << ", shape=" << t.shape() << ')';
+  os.flags(flags);
+  os.precision(prec);
+  return os;
+}
+
+}  // namespace tapegrad

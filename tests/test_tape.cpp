@@ -1,0 +1,159 @@
+// The tape's own mechanics, with two small ops defined here so the test depends on no op file.
+#include <gtest/gtest.h>
+
+#include "tapegrad/diag/gradcheck.hpp"
+#include "tapegrad/tape.hpp"
+
+namespace tg = tapegrad;
+
+namespace {
+
+// y = x * x
+template <class T>
+tg::Var<T> square(const tg::Var<T>& x) {
+  auto y = x.tape().record("square", x.shape(), {x}, [](tg::OpContext<T>& c) {
+    c.add_grad(0, 2 * c.input(0).array() * c.grad_out().array());
+  });
+  y.value().array() = x.value().array().square();
+  return y;
+}
+
+// y = a * b (same shapes)
+template <class T>
+tg::Var<T> times(const tg::Var<T>& a, const tg::Var<T>& b) {
+  if (!(a.shape() == b.shape())) tg::detail::fail<tg::ShapeError>("times: ", a.shape(), " vs ", b.shape());
+  auto y = a.tape().record("times", a.shape(), {a, b}, [](tg::OpContext<T>& c) {
+    c.add_grad(0, c.input(1).array() * c.grad_out().array());
+    c.add_grad(1, c.input(0).array() * c.grad_out().array());
+  });
+  y.value().array() = a.value().array() * b.value().array();
+  return y;
+}
+
+TEST(Tape, ScalarBackwardAndFanOut) {
+  tg::Tape<double> tape;
+  auto x = tape.input(tg::Tensor<double>::scalar(3.0));
+  auto y = times(square(x), x);  // x^3, x used twice
+  tape.backward(y);
+  EXPECT_DOUBLE_EQ(y.item(), 27.0);
+  EXPECT_DOUBLE_EQ(x.grad().item(), 27.0);  // 3 x^2
+}
+
+TEST(Tape, ParameterGradAccumulatesAcrossCalls) {
+  tg::Parameter<double> p(tg::Tensor<double>::from({1.0, -2.0}));
+  tg::Tape<double> tape;
+  for (int step = 0; step < 2; ++step) {
+    tape.clear();
+    auto w = tape.param(p);
+    tape.backward(square(w), tg::Tensor<double>::ones({2}));
+  }
+  EXPECT_DOUBLE_EQ(p.grad()[0], 4.0);   // 2 * (2 * 1)
+  EXPECT_DOUBLE_EQ(p.grad()[1], -8.0);  // 2 * (2 * -2)
+  p.zero_grad();
+  EXPECT_DOUBLE_EQ(p.grad()[1], 0.0);
+}
+
+TEST(Tape, SeedGradientForNonScalar) {
+  tg::Tape<double> tape;
+  auto x = tape.input(tg::Tensor<double>::from({1.0, 2.0, 3.0}));
+  auto y = square(x);
+  tape.backward(y, tg::Tensor<double>::from({1.0, 0.5, -1.0}));
+  EXPECT_TRUE(tg::allclose(x.grad(), tg::Tensor<double>::from({2.0, 2.0, -6.0})));
+}
+
+TEST(Tape, ConstantsGetNoGradientAndNoBackward) {
+  tg::Tape<double> tape;
+  auto c = tape.constant(tg::Tensor<double>::from({2.0}));
+  auto x = tape.input(tg::Tensor<double>::from({5.0}));
+  auto y = times(c, x);
+  EXPECT_FALSE(square(c).requires_grad());
+  tape.backward(y);
+  EXPECT_DOUBLE_EQ(x.grad()[0], 2.0);
+  EXPECT_DOUBLE_EQ(c.grad()[0], 0.0);
+}
+
+TEST(Tape, NoGradGuardRecordsNoBackward) {
+  tg::Tape<double> tape;
+  auto x = tape.input(tg::Tensor<double>::from({5.0}));
+  {
+    tg::NoGradGuard guard;
+    EXPECT_FALSE(square(x).requires_grad());
+  }
+  EXPECT_TRUE(square(x).requires_grad());
+}
+
+TEST(Tape, StaleVarThrows) {
+  tg::Tape<double> tape;
+  auto x = tape.input(tg::Tensor<double>::from({5.0}));
+  auto y = square(x);
+  tape.clear();
+  EXPECT_THROW(tape.backward(y), tg::TapeError);
+  try {
+    (void)y.value();
+    FAIL();
+  } catch (const tg::TapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("stale"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Tape, MixingTapesThrows) {
+  tg::Tape<double> t1, t2;
+  auto a = t1.input(tg::Tensor<double>::from({1.0}));
+  auto b = t2.input(tg::Tensor<double>::from({1.0}));
+  try {
+    times(a, b);
+    FAIL();
+  } catch (const tg::TapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("times"), std::string::npos) << e.what();
+    EXPECT_NE(std::string(e.what()).find("two different tapes"), std::string::npos);
+  }
+}
+
+TEST(Tape, NonScalarBackwardWithoutSeedThrows) {
+  tg::Tape<double> tape;
+  auto x = tape.input(tg::Tensor<double>::zeros({2, 3}));
+  try {
+    tape.backward(square(x));
+    FAIL();
+  } catch (const tg::TapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("[2,3]"), std::string::npos) << e.what();
+  }
+}
+
+TEST(Tape, ClearReusesBuffers) {
+  tg::Tape<float> tape;
+  tg::Parameter<float> p(tg::Tensor<float>::ones({64}));
+  const float* first = nullptr;
+  for (int step = 0; step < 3; ++step) {
+    tape.clear();
+    auto y = square(square(tape.param(p)));
+    tape.backward(y, tg::Tensor<float>::ones({64}));
+    if (step == 0) first = y.value().data();
+    else EXPECT_EQ(first, y.value().data()) << "step " << step;
+  }
+  EXPECT_EQ(tape.size(), 3u);
+}
+
+TEST(Gradcheck, PassesForCorrectOpAndFailsForWrongOne) {
+  auto good = tg::gradcheck(
+      [](tg::Tape<double>&, const std::vector<tg::Var<double>>& x) {
+        return times(square(x[0]), x[1]);
+      },
+      {tg::Tensor<double>::from({0.5, -1.5, 2.0}), tg::Tensor<double>::from({1.0, 2.0, -3.0})});
+  EXPECT_TRUE(good) << good;
+  EXPECT_EQ(good.checked, 6);
+
+  auto bad = tg::gradcheck(
+      [](tg::Tape<double>& t, const std::vector<tg::Var<double>>& x) {
+        auto y = t.record("wrong", x[0].shape(), {x[0]}, [](tg::OpContext<double>& c) {
+          c.add_grad(0, 3 * c.input(0).array() * c.grad_out().array());  // should be 2x
+        });
+        y.value().array() = x[0].value().array().square();
+        return y;
+      },
+      {tg::Tensor<double>::from({0.5, -1.5})});
+  EXPECT_FALSE(bad);
+  EXPECT_NEAR(bad.analytic / bad.numeric, 1.5, 1e-6) << bad;
+}
+
+}  // namespace

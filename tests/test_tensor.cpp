@@ -1,0 +1,124 @@
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "tapegrad/tensor.hpp"
+
+namespace tg = tapegrad;
+
+namespace {
+
+TEST(Tensor, CreationAndAccess) {
+  auto t = tg::Tensor<float>::from({{1, 2, 3}, {4, 5, 6}});
+  EXPECT_EQ(t.shape(), (tg::Shape{2, 3}));
+  EXPECT_EQ(t.rank(), 2);
+  EXPECT_EQ(t.numel(), 6);
+  EXPECT_EQ(t.at(1, 2), 6.0f);
+  EXPECT_EQ(t(1, 0), 4.0f);
+  EXPECT_EQ(t[4], 5.0f);
+  EXPECT_THROW(t.at(2, 0), tg::ShapeError);
+  EXPECT_THROW(t.at(0), tg::ShapeError);
+  EXPECT_THROW(t.item(), tg::ShapeError);
+  EXPECT_EQ(tg::Tensor<double>::scalar(2.5).item(), 2.5);
+  EXPECT_EQ(tg::Tensor<double>::full({2, 2}, 7.0)[3], 7.0);
+  EXPECT_EQ(tg::Tensor<double>::zeros({3})[2], 0.0);
+  EXPECT_EQ(tg::Tensor<double>::ones({3})[1], 1.0);
+  auto three = tg::Tensor<double>::from({{{1, 2}, {3, 4}}, {{5, 6}, {7, 8}}});
+  EXPECT_EQ(three.shape(), (tg::Shape{2, 2, 2}));
+  EXPECT_EQ(three.at(1, 0, 1), 6.0);
+  EXPECT_THROW(tg::Tensor<double>::from({{1, 2}, {3}}), tg::ShapeError);
+  EXPECT_THROW(tg::Tensor<double>::from(std::vector<double>{1, 2, 3}, tg::Shape{2, 2}),
+               tg::ShapeError);
+}
+
+TEST(Tensor, Arange) {
+  auto a = tg::Tensor<double>::arange(4);
+  EXPECT_TRUE(tg::allclose(a, tg::Tensor<double>::from({0, 1, 2, 3})));
+  auto b = tg::Tensor<double>::arange(1.0, 2.0, 0.25);
+  EXPECT_TRUE(tg::allclose(b, tg::Tensor<double>::from({1, 1.25, 1.5, 1.75})));
+  EXPECT_THROW(tg::Tensor<double>::arange(0.0, 1.0, 0.0), tg::ValueError);
+}
+
+TEST(Tensor, CopiesShareStorageAndCloneDoesNot) {
+  auto a = tg::Tensor<float>::zeros({4});
+  auto b = a;
+  auto c = a.clone();
+  b[0] = 3;
+  EXPECT_EQ(a[0], 3.0f);
+  EXPECT_EQ(c[0], 0.0f);
+  EXPECT_TRUE(a.shares_storage(b));
+  EXPECT_FALSE(a.shares_storage(c));
+}
+
+TEST(Tensor, ReshapeInfersOneDimension) {
+  auto a = tg::Tensor<double>::arange(12);
+  auto b = a.reshape({3, -1});
+  EXPECT_EQ(b.shape(), (tg::Shape{3, 4}));
+  EXPECT_TRUE(b.shares_storage(a));
+  EXPECT_EQ(b.at(2, 1), 9.0);
+  EXPECT_THROW(a.reshape({5, -1}), tg::ShapeError);
+  EXPECT_THROW(a.reshape({-1, -1}), tg::ShapeError);
+  EXPECT_THROW(a.reshape({2, 5}), tg::ShapeError);
+  EXPECT_THROW((tg::Shape{1, 1, 1, 1, 1, 1, 1}), tg::ShapeError);
+}
+
+TEST(Tensor, EigenViewsWriteThrough) {
+  auto t = tg::Tensor<double>::zeros({2, 3});
+  t.matrix()(1, 2) = 5;
+  EXPECT_EQ(t.at(1, 2), 5.0);
+  t.array() += 1;
+  EXPECT_EQ(t.at(0, 0), 1.0);
+  EXPECT_EQ(t.matrix().rows(), 2);
+  EXPECT_EQ(t.matrix().cols(), 3);
+  auto m = tg::Tensor<double>::zeros({2, 3, 4}).matrix();
+  EXPECT_EQ(m.rows(), 6);
+  EXPECT_EQ(reinterpret_cast<uintptr_t>(t.data()) % 64, 0u);
+  EXPECT_THROW(t.matrix(4, 2), tg::ShapeError);
+}
+
+TEST(Tensor, SeededRandomIsReproducible) {
+  tg::Generator g1(42), g2(42), g3(43);
+  auto a = tg::Tensor<double>::randn({1000}, g1);
+  auto b = tg::Tensor<double>::randn({1000}, g2);
+  auto c = tg::Tensor<double>::randn({1000}, g3);
+  EXPECT_TRUE(tg::allclose(a, b, 0, 0));
+  EXPECT_FALSE(tg::allclose(a, c));
+  // Moments of 1000 standard normals: mean within 4 sigma/sqrt(n), variance near 1.
+  const double mean = a.array().mean();
+  const double var = (a.array() - mean).square().mean();
+  EXPECT_NEAR(mean, 0.0, 4 / std::sqrt(1000.0));
+  EXPECT_NEAR(var, 1.0, 0.15);
+  tg::Generator g4(7);
+  auto u = tg::Tensor<float>::rand({1000}, g4, -2.0f, 3.0f);
+  EXPECT_GE(u.array().minCoeff(), -2.0f);
+  EXPECT_LT(u.array().maxCoeff(), 3.0f);
+  // The first numbers of seed 0 are fixed forever (same on every machine).
+  tg::Generator g5(0);
+  EXPECT_EQ(g5.next_u64(), 0x99EC5F36CB75F2B4ULL);
+}
+
+TEST(Tensor, AllcloseSemantics) {
+  auto a = tg::Tensor<double>::from({1.0, 100.0});
+  auto b = tg::Tensor<double>::from({1.0 + 1e-9, 100.0 + 1e-4});
+  EXPECT_TRUE(tg::allclose(a, b, 1e-5, 1e-8));
+  EXPECT_FALSE(tg::allclose(a, b, 1e-7, 1e-8));
+  auto n = tg::Tensor<double>::from({NAN, 1.0});
+  EXPECT_FALSE(tg::allclose(n, n));
+  EXPECT_FALSE(tg::allclose(a, tg::Tensor<double>::from({1.0, 100.0, 3.0})));
+}
+
+TEST(Tensor, PrintsShapeAndValuesAndSummarises) {
+  std::ostringstream os;
+  os << tg::Tensor<double>::from({{1, 2}, {3, 4}});
+  EXPECT_EQ(os.str(),
+            "tensor([[    1.0000,     2.0000],\n"
+            "        [    3.0000,     4.0000]], shape=[2,2])");
+  std::ostringstream big;
+  big << tg::Tensor<float>::arange(2000);
+  EXPECT_NE(big.str().find("..."), std::string::npos);
+  EXPECT_NE(big.str().find("1999.0000"), std::string::npos);
+  EXPECT_EQ(big.str().find("1000.0000"), std::string::npos);
+  EXPECT_NE(big.str().find("shape=[2000]"), std::string::npos);
+}
+
+}  // namespace
