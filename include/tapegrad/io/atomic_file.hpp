@@ -1,0 +1,107 @@
+#pragma once
+// AtomicFile: writes a file so that readers see either the old content or the complete new
+// one, never a half-written file. Data goes to "<path>.tmp"; commit() flushes it to disk
+// (fsync), renames it over <path> (atomic on POSIX) and syncs the directory so the rename
+// itself survives a power cut. Destroying an uncommitted AtomicFile (an exception while
+// writing) removes the temporary file and leaves <path> as it was.
+//
+//   io::AtomicFile f(path);
+//   f.write(header.data(), header.size());
+//   f.commit();
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstdint>
+#include <cstdio>
+#include <cstring>
+#include <string>
+#include <string_view>
+#include <utility>
+
+#include "tapegrad/error.hpp"
+
+namespace tapegrad::io {
+
+namespace detail {
+// Test hook: called after the temporary file is complete and synced, just before the rename.
+// Tests set it to throw, simulating a crash between writing and renaming.
+inline thread_local void (*before_rename_hook)(const std::string& tmp_path) = nullptr;
+}  // namespace detail
+
+class AtomicFile {
+ public:
+  explicit AtomicFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp") {
+    // O_TRUNC: a temporary file left by an earlier crash is simply overwritten.
+    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    if (fd_ < 0) fail_errno("cannot create the temporary file " + tmp_);
+  }
+  AtomicFile(const AtomicFile&) = delete;
+  AtomicFile& operator=(const AtomicFile&) = delete;
+  ~AtomicFile() {
+    if (fd_ >= 0) ::close(fd_);
+    if (!committed_) ::unlink(tmp_.c_str());
+  }
+
+  const std::string& path() const { return path_; }
+  const std::string& tmp_path() const { return tmp_; }
+
+  void write(const void* data, size_t size) {
+    const auto* p = static_cast<const char*>(data);
+    while (size > 0) {
+      const ssize_t n = ::write(fd_, p, size);
+      if (n < 0) {
+        if (errno == EINTR) continue;
+        fail_errno("write to " + tmp_ + " failed");
+      }
+      p += n;
+      size -= static_cast<size_t>(n);
+    }
+  }
+  void write(std::string_view s) { write(s.data(), s.size()); }
+
+  // Makes the new content visible under path() in one step.
+  void commit() {
+    if (::fsync(fd_) != 0) fail_errno("fsync of " + tmp_ + " failed");
+    const int fd = fd_;
+    fd_ = -1;
+    if (::close(fd) != 0) fail_errno("close of " + tmp_ + " failed");
+    if (detail::before_rename_hook) detail::before_rename_hook(tmp_);
+    if (::rename(tmp_.c_str(), path_.c_str()) != 0)
+      fail_errno("cannot rename " + tmp_ + " to " + path_);
+    committed_ = true;
+    sync_directory();
+  }
+
+ private:
+  [[noreturn]] void fail_errno(const std::string& what) const {
+    const int e = errno;
+    tapegrad::detail::fail<IOError>(path_, ": ", what, ": ", std::strerror(e));
+  }
+  // Best effort: some file systems refuse fsync on a directory, which is not an error here.
+  void sync_directory() const {
+    const auto slash = path_.find_last_of('/');
+    const std::string dir =
+        slash == std::string::npos ? "." : (slash == 0 ? "/" : path_.substr(0, slash));
+    const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+    if (dfd >= 0) {
+      ::fsync(dfd);
+      ::close(dfd);
+    }
+  }
+
+  std::string path_, tmp_;
+  int fd_ = -1;
+  bool committed_ = false;
+};
+
+// Writes a whole string atomically (CSV exports, SVG plots).
+inline void write_file_atomically(const std::string& path, std::string_view content) {
+  AtomicFile f(path);
+  f.write(content);
+  f.commit();
+}
+
+}  // namespace tapegrad::io
