@@ -1,0 +1,24 @@
+#pragma once
+// Size2: a (height, width) pair for kernel sizes, strides, paddings and dilations of 2-D ops.
+// It converts from one integer, so `3` means 3x3 as in PyTorch's `kernel_size=3`, and `{3, 5}`
+// is a rectangular 3 (rows) x 5 (columns).
+
+#include <cstdint>
+#include <ostream>
+
+namespace tapegrad {
+
+struct Size2 {
+  int64_t h = 0, w = 0;
+  constexpr Size2() = default;
+  constexpr Size2(int64_t both) : h(both), w(both) {}  // NOLINT: implicit on purpose
+  constexpr Size2(int64_t h_, int64_t w_) : h(h_), w(w_) {}
+  friend constexpr bool operator==(const Size2&, const Size2&) = default;
+  // "3" when square, "(3, 5)" otherwise, as PyTorch prints kernel sizes.
+  friend std::ostream& operator<<(std::ostream& os, const Size2& s) {
+    if (s.h == s.w) return os << s.h;
+    return os << '(' << s.h << ", " << s.w << ')';
+  }
+};
+
+}  // namespace tapegrad
