@@ -1,0 +1,435 @@
+#pragma once
+// Fused normalisation ops: batch_norm and layer_norm, each a single tape node whose backward
+// is the closed form below (no chain of mean/sub/div nodes), in one or two passes per channel
+// or row. Mean and inverse standard deviation are kept in the node's saved buffers, which the
+// tape reuses step after step: no allocation in the steady state.
+//
+// batch_norm (torch.nn.functional.batch_norm; torch.nn.BatchNorm2d docs), x of shape [N,C,*]:
+//   per channel c over the n = N·H·W values (all dims but 1):
+//   train: μ = mean, σ²_B = biased variance (÷n), x̂ = (x − μ)/√(σ²_B + eps), y = γ·x̂ + β;
+//          running_mean ← (1 − m)·running_mean + m·μ,
+//          running_var  ← (1 − m)·running_var + m·σ²_B·n/(n − 1)   (unbiased),
+//          m = momentum, or 1/num_batches_tracked when momentum is nullopt (cumulative average);
+//          num_batches_tracked += 1.
+//   eval:  y = γ·(x − running_mean)/√(running_var + eps) + β.
+//   backward (train), dx̂ = dy·γ:
+//     dx = (1/n)·(1/√(σ²_B+eps))·(n·dx̂ − Σdx̂ − x̂·Σ(dx̂·x̂)); dγ = Σ dy·x̂; dβ = Σ dy.
+//   backward (eval): dx = dy·γ/√(running_var+eps).
+//
+// layer_norm (torch.nn.functional.layer_norm; torch.nn.LayerNorm docs): statistics over the
+//   last D = numel(normalized_shape) values of each row, biased variance; γ, β have
+//   normalized_shape; the backward is batch_norm's with n = D per row, dγ and dβ summed over
+//   the rows.
+//
+// Optional operands: an empty Var (`{}`) means no γ / no β; an empty Tensor (`Tensor<T>()`,
+// zero elements) means no running statistics / no batch counter.
+
+#include <cmath>
+#include <cstdint>
+#include <optional>
+
+#include "tapegrad/tape.hpp"
+#include "tapegrad/threads.hpp"
+
+namespace tapegrad {
+
+namespace detail {
+
+template <class T>
+using ColArray = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <class T>
+using ConstColArray = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <class T>
+using ConstRowArray = Eigen::Map<const Eigen::Array<T, 1, Eigen::Dynamic>>;
+
+// Input k of a fused op may be absent: node().ints holds its position or -1.
+constexpr int64_t absent = -1;
+
+// Channels of a [N,C] batch_norm are handled in blocks of this many contiguous columns, so
+// each task works on whole SIMD vectors of a row.
+constexpr int64_t bn_column_block = 64;
+
+// batch_norm backward. ints: N, C, S, gamma index, beta index, training.
+// saved(0) = per-channel mean used, saved(1) = per-channel 1/√(var + eps) used.
+template <class T>
+void batch_norm_backward(OpContext<T>& c) {
+  const auto& in = c.node().ints;
+  const int64_t N = in[0], C = in[1], S = in[2];
+  const int gi = static_cast<int>(in[3]), bi = static_cast<int>(in[4]);
+  const bool training = in[5] != 0;
+  const int64_t n = N * S;  // values per channel
+  const T* mean = c.saved(0).data();
+  const T* rstd = c.saved(1).data();
+  const T* x = c.input(0).data();
+  const T* dy = c.grad_out().data();
+  const T* gamma = gi >= 0 ? c.input(gi).data() : nullptr;
+  T* dgamma = gi >= 0 && c.needs_grad(gi) ? c.grad_in(gi).data() : nullptr;
+  T* dbeta = bi >= 0 && c.needs_grad(bi) ? c.grad_in(bi).data() : nullptr;
+  const bool need_dx = c.needs_grad(0);
+  // Training needs Σdy and Σdy·x̂ for dx; eval only for dγ, dβ.
+  const bool need_sums = (training && need_dx) || dgamma || dbeta;
+
+  // dx = k1·dy + k2·x + k3 per channel. Scratch: k1, k2, k3 (3C), sums Σdy, Σdy·(x−μ) (2C)
+  // and, for S > 1, the constants repeated per (n, c) row (3·N·C).
+  Tensor<T>& scratch = c.saved(2);
+  scratch.resize(Shape{5 * C + (S > 1 ? 3 * N * C : 0)});
+  T* k = scratch.data();
+  T* sum_dy = k + 3 * C;
+  T* sum_dyx = k + 4 * C;  // Σ dy·(x − μ)
+  const int64_t work = N * C * S;
+
+  if (need_sums) {
+    if (S == 1) {
+      ColArray<T>(sum_dy, 2 * C).setZero();
+      const int64_t blocks = (C + bn_column_block - 1) / bn_column_block;
+#pragma omp parallel for if (work > parallel_threshold) schedule(static)
+      for (int64_t b = 0; b < blocks; ++b) {
+        const int64_t c0 = b * bn_column_block, w = std::min(bn_column_block, C - c0);
+        ColArray<T> s1(sum_dy + c0, w), s2(sum_dyx + c0, w);
+        ConstColArray<T> mu(mean + c0, w);
+        for (int64_t r = 0; r < N; ++r) {
+          ConstColArray<T> g(dy + r * C + c0, w), xv(x + r * C + c0, w);
+          s1 += g;
+          s2 += g * (xv - mu);
+        }
+      }
+    } else {
+#pragma omp parallel for if (work > parallel_threshold) schedule(static)
+      for (int64_t ch = 0; ch < C; ++ch) {
+        double s1 = 0, s2 = 0;
+        const T mu = mean[ch];
+        for (int64_t r = 0; r < N; ++r) {
+          ConstColArray<T> g(dy + (r * C + ch) * S, S), xv(x + (r * C + ch) * S, S);
+          s1 += g.sum();
+          s2 += (g * (xv - mu)).sum();
+        }
+        sum_dy[ch] = static_cast<T>(s1);
+        sum_dyx[ch] = static_cast<T>(s2);
+      }
+    }
+    for (int64_t ch = 0; ch < C; ++ch) {
+      if (dgamma) dgamma[ch] += sum_dyx[ch] * rstd[ch];  // Σ dy·x̂
+      if (dbeta) dbeta[ch] += sum_dy[ch];
+    }
+  }
+  if (!need_dx) return;
+
+  for (int64_t ch = 0; ch < C; ++ch) {
+    const T g = gamma ? gamma[ch] : T(1);
+    const T k1 = g * rstd[ch];
+    if (training) {
+      // dx = k1·(dy − Σdy/n − x̂·Σ(dy·x̂)/n), x̂ = (x − μ)·rstd, expanded into k1·dy + k2·x + k3.
+      const T a = sum_dyx[ch] * rstd[ch] * rstd[ch] / T(n);
+      k[ch] = k1;
+      k[C + ch] = -k1 * a;
+      k[2 * C + ch] = k1 * (a * mean[ch] - sum_dy[ch] / T(n));
+    } else {
+      k[ch] = k1;
+      k[C + ch] = T(0);
+      k[2 * C + ch] = T(0);
+    }
+  }
+  if (S == 1) {
+    const auto dyA = c.grad_out().matrix(N, C).array();
+    const auto xA = c.input(0).matrix(N, C).array();
+    ConstRowArray<T> k1(k, C), k2(k + C, C), k3(k + 2 * C, C);
+    if (training)
+      c.add_grad_matrix(0, N, C,
+                        ((dyA.rowwise() * k1 + xA.rowwise() * k2).rowwise() + k3).matrix());
+    else
+      c.add_grad_matrix(0, N, C, (dyA.rowwise() * k1).matrix());
+  } else {
+    T* rows = k + 5 * C;  // k1, k2, k3 per (n, c) row of the [N·C, S] view
+    for (int64_t r = 0; r < N; ++r)
+      for (int64_t ch = 0; ch < C; ++ch) {
+        rows[r * C + ch] = k[ch];
+        rows[N * C + r * C + ch] = k[C + ch];
+        rows[2 * N * C + r * C + ch] = k[2 * C + ch];
+      }
+    const int64_t R = N * C;
+    const auto dyA = c.grad_out().matrix(R, S).array();
+    const auto xA = c.input(0).matrix(R, S).array();
+    ConstColArray<T> k1(rows, R), k2(rows + R, R), k3(rows + 2 * R, R);
+    if (training)
+      c.add_grad_matrix(0, R, S,
+                        ((dyA.colwise() * k1 + xA.colwise() * k2).colwise() + k3).matrix());
+    else
+      c.add_grad_matrix(0, R, S, (dyA.colwise() * k1).matrix());
+  }
+}
+
+// layer_norm backward. ints: R rows, D, gamma index, beta index.
+// saved(0) = per-row mean, saved(1) = per-row 1/√(var + eps).
+template <class T>
+void layer_norm_backward(OpContext<T>& c) {
+  const auto& in = c.node().ints;
+  const int64_t R = in[0], D = in[1];
+  const int gi = static_cast<int>(in[2]), bi = static_cast<int>(in[3]);
+  const T* mean = c.saved(0).data();
+  const T* rstd = c.saved(1).data();
+  const auto xA = c.input(0).matrix(R, D).array();
+  const auto dyA = c.grad_out().matrix(R, D).array();
+  const bool has_gamma = gi >= 0;
+
+  if ((gi >= 0 && c.needs_grad(gi)) || (bi >= 0 && c.needs_grad(bi))) {
+    T* dgamma = gi >= 0 && c.needs_grad(gi) ? c.grad_in(gi).data() : nullptr;
+    T* dbeta = bi >= 0 && c.needs_grad(bi) ? c.grad_in(bi).data() : nullptr;
+    ColArray<T> dg(dgamma, dgamma ? D : 0), db(dbeta, dbeta ? D : 0);
+    for (int64_t r = 0; r < R; ++r) {  // sums over rows: vectorised along the row
+      if (dgamma) dg += dyA.row(r).transpose() * (xA.row(r).transpose() - mean[r]) * rstd[r];
+      if (dbeta) db += dyA.row(r).transpose();
+    }
+  }
+  if (!c.needs_grad(0)) return;
+
+  // Per row, with g = dy·γ, m1 = mean(g), m2 = mean(g·x̂):
+  //   dx = rstd·(g − m1 − x̂·m2) = rstd·g + (−rstd²·m2)·x + (rstd²·m2·μ − rstd·m1).
+  Tensor<T>& scratch = c.saved(2);
+  scratch.resize(Shape{3 * R});
+  T* a = scratch.data();
+  T* b = a + R;
+  T* k = a + 2 * R;
+  const T* gamma = has_gamma ? c.input(gi).data() : nullptr;
+#pragma omp parallel for if (R * D > parallel_threshold) schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const auto g = dyA.row(r);
+    const auto xhat = (xA.row(r) - mean[r]) * rstd[r];
+    T m1, m2;
+    if (gamma) {
+      ConstRowArray<T> gm(gamma, D);
+      m1 = (g * gm).sum() / T(D);
+      m2 = (g * gm * xhat).sum() / T(D);
+    } else {
+      m1 = g.sum() / T(D);
+      m2 = (g * xhat).sum() / T(D);
+    }
+    const T s = rstd[r];
+    a[r] = s;
+    b[r] = -s * s * m2;
+    k[r] = s * s * m2 * mean[r] - s * m1;
+  }
+  ConstColArray<T> A(a, R), B(b, R), K(k, R);
+  if (gamma) {
+    ConstRowArray<T> gm(gamma, D);
+    c.add_grad_matrix(
+        0, R, D, (((dyA.rowwise() * gm).colwise() * A + xA.colwise() * B).colwise() + K).matrix());
+  } else {
+    c.add_grad_matrix(0, R, D, ((dyA.colwise() * A + xA.colwise() * B).colwise() + K).matrix());
+  }
+}
+
+}  // namespace detail
+
+// Batch normalisation of x [N,C] or [N,C,H,W] (any rank >= 2: channels are dim 1).
+// gamma, beta: [C] or empty Vars (affine = false). running_mean, running_var: [C] tensors
+// updated in place when training (empty Tensors: no running statistics; then training must be
+// true). momentum: weight of the new batch, or nullopt for the cumulative average, which needs
+// num_batches_tracked (a one-element tensor, incremented on every training call).
+template <class T>
+Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tensor<T> running_mean,
+                  Tensor<T> running_var, bool training, std::optional<double> momentum = 0.1,
+                  double eps = 1e-5, Tensor<T> num_batches_tracked = Tensor<T>()) {
+  const Shape& xs = x.shape();
+  if (xs.rank() < 2)
+    detail::fail<ShapeError>("batch_norm: input of shape ", xs,
+                             ": expected [N,C] or [N,C,H,W] (rank >= 2)");
+  const int64_t N = xs[0], C = xs[1];
+  int64_t S = 1;
+  for (int d = 2; d < xs.rank(); ++d) S *= xs[d];
+  auto check_channels = [&](const char* what, const Shape& s) {
+    if (!(s.rank() == 1 && s[0] == C))
+      detail::fail<ShapeError>("batch_norm: input ", xs, " has ", C, " channels but ", what,
+                               " has shape ", s, " (expected [", C, "])");
+  };
+  if (gamma.defined()) check_channels("weight (gamma)", gamma.shape());
+  if (beta.defined()) check_channels("bias (beta)", beta.shape());
+  const bool has_running = running_mean.numel() > 0 || running_var.numel() > 0;
+  if (has_running) {
+    check_channels("running_mean", running_mean.shape());
+    check_channels("running_var", running_var.shape());
+  }
+  if (!training && !has_running)
+    detail::fail<ValueError>("batch_norm: input ", xs,
+                             ": eval mode needs running_mean and running_var");
+  if (!(eps >= 0)) detail::fail<ValueError>("batch_norm: eps must be >= 0, got ", eps);
+  if (training && N * S <= 1)  // the unbiased variance n/(n−1) needs two values
+    detail::fail<ValueError>(
+        "batch_norm: Expected more than 1 value per channel when training, got input size ", xs);
+  const bool update = training && has_running;
+  if (update && !momentum && num_batches_tracked.numel() != 1)
+    detail::fail<ValueError>("batch_norm: input ", xs,
+                             ": momentum=None (cumulative average) needs num_batches_tracked");
+  if (num_batches_tracked.numel() > 1)
+    detail::fail<ShapeError>("batch_norm: num_batches_tracked has shape ",
+                             num_batches_tracked.shape(), " (expected one element)");
+
+  // Inputs: x, then gamma and beta when present; their positions go into ints.
+  Var<T> inputs[3] = {x};
+  int n_inputs = 1;
+  const int64_t gi = gamma.defined() ? n_inputs : detail::absent;
+  if (gamma.defined()) inputs[n_inputs++] = gamma;
+  const int64_t bi = beta.defined() ? n_inputs : detail::absent;
+  if (beta.defined()) inputs[n_inputs++] = beta;
+  Var<T> out = x.tape().record("batch_norm", xs,
+                               std::span<const Var<T>>(inputs, static_cast<size_t>(n_inputs)),
+                               &detail::batch_norm_backward<T>);
+  Node<T>& node = out.node();
+  node.ints.assign({N, C, S, gi, bi, training ? 1 : 0});
+  node.saved[0].resize(Shape{C});
+  node.saved[1].resize(Shape{C});
+  T* mean = node.saved[0].data();
+  T* rstd = node.saved[1].data();
+
+  double m = momentum.value_or(0.0);
+  if (update) {
+    if (num_batches_tracked.numel() == 1) num_batches_tracked[0] += T(1);
+    if (!momentum) m = 1.0 / static_cast<double>(num_batches_tracked[0]);
+  }
+  const int64_t n = N * S;
+  const double unbias = n > 1 ? static_cast<double>(n) / static_cast<double>(n - 1) : 1.0;
+  T* rm = update ? running_mean.data() : nullptr;
+  T* rv = update ? running_var.data() : nullptr;
+  const T* g = gamma.defined() ? gamma.value().data() : nullptr;
+  const T* b = beta.defined() ? beta.value().data() : nullptr;
+  const T* xp = x.value().data();
+  T* yp = out.value().data();
+  const int64_t work = N * C * S;
+
+  // Per channel once the batch variance is known: 1/√(var+eps) and the running update.
+  auto finish_channel = [&](int64_t ch, double mu, double var) {
+    mean[ch] = static_cast<T>(mu);
+    rstd[ch] = static_cast<T>(1.0 / std::sqrt(var + eps));
+    if (rm) {
+      rm[ch] = static_cast<T>((1 - m) * rm[ch] + m * mu);
+      rv[ch] = static_cast<T>((1 - m) * rv[ch] + m * var * unbias);
+    }
+  };
+  if (!training) {
+    for (int64_t ch = 0; ch < C; ++ch) {
+      mean[ch] = running_mean[ch];
+      rstd[ch] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(running_var[ch]) + eps));
+    }
+  }
+
+  if (S == 1) {
+    // [N,C]: statistics down the columns, accumulated row by row (vectorised along C).
+    Tensor<T>& scratch = node.saved[2];  // scale, shift
+    scratch.resize(Shape{2 * C});
+    T* scale = scratch.data();
+    T* shift = scale + C;
+    if (training) {
+      detail::ColArray<T>(mean, C).setZero();
+      detail::ColArray<T>(rstd, C).setZero();  // holds Σ(x − μ)² first
+      const int64_t blocks = (C + detail::bn_column_block - 1) / detail::bn_column_block;
+#pragma omp parallel for if (work > parallel_threshold) schedule(static)
+      for (int64_t blk = 0; blk < blocks; ++blk) {
+        const int64_t c0 = blk * detail::bn_column_block;
+        const int64_t w = std::min(detail::bn_column_block, C - c0);
+        detail::ColArray<T> mu(mean + c0, w), sq(rstd + c0, w);
+        for (int64_t r = 0; r < N; ++r) mu += detail::ConstColArray<T>(xp + r * C + c0, w);
+        mu /= T(N);
+        for (int64_t r = 0; r < N; ++r)
+          sq += (detail::ConstColArray<T>(xp + r * C + c0, w) - mu).square();
+      }
+      for (int64_t ch = 0; ch < C; ++ch)
+        finish_channel(ch, mean[ch], static_cast<double>(rstd[ch]) / static_cast<double>(N));
+    }
+    for (int64_t ch = 0; ch < C; ++ch) {
+      scale[ch] = (g ? g[ch] : T(1)) * rstd[ch];
+      shift[ch] = (b ? b[ch] : T(0)) - mean[ch] * scale[ch];
+    }
+    detail::ConstRowArray<T> sc(scale, C), sh(shift, C);
+    out.value().matrix(N, C).array() =
+        (x.value().matrix(N, C).array().rowwise() * sc).rowwise() + sh;
+    return out;
+  }
+
+  // [N,C,H,W]: one task per channel; its N slices of S contiguous values are read for the
+  // mean, again for the variance and once more to write y, while they are still in cache.
+#pragma omp parallel for if (work > parallel_threshold) schedule(static)
+  for (int64_t ch = 0; ch < C; ++ch) {
+    if (training) {
+      double s = 0;
+      for (int64_t r = 0; r < N; ++r) s += detail::ConstColArray<T>(xp + (r * C + ch) * S, S).sum();
+      const double mu = s / static_cast<double>(n);
+      const T mu_t = static_cast<T>(mu);
+      double q = 0;
+      for (int64_t r = 0; r < N; ++r)
+        q += (detail::ConstColArray<T>(xp + (r * C + ch) * S, S) - mu_t).square().sum();
+      finish_channel(ch, mu, q / static_cast<double>(n));
+    }
+    const T scale = (g ? g[ch] : T(1)) * rstd[ch];
+    const T shift = (b ? b[ch] : T(0)) - mean[ch] * scale;
+    for (int64_t r = 0; r < N; ++r)
+      detail::ColArray<T>(yp + (r * C + ch) * S, S) =
+          detail::ConstColArray<T>(xp + (r * C + ch) * S, S) * scale + shift;
+  }
+  return out;
+}
+
+// Layer normalisation over the trailing dims of x given by normalized_shape (rank >= 1).
+// gamma, beta: of shape normalized_shape, or empty Vars (elementwise_affine = false).
+template <class T>
+Var<T> layer_norm(const Var<T>& x, const Shape& normalized_shape, const Var<T>& gamma = {},
+                  const Var<T>& beta = {}, double eps = 1e-5) {
+  const Shape& xs = x.shape();
+  const int k = normalized_shape.rank();
+  bool fits = k >= 1 && xs.rank() >= k;
+  for (int i = 0; fits && i < k; ++i) fits = xs[xs.rank() - k + i] == normalized_shape[i];
+  if (!fits) {
+    std::string star = "[*";
+    for (int i = 0; i < k; ++i) star += "," + std::to_string(normalized_shape[i]);
+    detail::fail<ShapeError>("layer_norm: normalized_shape ", normalized_shape,
+                             " expects input of shape ", star, "], got ", xs);
+  }
+  if (gamma.defined() && !(gamma.shape() == normalized_shape))
+    detail::fail<ShapeError>("layer_norm: weight (gamma) has shape ", gamma.shape(),
+                             ", expected normalized_shape ", normalized_shape);
+  if (beta.defined() && !(beta.shape() == normalized_shape))
+    detail::fail<ShapeError>("layer_norm: bias (beta) has shape ", beta.shape(),
+                             ", expected normalized_shape ", normalized_shape);
+  if (!(eps >= 0)) detail::fail<ValueError>("layer_norm: eps must be >= 0, got ", eps);
+  const int64_t D = normalized_shape.numel();
+  if (D == 0) detail::fail<ShapeError>("layer_norm: empty normalized_shape ", normalized_shape);
+  const int64_t R = xs.numel() / D;
+
+  Var<T> inputs[3] = {x};
+  int n_inputs = 1;
+  const int64_t gi = gamma.defined() ? n_inputs : detail::absent;
+  if (gamma.defined()) inputs[n_inputs++] = gamma;
+  const int64_t bi = beta.defined() ? n_inputs : detail::absent;
+  if (beta.defined()) inputs[n_inputs++] = beta;
+  Var<T> out = x.tape().record("layer_norm", xs,
+                               std::span<const Var<T>>(inputs, static_cast<size_t>(n_inputs)),
+                               &detail::layer_norm_backward<T>);
+  Node<T>& node = out.node();
+  node.ints.assign({R, D, gi, bi});
+  node.saved[0].resize(Shape{R});
+  node.saved[1].resize(Shape{R});
+  T* mean = node.saved[0].data();
+  T* rstd = node.saved[1].data();
+  const auto xA = x.value().matrix(R, D).array();
+  auto yA = out.value().matrix(R, D).array();
+  const T* g = gamma.defined() ? gamma.value().data() : nullptr;
+  const T* b = beta.defined() ? beta.value().data() : nullptr;
+#pragma omp parallel for if (R * D > parallel_threshold) schedule(static)
+  for (int64_t r = 0; r < R; ++r) {
+    const auto row = xA.row(r);
+    const T mu = row.sum() / T(D);
+    const T var = (row - mu).square().sum() / T(D);
+    const T s = static_cast<T>(1.0 / std::sqrt(static_cast<double>(var) + eps));
+    mean[r] = mu;
+    rstd[r] = s;
+    if (g && b)
+      yA.row(r) = (row - mu) * s * detail::ConstRowArray<T>(g, D) + detail::ConstRowArray<T>(b, D);
+    else if (g)
+      yA.row(r) = (row - mu) * s * detail::ConstRowArray<T>(g, D);
+    else if (b)
+      yA.row(r) = (row - mu) * s + detail::ConstRowArray<T>(b, D);
+    else
+      yA.row(r) = (row - mu) * s;
+  }
+  return out;
+}
+
+}  // namespace tapegrad
