@@ -1,0 +1,298 @@
+#pragma once
+// Activation functions, as torch.nn.functional: sigmoid, tanh, relu, leaky_relu, gelu,
+// softmax, log_softmax. Each forward is an Eigen array expression; each backward sits right
+// below it and, where that is cheapest, uses the saved output instead of the input.
+//
+// Stability: every function here stays finite (value and gradient) for inputs up to +-1e4
+// and beyond: sigmoid uses the sign-split form, softmax and log_softmax subtract the maximum.
+//
+// Derivatives at kinks follow PyTorch: relu'(0) = 0, leaky_relu'(0) = negative_slope.
+//
+// The output shape is passed to record() as a copy (Shape(x.shape())): recording may grow the
+// tape's node vector, which would leave a reference into x's node dangling.
+
+#include <cmath>
+#include <cstdint>
+#include <numbers>
+#include <type_traits>
+
+#include "tapegrad/tape.hpp"
+
+namespace tapegrad {
+
+// Which form of GELU to compute (torch.nn.functional.gelu's `approximate` argument).
+enum class GeluApproximation {
+  none,  // exact: x * Phi(x), Phi the standard normal CDF (PyTorch's default)
+  tanh,  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (Hendrycks & Gimpel)
+};
+
+namespace detail {
+
+// Eigen 3.4 vectorises neither comparisons nor select(), so the step function [v > 0] is
+// written with min/max/multiply, which it does vectorise: max(v, 0) is 0 or at least the
+// smallest denormal; two multiplies by `step_scale` lift the smallest denormal above 1
+// (the constant itself does not overflow), and min(., 1) clamps. Exact: 0 or 1.
+template <class T>
+inline constexpr T step_scale = T(std::is_same_v<T, float> ? 0x1p75 : 0x1p537);
+
+template <class Expr>
+auto step_positive(const Expr& v) {
+  using T = typename Expr::Scalar;
+  return ((v.max(T(0)) * step_scale<T>)*step_scale<T>).min(T(1));
+}
+
+// out = sigmoid(x) in the sign-split form: with e = exp(-|x|),
+//   sigmoid(x) = 1 / (1 + e)  for x > 0,   e / (1 + e)  for x <= 0,
+// so exp never overflows and neither branch cancels. Written branch-free as
+// (e + [x > 0] (1 - e)) / (1 + e) so that Eigen vectorises both passes.
+template <class T>
+void sigmoid_into(const Tensor<T>& x, Tensor<T>& y) {
+  const auto xv = x.array();
+  auto out = y.array();
+  out = (-xv.abs()).exp();
+  out = (out + step_positive(xv) * (T(1) - out)) / (T(1) + out);
+}
+
+// GELU constants (T-typed, at namespace scope so captureless backward lambdas can use them).
+template <class T>
+struct GeluConstants {
+  static constexpr T inv_sqrt2 = T(1 / std::numbers::sqrt2);
+  static constexpr T inv_sqrt_2pi = T(0.5 * std::numbers::inv_sqrtpi * std::numbers::sqrt2);
+  static constexpr T k = T(std::numbers::sqrt2 * std::numbers::inv_sqrtpi);  // sqrt(2/pi)
+  static constexpr T c3 = T(0.044715);
+};
+
+// A softmax dimension seen as [outer, n, inner] of a row-major tensor.
+struct SoftmaxLayout {
+  int64_t outer = 1, n = 1, inner = 1;
+};
+inline SoftmaxLayout softmax_layout(const char* op, const Shape& s, int dim) {
+  SoftmaxLayout l;
+  if (s.rank() == 0) {  // a scalar is one slice of one element, as in PyTorch
+    if (dim != 0 && dim != -1) fail<ShapeError>(op, ": dim ", dim, " out of range for shape ", s);
+    return l;
+  }
+  if (dim < -s.rank() || dim >= s.rank())
+    fail<ShapeError>(op, ": dim ", dim, " out of range for shape ", s);
+  const int d = dim < 0 ? dim + s.rank() : dim;
+  for (int i = 0; i < d; ++i) l.outer *= s[i];
+  l.n = s[d];
+  for (int i = d + 1; i < s.rank(); ++i) l.inner *= s[i];
+  return l;
+}
+
+template <class T>
+using RowMajorMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+template <class T>
+using ConstRowMajorMap =
+    Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
+template <class T>
+using RowVectorMap = Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>;
+
+}  // namespace detail
+
+// sigmoid(x) = 1 / (1 + exp(-x));  d/dx = y (1 - y), from the saved output.
+template <class T>
+Var<T> sigmoid(const Var<T>& x) {
+  Var<T> y = x.tape().record("sigmoid", Shape(x.shape()), {x}, [](OpContext<T>& c) {
+    const auto v = c.value().array();
+    c.add_grad(0, c.grad_out().array() * v * (T(1) - v));
+  });
+  detail::sigmoid_into(x.value(), y.value());
+  return y;
+}
+
+// tanh(x);  d/dx = 1 - y^2, from the saved output.
+template <class T>
+Var<T> tanh(const Var<T>& x) {
+  Var<T> y = x.tape().record("tanh", Shape(x.shape()), {x}, [](OpContext<T>& c) {
+    const auto v = c.value().array();
+    c.add_grad(0, c.grad_out().array() * (T(1) - v.square()));
+  });
+  y.value().array() = x.value().array().tanh();
+  return y;
+}
+
+// relu(x) = max(x, 0) (NaN stays NaN);  d/dx = [x > 0], so relu'(0) = 0 as in PyTorch.
+template <class T>
+Var<T> relu(const Var<T>& x) {
+  Var<T> y = x.tape().record("relu", Shape(x.shape()), {x}, [](OpContext<T>& c) {
+    // y > 0 exactly where x > 0: the saved output is enough.
+    c.add_grad(0, c.grad_out().array() * detail::step_positive(c.value().array()));
+  });
+  y.value().array() = x.value().array().max(T(0));
+  return y;
+}
+
+// leaky_relu(x) = x for x > 0, negative_slope * x otherwise (torch.nn.LeakyReLU);
+// d/dx = 1 for x > 0, negative_slope for x <= 0 (so the derivative at 0 is the slope, as
+// PyTorch's backward `x > 0 ? g : g * slope`).
+template <class T>
+Var<T> leaky_relu(const Var<T>& x, double negative_slope = 0.01) {
+  if (!std::isfinite(negative_slope))
+    detail::fail<ValueError>("leaky_relu: negative_slope must be finite, got ", negative_slope);
+  Var<T> y = x.tape().record("leaky_relu", Shape(x.shape()), {x}, [](OpContext<T>& c) {
+    const T a = static_cast<T>(c.scalar(0));
+    c.add_grad(0,
+               c.grad_out().array() * (a + (T(1) - a) * detail::step_positive(c.input(0).array())));
+  });
+  y.node().scalars[0] = negative_slope;
+  const T a = static_cast<T>(negative_slope);
+  const auto xv = x.value().array();
+  // For a <= 1 the larger of x and a*x is the right branch on both sides of 0; for a > 1
+  // the smaller is.
+  if (a <= T(1))
+    y.value().array() = xv.max(a * xv);
+  else
+    y.value().array() = xv.min(a * xv);
+  return y;
+}
+
+// gelu(x), torch.nn.functional.gelu:
+//   none: x * Phi(x), Phi(x) = 0.5 erfc(-x / sqrt 2)   (erfc, not 1 + erf, so the left tail
+//         keeps its precision);  d/dx = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi).
+//   tanh: 0.5 x (1 + t), t = tanh(k (x + 0.044715 x^3)), k = sqrt(2/pi);
+//         d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2).
+template <class T>
+Var<T> gelu(const Var<T>& x, GeluApproximation approximate = GeluApproximation::none) {
+  using K = detail::GeluConstants<T>;
+  if (approximate == GeluApproximation::none) {
+    Var<T> y = x.tape().record("gelu", Shape(x.shape()), {x}, [](OpContext<T>& c) {
+      c.add_grad(0, c.grad_out().array() * c.input(0).array().unaryExpr([](T v) {
+        return T(0.5) * std::erfc(-v * K::inv_sqrt2) +
+               v * K::inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
+      }));
+    });
+    y.value().array() =
+        x.value().array().unaryExpr([](T v) { return T(0.5) * v * std::erfc(-v * K::inv_sqrt2); });
+    return y;
+  }
+  Var<T> y = x.tape().record("gelu_tanh", Shape(x.shape()), {x}, [](OpContext<T>& c) {
+    using K = detail::GeluConstants<T>;
+    const T k = K::k, c3 = K::c3;
+    const auto xv = c.input(0).array();
+    Tensor<T>& t = c.saved(0);  // t = tanh(k (x + c3 x^3)), recomputed once here
+    t.resize(c.input(0).shape());
+    t.array() = (k * (xv + c3 * xv.cube())).tanh();
+    const auto tv = t.array();
+    c.add_grad(
+        0, c.grad_out().array() * (T(0.5) * (T(1) + tv) + T(0.5) * xv * (T(1) - tv.square()) * k *
+                                                              (T(1) + T(3) * c3 * xv.square())));
+  });
+  const T k = K::k, c3 = K::c3;
+  const auto xv = x.value().array();
+  y.value().array() = T(0.5) * xv * (T(1) + (k * (xv + c3 * xv.cube())).tanh());
+  return y;
+}
+
+// softmax(x, dim)_i = exp(x_i - m) / sum_j exp(x_j - m), m = max_j x_j (the shift changes
+// nothing mathematically and keeps exp <= 1);  dx = y * (g - sum_j g_j y_j).
+template <class T>
+Var<T> softmax(const Var<T>& x, int dim = -1) {
+  const detail::SoftmaxLayout l = detail::softmax_layout("softmax", x.shape(), dim);
+  Var<T> y = x.tape().record("softmax", Shape(x.shape()), {x}, [](OpContext<T>& c) {
+    const int64_t outer = c.node().ints[0], n = c.node().ints[1], inner = c.node().ints[2];
+    if (c.value().numel() == 0) return;
+    Tensor<T>& s = c.saved(0);  // sum_j g_j y_j per slice
+    if (inner == 1) {
+      const auto Y = c.value().matrix(outer, n).array();
+      const auto G = c.grad_out().matrix(outer, n).array();
+      auto S = s.array();
+      S = (G * Y).rowwise().sum();
+      c.add_grad_matrix(0, outer, n, (Y * (G.colwise() - S)).matrix());
+      return;
+    }
+    Tensor<T>& gx = c.grad_in(0);
+    for (int64_t o = 0; o < outer; ++o) {
+      const int64_t off = o * n * inner;
+      const auto Y = detail::ConstRowMajorMap<T>(c.value().data() + off, n, inner).array();
+      const auto G = detail::ConstRowMajorMap<T>(c.grad_out().data() + off, n, inner).array();
+      detail::RowVectorMap<T> S(s.data(), inner);
+      S = (G * Y).colwise().sum();
+      detail::RowMajorMap<T>(gx.data() + off, n, inner).array() += Y * (G.rowwise() - S);
+    }
+  });
+  auto& ints = y.node().ints;
+  ints.push_back(l.outer), ints.push_back(l.n), ints.push_back(l.inner);
+  Tensor<T>& s = y.node().saved[0];  // row maxima, then row sums; reused by backward
+  s.resize(Shape{l.outer * l.inner});
+  if (x.numel() == 0) return y;
+  if (l.inner == 1) {
+    const auto X = x.value().matrix(l.outer, l.n).array();
+    auto Y = y.value().matrix(l.outer, l.n).array();
+    auto S = s.array();
+    S = X.rowwise().maxCoeff();
+    Y = (X.colwise() - S).exp();
+    S = Y.rowwise().sum();
+    Y.colwise() /= S;
+    return y;
+  }
+  for (int64_t o = 0; o < l.outer; ++o) {
+    const int64_t off = o * l.n * l.inner;
+    const auto X = detail::ConstRowMajorMap<T>(x.value().data() + off, l.n, l.inner).array();
+    auto Y = detail::RowMajorMap<T>(y.value().data() + off, l.n, l.inner).array();
+    detail::RowVectorMap<T> S(s.data(), l.inner);
+    S = X.colwise().maxCoeff();
+    Y = (X.rowwise() - S).exp();
+    S = Y.colwise().sum();
+    Y.rowwise() /= S;
+  }
+  return y;
+}
+
+// log_softmax(x, dim)_i = (x_i - m) - log sum_j exp(x_j - m), m = max_j x_j;
+// dx = g - exp(y) * sum_j g_j.
+template <class T>
+Var<T> log_softmax(const Var<T>& x, int dim = -1) {
+  const detail::SoftmaxLayout l = detail::softmax_layout("log_softmax", x.shape(), dim);
+  Var<T> y = x.tape().record("log_softmax", Shape(x.shape()), {x}, [](OpContext<T>& c) {
+    const int64_t outer = c.node().ints[0], n = c.node().ints[1], inner = c.node().ints[2];
+    if (c.value().numel() == 0) return;
+    Tensor<T>& s = c.saved(0);  // sum_j g_j per slice
+    if (inner == 1) {
+      const auto Y = c.value().matrix(outer, n).array();
+      const auto G = c.grad_out().matrix(outer, n).array();
+      auto S = s.array();
+      S = G.rowwise().sum();
+      c.add_grad_matrix(0, outer, n, (G - Y.exp().colwise() * S).matrix());
+      return;
+    }
+    Tensor<T>& gx = c.grad_in(0);
+    for (int64_t o = 0; o < outer; ++o) {
+      const int64_t off = o * n * inner;
+      const auto Y = detail::ConstRowMajorMap<T>(c.value().data() + off, n, inner).array();
+      const auto G = detail::ConstRowMajorMap<T>(c.grad_out().data() + off, n, inner).array();
+      detail::RowVectorMap<T> S(s.data(), inner);
+      S = G.colwise().sum();
+      detail::RowMajorMap<T>(gx.data() + off, n, inner).array() += G - Y.exp().rowwise() * S;
+    }
+  });
+  auto& ints = y.node().ints;
+  ints.push_back(l.outer), ints.push_back(l.n), ints.push_back(l.inner);
+  Tensor<T>& s = y.node().saved[0];  // row maxima, then log-sum-exps; reused by backward
+  s.resize(Shape{l.outer * l.inner});
+  if (x.numel() == 0) return y;
+  if (l.inner == 1) {
+    const auto X = x.value().matrix(l.outer, l.n).array();
+    auto Y = y.value().matrix(l.outer, l.n).array();
+    auto S = s.array();
+    S = X.rowwise().maxCoeff();
+    Y = X.colwise() - S;
+    S = Y.exp().rowwise().sum().log();
+    Y.colwise() -= S;
+    return y;
+  }
+  for (int64_t o = 0; o < l.outer; ++o) {
+    const int64_t off = o * l.n * l.inner;
+    const auto X = detail::ConstRowMajorMap<T>(x.value().data() + off, l.n, l.inner).array();
+    auto Y = detail::RowMajorMap<T>(y.value().data() + off, l.n, l.inner).array();
+    detail::RowVectorMap<T> S(s.data(), l.inner);
+    S = X.colwise().maxCoeff();
+    Y = X.rowwise() - S;
+    S = Y.exp().colwise().sum().log();
+    Y.rowwise() -= S;
+  }
+  return y;
+}
+
+}  // namespace tapegrad
