@@ -16,9 +16,10 @@
 // (OpenMP) when the work is large; each thread has its own dW/db partial sums and dcol buffer
 // (saved(2), saved(1)), all reused across steps. 1x1 kernels with stride 1 and no padding skip
 // im2col: the image itself is the column matrix.
-// Measured on the benchmark shapes (64x16x28x28, 3x3, 2 threads): per-image GEMMs beat one GEMM
-// over the batch ([O, C·kh·kw] x [C·kh·kw, N·OH·OW]), which needs a transpose of y and of dy
-// and a batch-sized dcol buffer.
+// Measured (float, 1 thread, 3x3 pad 1, batch 64; forward / backward ms): per-image GEMMs
+// 0.7/1.8 (1->16 ch, 28x28), 8.9/14.5 (16->16), 6.3/10.2 (32->32, 14x14) against 1.0/1.7,
+// 12.5/22.2, 10.5/16.4 for one GEMM over the batch ([O, C·kh·kw] x [C·kh·kw, N·OH·OW]),
+// which also needs transposed copies of y and dy and a batch-sized dcol buffer.
 
 #include <Eigen/Core>
 #include <algorithm>
