@@ -1,0 +1,195 @@
+#pragma once
+// DataLoader: mini-batches over an in-memory dataset (images [N, ...], N labels), as
+// torch.utils.data.DataLoader(dataset, batch_size, shuffle, drop_last) for tensors in memory.
+//
+//   io::DataLoader loader(train.images, train.labels,
+//                         io::DataLoaderOptions(128).shuffle(true).seed(1).normalize(0.286f,
+//                         0.353f));
+//   for (int epoch = 0; epoch < 5; ++epoch)
+//     for (const auto& batch : loader) { ... batch.images [B, ...], batch.labels (B) ... }
+//
+// Each pass (each begin()) is one epoch. With shuffle, epoch e visits the samples in a
+// permutation drawn from a Generator seeded by (seed, e): a new order every epoch, the same
+// orders in every run, and set_epoch(e) replays epoch e (resuming from a checkpoint).
+// Normalisation: x' = (x - mean) / std, as torchvision.transforms.Normalize.
+//
+// The batch lives in buffers the loader reuses: after the first batch nothing is allocated,
+// provided the previous batch's tensor is no longer held (clear the tape that used it). A batch
+// still held elsewhere is never overwritten: the loader then takes a fresh buffer.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <iterator>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "tapegrad/error.hpp"
+#include "tapegrad/random.hpp"
+#include "tapegrad/tensor.hpp"
+
+namespace tapegrad::io {
+
+struct Normalize {
+  float mean = 0;
+  float std = 1;
+};
+
+// Options in the style of torch::data::DataLoaderOptions: chained setters, getters of the same
+// name. DataLoaderOptions(128).shuffle(true).seed(1).normalize(0.2860f, 0.3530f)
+class DataLoaderOptions {
+ public:
+  DataLoaderOptions(int64_t batch_size = 64) : batch_size_(batch_size) {}  // NOLINT: implicit
+
+  DataLoaderOptions& batch_size(int64_t v) { return batch_size_ = v, *this; }
+  DataLoaderOptions& shuffle(bool v) { return shuffle_ = v, *this; }
+  // Skip the last batch when it is smaller than batch_size.
+  DataLoaderOptions& drop_last(bool v) { return drop_last_ = v, *this; }
+  DataLoaderOptions& seed(uint64_t v) { return seed_ = v, *this; }
+  DataLoaderOptions& normalize(float mean, float std) { return normalize_ = {mean, std}, *this; }
+
+  int64_t batch_size() const { return batch_size_; }
+  bool shuffle() const { return shuffle_; }
+  bool drop_last() const { return drop_last_; }
+  uint64_t seed() const { return seed_; }
+  const std::optional<Normalize>& normalize() const { return normalize_; }
+
+ private:
+  int64_t batch_size_;
+  bool shuffle_ = false;
+  bool drop_last_ = false;
+  uint64_t seed_ = 0;
+  std::optional<Normalize> normalize_;
+};
+
+template <class T>
+struct Batch {
+  Tensor<T> images;             // [B, ...] with the dataset's per-sample shape
+  std::vector<int64_t> labels;  // B labels
+  int64_t index = 0;            // which batch of the epoch
+
+  int64_t size() const { return static_cast<int64_t>(labels.size()); }
+};
+
+template <class T>
+class DataLoader {
+ public:
+  DataLoader(Tensor<T> images, std::vector<int64_t> labels, DataLoaderOptions options = {})
+      : images_(std::move(images)), labels_(std::move(labels)), opt_(options) {
+    if (images_.rank() < 1 || images_.size(0) != static_cast<int64_t>(labels_.size()))
+      tapegrad::detail::fail<ShapeError>("DataLoader: images of shape ", images_.shape(), " and ",
+                                         labels_.size(), " labels: one label per image needed");
+    if (opt_.batch_size() < 1)
+      tapegrad::detail::fail<ValueError>("DataLoader: batch_size ", opt_.batch_size(),
+                                         " must be at least 1");
+    if (opt_.normalize() && !(opt_.normalize()->std > 0 && std::isfinite(opt_.normalize()->std) &&
+                              std::isfinite(opt_.normalize()->mean)))
+      tapegrad::detail::fail<ValueError>("DataLoader: normalize(mean ", opt_.normalize()->mean,
+                                         ", std ", opt_.normalize()->std,
+                                         ") needs a finite mean and a positive finite std");
+    const int64_t n = num_samples();
+    sample_numel_ = n > 0 ? images_.numel() / n : 0;
+    order_.resize(static_cast<size_t>(n));
+    for (int64_t i = 0; i < n; ++i) order_[static_cast<size_t>(i)] = i;
+    batch_.labels.reserve(static_cast<size_t>(std::min(opt_.batch_size(), n)));
+  }
+
+  int64_t num_samples() const { return static_cast<int64_t>(labels_.size()); }
+  // Batches per epoch.
+  int64_t size() const {
+    const int64_t n = num_samples(), b = opt_.batch_size();
+    return opt_.drop_last() ? n / b : (n + b - 1) / b;
+  }
+  const DataLoaderOptions& options() const { return opt_; }
+  // The epoch the next begin() starts (0 at first).
+  int64_t epoch() const { return epoch_; }
+  void set_epoch(int64_t e) { epoch_ = e; }
+  // The sample order of the current epoch.
+  const std::vector<int64_t>& order() const { return order_; }
+
+  class iterator {
+   public:
+    using iterator_category = std::input_iterator_tag;
+    using value_type = Batch<T>;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const Batch<T>*;
+    using reference = const Batch<T>&;
+
+    iterator() = default;
+    reference operator*() const { return loader_->batch_; }
+    pointer operator->() const { return &loader_->batch_; }
+    iterator& operator++() {
+      if (++i_ < loader_->size()) loader_->load(i_);
+      return *this;
+    }
+    void operator++(int) { ++*this; }
+    friend bool operator==(const iterator& a, const iterator& b) { return a.i_ == b.i_; }
+
+   private:
+    friend class DataLoader;
+    iterator(DataLoader* l, int64_t i) : loader_(l), i_(i) {}
+    DataLoader* loader_ = nullptr;
+    int64_t i_ = 0;
+  };
+
+  // Starts an epoch: draws its order (with shuffle) and loads its first batch.
+  iterator begin() {
+    start_epoch();
+    if (size() > 0) load(0);
+    return iterator(this, 0);
+  }
+  iterator end() { return iterator(this, size()); }
+
+  // Loads batch i of the current epoch's order into the loader's buffers.
+  const Batch<T>& load(int64_t i) {
+    if (i < 0 || i >= size())
+      tapegrad::detail::fail<ValueError>("DataLoader: batch ", i, " out of range (", size(),
+                                         " batches)");
+    const int64_t first = i * opt_.batch_size();
+    const int64_t b = std::min(opt_.batch_size(), num_samples() - first);
+    Shape s = images_.shape();
+    s[0] = b;
+    batch_.images.resize(s);  // keeps the buffer unless it is held elsewhere or too small
+    batch_.labels.resize(static_cast<size_t>(b));
+    batch_.index = i;
+    const T* src = images_.data();
+    T* dst = batch_.images.data();
+    const size_t row = static_cast<size_t>(sample_numel_);
+    for (int64_t k = 0; k < b; ++k) {
+      const int64_t j = order_[static_cast<size_t>(first + k)];
+      if (row) std::memcpy(dst + k * sample_numel_, src + j * sample_numel_, row * sizeof(T));
+      batch_.labels[static_cast<size_t>(k)] = labels_[static_cast<size_t>(j)];
+    }
+    if (opt_.normalize()) {
+      const T inv = T(1) / T(opt_.normalize()->std);
+      const T shift = -T(opt_.normalize()->mean) * inv;
+      batch_.images.array() = batch_.images.array() * inv + shift;
+    }
+    return batch_;
+  }
+
+ private:
+  void start_epoch() {
+    if (opt_.shuffle()) {
+      const int64_t n = num_samples();
+      for (int64_t i = 0; i < n; ++i) order_[static_cast<size_t>(i)] = i;
+      // One generator per (seed, epoch): epochs are independent of how many were run before.
+      Generator g(opt_.seed() + 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(epoch_ + 1));
+      for (int64_t i = n - 1; i > 0; --i)  // Fisher-Yates
+        std::swap(order_[static_cast<size_t>(i)], order_[g.below(static_cast<uint64_t>(i) + 1)]);
+    }
+    ++epoch_;
+  }
+
+  Tensor<T> images_;
+  std::vector<int64_t> labels_;
+  DataLoaderOptions opt_;
+  int64_t sample_numel_ = 0;
+  std::vector<int64_t> order_;
+  Batch<T> batch_;
+  int64_t epoch_ = 0;
+};
+
+}  // namespace tapegrad::io

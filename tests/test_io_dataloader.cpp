@@ -1,0 +1,163 @@
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <numeric>
+#include <set>
+#include <vector>
+
+#include "tapegrad/io/dataloader.hpp"
+
+namespace tg = tapegrad;
+namespace io = tapegrad::io;
+
+namespace {
+
+// n samples of shape [2, 3]; every value of sample i is 10 * i + position, label i.
+struct Toy {
+  tg::Tensor<float> images;
+  std::vector<int64_t> labels;
+};
+Toy make_toy(int64_t n) {
+  Toy t{tg::Tensor<float>(tg::Shape{n, 2, 3}), std::vector<int64_t>(static_cast<size_t>(n))};
+  for (int64_t i = 0; i < n; ++i) {
+    for (int64_t p = 0; p < 6; ++p) t.images[i * 6 + p] = float(10 * i + p);
+    t.labels[static_cast<size_t>(i)] = i;
+  }
+  return t;
+}
+
+// The labels of every batch of one epoch, in order.
+std::vector<std::vector<int64_t>> epoch_labels(io::DataLoader<float>& loader) {
+  std::vector<std::vector<int64_t>> out;
+  for (const auto& b : loader) out.push_back(b.labels);
+  return out;
+}
+
+TEST(DataLoader, SequentialBatchesWithPartialLast) {
+  Toy toy = make_toy(10);
+  io::DataLoader<float> loader(toy.images, toy.labels, 4);
+  EXPECT_EQ(loader.size(), 3);
+  EXPECT_EQ(loader.num_samples(), 10);
+  int64_t count = 0;
+  for (const auto& b : loader) {
+    const int64_t expect_size = count < 2 ? 4 : 2;
+    EXPECT_EQ(b.index, count);
+    ASSERT_EQ(b.size(), expect_size);
+    EXPECT_EQ(b.images.shape(), (tg::Shape{expect_size, 2, 3}));
+    for (int64_t k = 0; k < b.size(); ++k) {
+      const int64_t i = count * 4 + k;
+      EXPECT_EQ(b.labels[static_cast<size_t>(k)], i);
+      for (int64_t p = 0; p < 6; ++p) EXPECT_EQ(b.images[k * 6 + p], float(10 * i + p));
+    }
+    ++count;
+  }
+  EXPECT_EQ(count, 3);
+}
+
+TEST(DataLoader, DropLastSkipsTheSmallBatch) {
+  Toy toy = make_toy(10);
+  io::DataLoader<float> loader(toy.images, toy.labels, io::DataLoaderOptions(4).drop_last(true));
+  EXPECT_EQ(loader.size(), 2);
+  const auto batches = epoch_labels(loader);
+  ASSERT_EQ(batches.size(), 2u);
+  EXPECT_EQ(batches[1], (std::vector<int64_t>{4, 5, 6, 7}));
+  // Fewer samples than one batch: no batch at all with drop_last, one without.
+  Toy small = make_toy(3);
+  io::DataLoader<float> none(small.images, small.labels, io::DataLoaderOptions(4).drop_last(true));
+  EXPECT_EQ(none.size(), 0);
+  EXPECT_TRUE(epoch_labels(none).empty());
+  io::DataLoader<float> one(small.images, small.labels, 4);
+  EXPECT_EQ(epoch_labels(one), (std::vector<std::vector<int64_t>>{{0, 1, 2}}));
+}
+
+TEST(DataLoader, ShuffleIsAPermutationNewEachEpochAndReproducible) {
+  Toy toy = make_toy(50);
+  const auto opt = io::DataLoaderOptions(8).shuffle(true).seed(42);
+  io::DataLoader<float> a(toy.images, toy.labels, opt), b(toy.images, toy.labels, opt);
+  std::vector<std::vector<std::vector<int64_t>>> epochs;
+  for (int e = 0; e < 3; ++e) {
+    const auto batches = epoch_labels(a);
+    std::vector<int64_t> seen;
+    for (const auto& bl : batches) seen.insert(seen.end(), bl.begin(), bl.end());
+    std::vector<int64_t> sorted = seen;
+    std::sort(sorted.begin(), sorted.end());
+    std::vector<int64_t> all(50);
+    std::iota(all.begin(), all.end(), 0);
+    EXPECT_EQ(sorted, all) << "epoch " << e << " is not a permutation";
+    EXPECT_NE(seen, all) << "epoch " << e << " is not shuffled";
+    epochs.push_back(batches);
+    EXPECT_EQ(epoch_labels(b), batches) << "same seed, different order in epoch " << e;
+  }
+  EXPECT_NE(epochs[0], epochs[1]);
+  EXPECT_NE(epochs[1], epochs[2]);
+  EXPECT_EQ(a.epoch(), 3);
+
+  // Replaying an epoch (resume) gives that epoch's order.
+  a.set_epoch(1);
+  EXPECT_EQ(epoch_labels(a), epochs[1]);
+
+  // Another seed, another order.
+  io::DataLoader<float> c(toy.images, toy.labels, io::DataLoaderOptions(8).shuffle(true).seed(43));
+  EXPECT_NE(epoch_labels(c), epochs[0]);
+
+  // Images follow their labels through the shuffle.
+  for (const auto& batch : c)
+    for (int64_t k = 0; k < batch.size(); ++k)
+      EXPECT_EQ(batch.images[k * 6 + 5], float(10 * batch.labels[static_cast<size_t>(k)] + 5));
+}
+
+TEST(DataLoader, NormalizeSubtractsMeanAndDividesByStd) {
+  Toy toy = make_toy(4);
+  io::DataLoader<float> loader(toy.images, toy.labels,
+                               io::DataLoaderOptions(4).normalize(5.0f, 2.0f));
+  const auto& b = *loader.begin();
+  // sample 1, position 3: raw 13 -> (13 - 5) / 2 = 4
+  EXPECT_FLOAT_EQ(b.images.at(1, 1, 0), 4.0f);
+  EXPECT_FLOAT_EQ(b.images.at(0, 0, 0), -2.5f);
+  EXPECT_FLOAT_EQ(toy.images.at(1, 1, 0), 13.0f);  // the dataset is not modified
+
+  tg::Tensor<double> d = toy.images.to<double>();
+  io::DataLoader<double> dl(d, toy.labels, io::DataLoaderOptions(2).normalize(1, 4));
+  EXPECT_DOUBLE_EQ(dl.begin()->images.at(1, 1, 2), (15.0 - 1.0) / 4.0);
+}
+
+TEST(DataLoader, ReusesItsBatchBufferAcrossBatchesAndEpochs) {
+  Toy toy = make_toy(20);
+  io::DataLoader<float> loader(toy.images, toy.labels, io::DataLoaderOptions(6).shuffle(true));
+  const float* buffer = nullptr;
+  const int64_t* labels = nullptr;
+  for (int e = 0; e < 2; ++e) {
+    for (const auto& b : loader) {
+      if (!buffer) buffer = b.images.data(), labels = b.labels.data();
+      EXPECT_EQ(b.images.data(), buffer);  // no allocation per batch, also for the last (2)
+      EXPECT_EQ(b.labels.data(), labels);
+    }
+  }
+  // A batch held by the caller is not overwritten: the loader moves to a fresh buffer.
+  auto it = loader.begin();
+  const tg::Tensor<float> held = it->images;
+  const std::vector<float> copy(held.data(), held.data() + held.numel());
+  ++it;
+  EXPECT_NE(it->images.data(), held.data());
+  EXPECT_TRUE(std::equal(copy.begin(), copy.end(), held.data()));
+}
+
+TEST(DataLoader, BadArguments) {
+  Toy toy = make_toy(5);
+  std::vector<int64_t> four(4, 0);
+  try {
+    io::DataLoader<float> l(toy.images, four);
+    FAIL() << "mismatched labels accepted";
+  } catch (const tg::ShapeError& e) {
+    EXPECT_EQ(std::string(e.what()),
+              "DataLoader: images of shape [5,2,3] and 4 labels: one label per image needed");
+  }
+  EXPECT_THROW(io::DataLoader<float>(toy.images, toy.labels, 0), tg::ValueError);
+  EXPECT_THROW(
+      io::DataLoader<float>(toy.images, toy.labels, io::DataLoaderOptions().normalize(0.0f, 0.0f)),
+      tg::ValueError);
+  io::DataLoader<float> l(toy.images, toy.labels, 2);
+  EXPECT_THROW(l.load(3), tg::ValueError);
+}
+
+}  // namespace
