@@ -1,0 +1,99 @@
+#pragma once
+// RMSprop: torch.optim.RMSprop's equations and defaults (docs; C++
+// torch/csrc/api/src/optim/rmsprop.cpp):
+//
+//   g = g + wd·θ                                        (if wd ≠ 0, coupled)
+//   s = α·s + (1 − α)·g²
+//   centered:  ḡ = α·ḡ + (1 − α)·g  (as ḡ + (1 − α)(g − ḡ));   a = √(s − ḡ²) + eps
+//   else:      a = √s + eps                             (eps outside the square root)
+//   μ > 0:     b = μ·b + g / a;   θ = θ − lr·b
+//   else:      θ = θ − lr·g / a
+//
+// Defaults: lr 1e-2, alpha 0.99, eps 1e-8, weight_decay 0, momentum 0, centered false.
+// State: "step", "square_avg", "momentum_buffer" (μ > 0), "grad_avg" (centered).
+
+#include "tapegrad/optim/optimizer.hpp"
+
+namespace tapegrad::optim {
+
+struct RMSpropOptions {
+  double lr = 1e-2;
+  double alpha = 0.99;
+  double eps = 1e-8;
+  double weight_decay = 0;
+  double momentum = 0;
+  bool centered = false;
+};
+
+template <class T>
+class RMSprop : public Optimizer<T> {
+ public:
+  RMSprop(std::vector<ParamGroup<T>> groups, RMSpropOptions o = {})
+      : Optimizer<T>("RMSprop", std::move(groups), o.lr, o.weight_decay), o_(o) {
+    this->check_nonnegative("eps", o.eps);
+    this->check_nonnegative("momentum", o.momentum);
+    if (!(o.alpha >= 0 && o.alpha <= 1))
+      tapegrad::detail::fail<ValueError>("RMSprop: invalid alpha ", o.alpha,
+                                         " (must be in [0, 1])");
+  }
+  RMSprop(const std::vector<Parameter<T>>& params, RMSpropOptions o = {})
+      : RMSprop(std::vector<ParamGroup<T>>{ParamGroup<T>::of(params)}, o) {}
+  RMSprop(const NamedParameters<T>& params, RMSpropOptions o = {})
+      : RMSprop(std::vector<ParamGroup<T>>{ParamGroup<T>::of(params)}, o) {}
+
+  const RMSpropOptions& options() const { return o_; }
+
+ protected:
+  using typename Optimizer<T>::ParamState;
+
+  // Fixed slots: 0 square_avg, 1 momentum_buffer, 2 grad_avg.
+  std::array<const char*, 3> buffer_names() const override {
+    return {"square_avg", o_.momentum > 0 ? "momentum_buffer" : nullptr,
+            o_.centered ? "grad_avg" : nullptr};
+  }
+
+  void update(const Parameter<T>& p, ParamState& s, double lr_d, double wd_d) override {
+    if (!s.initialized) this->init_state(s, p);
+    ++s.step;
+    const T lr = static_cast<T>(lr_d), wd = static_cast<T>(wd_d), alpha = static_cast<T>(o_.alpha),
+            one_a = static_cast<T>(1 - o_.alpha), eps = static_cast<T>(o_.eps),
+            mu = static_cast<T>(o_.momentum);
+    const bool decay = wd_d != 0, momentum = o_.momentum > 0, centered = o_.centered;
+    auto w_all = p.value().array();
+    const auto g_all = p.grad().array();
+    this->for_chunks(p.numel(), [&](int64_t off, int64_t n) {
+      auto w = w_all.segment(off, n);
+      auto sq = s.buf[0].array().segment(off, n);
+      const auto g0 = g_all.segment(off, n);
+      // The same body with d = g or d = g + wd·θ, evaluated inside each expression.
+      auto body = [&](const auto& d) {
+        sq = alpha * sq + one_a * d.square();
+        auto apply = [&](const auto& avg) {
+          if (momentum) {
+            auto b = s.buf[1].array().segment(off, n);
+            b = mu * b + d / avg;
+            w -= lr * b;
+          } else {
+            w -= lr * (d / avg);
+          }
+        };
+        if (centered) {
+          auto ga = s.buf[2].array().segment(off, n);
+          ga += one_a * (d - ga);
+          apply((sq - ga.square()).sqrt() + eps);
+        } else {
+          apply(sq.sqrt() + eps);
+        }
+      };
+      if (decay)
+        body(g0 + wd * w);
+      else
+        body(g0);
+    });
+  }
+
+ private:
+  RMSpropOptions o_;
+};
+
+}  // namespace tapegrad::optim
