@@ -2,9 +2,8 @@
 // DataLoader: mini-batches over an in-memory dataset (images [N, ...], N labels), as
 // torch.utils.data.DataLoader(dataset, batch_size, shuffle, drop_last) for tensors in memory.
 //
-//   io::DataLoader loader(train.images, train.labels,
-//                         io::DataLoaderOptions(128).shuffle(true).seed(1).normalize(0.286f,
-//                         0.353f));
+//   auto opts = io::DataLoaderOptions(128).shuffle(true).seed(1).normalize(0.286f, 0.353f);
+//   io::DataLoader loader(train.images, train.labels, opts);
 //   for (int epoch = 0; epoch < 5; ++epoch)
 //     for (const auto& batch : loader) { ... batch.images [B, ...], batch.labels (B) ... }
 //
