@@ -1,0 +1,364 @@
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <fstream>
+#include <limits>
+#include <memory>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "tapegrad/diag/monitor.hpp"
+
+#ifndef TAPEGRAD_TEST_TMPDIR
+#define TAPEGRAD_TEST_TMPDIR "/tmp"
+#endif
+
+namespace tg = tapegrad;
+namespace diag = tapegrad::diag;
+
+namespace {
+
+// Stand-ins for the real layers: a dense layer with weight [out, in] and bias [out], and a
+// parameter-free activation, named as the real modules are.
+class MonDense : public tg::nn::Module<double> {
+ public:
+  MonDense(int64_t in, int64_t out) : in_(in), out_(out) {
+    weight = register_parameter("weight", tg::Tensor<double>::zeros({out, in}));
+    bias = register_parameter("bias", tg::Tensor<double>::zeros({out}));
+  }
+  tg::Var<double> forward(const tg::Var<double>& x) override { return x; }
+  std::string name() const override {
+    return "Dense(" + std::to_string(in_) + ", " + std::to_string(out_) + ")";
+  }
+  tg::Parameter<double> weight, bias;
+
+ private:
+  int64_t in_, out_;
+};
+
+class MonNamed : public tg::nn::Module<double> {
+ public:
+  explicit MonNamed(std::string n) : n_(std::move(n)) {}
+  tg::Var<double> forward(const tg::Var<double>& x) override { return x; }
+  std::string name() const override { return n_; }
+
+ private:
+  std::string n_;
+};
+
+// Dense, activation, Dense, activation, Dense: layers "0", "2", "4" as in a Sequential.
+class MonStack : public tg::nn::Module<double> {
+ public:
+  explicit MonStack(const std::string& activation, const std::string& extra = "") {
+    for (int i = 0; i < 3; ++i) {
+      dense.push_back(register_module(std::to_string(2 * i), std::make_shared<MonDense>(2, 2)));
+      if (i < 2) register_module(std::to_string(2 * i + 1), std::make_shared<MonNamed>(activation));
+    }
+    if (!extra.empty()) register_module("extra", std::make_shared<MonNamed>(extra));
+  }
+  tg::Var<double> forward(const tg::Var<double>& x) override { return x; }
+  std::string name() const override { return "Sequential"; }
+  std::vector<std::shared_ptr<MonDense>> dense;
+};
+
+// Gives layer i a gradient of L2 norm exactly `norm` (all of it in the bias' first entry).
+void set_norm(MonStack& m, size_t i, double norm) {
+  m.dense[i]->weight.grad().zero_();
+  m.dense[i]->bias.grad().zero_();
+  m.dense[i]->bias.grad()[0] = norm;
+}
+void set_norms(MonStack& m, double a, double b, double c) {
+  set_norm(m, 0, a);
+  set_norm(m, 1, b);
+  set_norm(m, 2, c);
+}
+
+bool contains(const std::string& s, const std::string& part) {
+  return s.find(part) != std::string::npos;
+}
+
+TEST(GradientMonitor, GroupsParametersIntoLayersAndComputesL2Norms) {
+  MonStack m("Sigmoid()");
+  diag::GradientMonitor<double> mon(m);
+  EXPECT_EQ(mon.layer_names(), (std::vector<std::string>{"0", "2", "4"}));
+  EXPECT_EQ(mon.activation(), diag::Activation::Sigmoid);
+  // Layer "0": weight grads 3, 4 and bias grad 12 -> sqrt(9 + 16 + 144) = 13.
+  set_norms(m, 0, 1, 2);
+  m.dense[0]->weight.grad()[0] = 3;
+  m.dense[0]->weight.grad()[3] = 4;
+  m.dense[0]->bias.grad()[1] = 12;
+  ASSERT_TRUE(mon.record(0));
+  const auto n = mon.latest();
+  EXPECT_DOUBLE_EQ(n[0], 13.0);
+  EXPECT_DOUBLE_EQ(n[1], 1.0);
+  EXPECT_DOUBLE_EQ(n[2], 2.0);
+  const auto f = mon.flags();
+  EXPECT_DOUBLE_EQ(f.total_norm, std::sqrt(169.0 + 1 + 4));
+  EXPECT_DOUBLE_EQ(f.first_last_ratio, 6.5);
+  EXPECT_DOUBLE_EQ(f.layers[1].ratio_to_last, 0.5);
+  EXPECT_EQ(f.layers[0].module, "Dense(2, 2)");
+  EXPECT_FALSE(f.any());
+
+  // Parameters without requires_grad are not watched; a model without any is an error.
+  m.dense[2]->weight.set_requires_grad(false);
+  m.dense[2]->bias.set_requires_grad(false);
+  diag::GradientMonitor<double> partial(m);
+  EXPECT_EQ(partial.layer_names(), (std::vector<std::string>{"0", "2"}));
+  MonNamed empty("Empty");
+  EXPECT_THROW(diag::GradientMonitor<double>{empty}, tg::ValueError);
+}
+
+TEST(GradientMonitor, FlagsVanishingByThresholdAndByRatio) {
+  MonStack m("Sigmoid()");
+  diag::GradientMonitor<double> mon(m);
+  set_norms(m, 1e-9, 0.5, 1.0);  // 1e-9 < 1e-7
+  mon.record(0);
+  auto f = mon.flags();
+  EXPECT_TRUE(f.vanishing);
+  EXPECT_TRUE(f.layers[0].vanishing);
+  EXPECT_FALSE(f.layers[1].vanishing);
+  EXPECT_FALSE(f.exploding || f.non_finite);
+  EXPECT_EQ(f.layers[0].flag(), "VANISHING");
+
+  set_norms(m, 1e-4, 0.5, 1.0);  // above the threshold, but 1e-4 of the last layer
+  mon.record(1);
+  f = mon.flags();
+  EXPECT_TRUE(f.layers[0].vanishing);
+  EXPECT_DOUBLE_EQ(f.first_last_ratio, 1e-4);
+
+  set_norms(m, 0.2, 0.5, 1.0);  // within the healthy band
+  mon.record(2);
+  EXPECT_FALSE(mon.flags().any());
+}
+
+TEST(GradientMonitor, FlagsExplodingByThresholdAndRatio) {
+  MonStack m("ReLU()");
+  diag::GradientMonitor<double> mon(m);
+  set_norms(m, 5e3, 2.0, 1.0);
+  mon.record(0);
+  auto f = mon.flags();
+  EXPECT_TRUE(f.exploding);
+  EXPECT_TRUE(f.layers[0].exploding);
+  EXPECT_FALSE(f.layers[1].exploding);
+  EXPECT_FALSE(f.vanishing);
+
+  set_norms(m, 500, 2.0, 1.0);  // below 1e3 but 500x the last layer
+  mon.record(1);
+  EXPECT_TRUE(mon.flags().layers[0].exploding);
+}
+
+TEST(GradientMonitor, FlagsNonFiniteGradients) {
+  MonStack m("ReLU()");
+  diag::GradientMonitor<double> mon(m);
+  set_norms(m, 1, 1, 1);
+  m.dense[1]->weight.grad()[2] = std::numeric_limits<double>::quiet_NaN();
+  mon.record(0);
+  auto f = mon.flags();
+  EXPECT_TRUE(f.non_finite);
+  EXPECT_TRUE(f.layers[1].non_finite);
+  EXPECT_FALSE(f.layers[0].non_finite);
+  EXPECT_TRUE(std::isnan(mon.latest()[1]));
+  EXPECT_EQ(f.layers[1].flag(), "NON-FINITE");
+  EXPECT_EQ(mon.non_finite_records(), 1);
+
+  set_norms(m, 1, 1, 1);
+  m.dense[2]->bias.grad()[1] = -std::numeric_limits<double>::infinity();
+  mon.record(1);
+  f = mon.flags();
+  EXPECT_TRUE(f.layers[2].non_finite);
+  EXPECT_TRUE(std::isnan(f.first_last_ratio));  // no ratio to an infinite last layer
+  EXPECT_EQ(mon.non_finite_records(), 2);
+
+  // Huge but finite double gradients are not mistaken for Inf: sqrt(2) * 1e200.
+  set_norms(m, 1, 1, 1);
+  m.dense[0]->weight.grad()[0] = 1e200;
+  m.dense[0]->weight.grad()[1] = -1e200;
+  mon.record(2);
+  EXPECT_NEAR(mon.latest()[0] / 1e200, std::sqrt(2.0), 1e-12);
+  EXPECT_FALSE(mon.flags().non_finite);
+}
+
+TEST(GradientMonitor, FlagsSteadyGrowthOverTheWindow) {
+  MonStack m("ReLU()");
+  diag::MonitorOptions opt;
+  opt.growth_window = 6;
+  opt.growth_factor = 10;
+  diag::GradientMonitor<double> mon(m, opt);
+  // Norms 0.01, 0.02, ..., 0.32 in every layer: far below the threshold, but growing 32-fold.
+  double x = 0.01;
+  for (int s = 0; s < 6; ++s, x *= 2) {
+    set_norms(m, x, x, x);
+    mon.record(s);
+    if (s < 5) {
+      EXPECT_FALSE(mon.flags().growing) << "flagged before the window is full";
+    }
+  }
+  auto f = mon.flags();
+  EXPECT_TRUE(f.growing);
+  EXPECT_TRUE(f.exploding);
+  EXPECT_EQ(f.layers[0].flag(), "GROWING");
+  EXPECT_TRUE(contains(mon.diagnosis(), "diverging"));
+
+  // One dip in five steps is still steady growth; two are not; nor is growth below the factor.
+  diag::GradientMonitor<double> noisy(m, opt);
+  for (double v : {1.0, 2.0, 4.0, 3.0, 8.0, 20.0}) {
+    set_norms(m, v, v, v);
+    noisy.record(0);
+  }
+  EXPECT_TRUE(noisy.flags().growing);
+  diag::GradientMonitor<double> jumpy(m, opt);
+  for (double v : {1.0, 2.0, 1.5, 4.0, 3.0, 20.0}) {
+    set_norms(m, v, v, v);
+    jumpy.record(0);
+  }
+  EXPECT_FALSE(jumpy.flags().growing);
+  diag::GradientMonitor<double> slow(m, opt);
+  for (double v : {1.0, 1.2, 1.4, 1.6, 1.8, 2.0}) {
+    set_norms(m, v, v, v);
+    slow.record(0);
+  }
+  EXPECT_FALSE(slow.flags().growing);
+}
+
+TEST(GradientMonitor, HistoryIsABoundedRingBufferAndEveryKSteps) {
+  MonStack m("ReLU()");
+  diag::MonitorOptions opt;
+  opt.history = 5;
+  opt.every = 2;
+  diag::GradientMonitor<double> mon(m, opt);
+  for (int s = 0; s < 24; ++s) {
+    set_norms(m, s, 2 * s, 3 * s);
+    EXPECT_EQ(mon.record(s), s % 2 == 0);
+  }
+  EXPECT_EQ(mon.total_records(), 12);
+  EXPECT_EQ(mon.size(), 5);  // steps 14, 16, 18, 20, 22 kept
+  EXPECT_EQ(mon.step_at(0), 14);
+  EXPECT_EQ(mon.step_at(4), 22);
+  EXPECT_DOUBLE_EQ(mon.norms_at(0)[2], 42.0);
+  EXPECT_THROW(mon.step_at(5), tg::ValueError);
+
+  const std::string csv = mon.csv();
+  std::istringstream lines(csv);
+  std::string line;
+  std::vector<std::string> rows;
+  while (std::getline(lines, line)) rows.push_back(line);
+  ASSERT_EQ(rows.size(), 1u + 5 * 3);
+  EXPECT_EQ(rows[0], "step,layer,norm");
+  EXPECT_EQ(rows[1], "14,0,14");
+  EXPECT_EQ(rows[2], "14,2,28");
+  EXPECT_EQ(rows[3], "14,4,42");
+  EXPECT_EQ(rows[15], "22,4,66");
+
+  const std::string path = std::string(TAPEGRAD_TEST_TMPDIR) + "/tg_monitor.csv";
+  mon.write_csv(path);
+  std::ifstream f(path);
+  std::stringstream back;
+  back << f.rdbuf();
+  EXPECT_EQ(back.str(), csv);
+
+  diag::MonitorOptions bad;
+  bad.every = 0;
+  EXPECT_THROW(diag::GradientMonitor<double>(m, bad), tg::ValueError);
+}
+
+TEST(GradientMonitor, ReportIsATableOfLayersNormsRatiosAndFlags) {
+  MonStack m("Sigmoid()");
+  diag::GradientMonitor<double> mon(m);
+  EXPECT_TRUE(contains(mon.report(), "no gradients recorded"));
+  set_norms(m, 1.3e-9, 0.25, 13);
+  mon.record(7);
+  const std::string r = mon.report();
+  EXPECT_TRUE(contains(r, "at step 7")) << r;
+  EXPECT_TRUE(contains(r, "layer")) << r;
+  EXPECT_TRUE(contains(r, "Dense(2, 2)")) << r;
+  EXPECT_TRUE(contains(r, "1.30e-09")) << r;
+  EXPECT_TRUE(contains(r, "1.00e-10")) << r;  // ratio 1.3e-9 / 13
+  EXPECT_TRUE(contains(r, "VANISHING")) << r;
+  EXPECT_TRUE(contains(r, "1.92e-02")) << r;  // 0.25 / 13, not flagged
+  // One row per layer: "0", "2" and "4" each start a line.
+  EXPECT_TRUE(contains(r, "\n  0 ")) << r;
+  EXPECT_TRUE(contains(r, "\n  4 ")) << r;
+}
+
+TEST(GradientMonitor, DiagnosisNamesCauseAndRemedies) {
+  {  // sigmoid, vanishing: switch to ReLU + He, BatchNorm, residual connections
+    MonStack m("Sigmoid()");
+    diag::GradientMonitor<double> mon(m);
+    set_norms(m, 1e-8, 1e-4, 1);
+    mon.record(0);
+    const std::string d = mon.diagnosis();
+    EXPECT_TRUE(contains(d, "Vanishing gradients")) << d;
+    EXPECT_TRUE(contains(d, "saturating Sigmoid")) << d;
+    EXPECT_TRUE(contains(d, "ReLU activations with He")) << d;
+    EXPECT_TRUE(contains(d, "BatchNorm")) << d;
+    EXPECT_TRUE(contains(d, "residual connections")) << d;
+    EXPECT_FALSE(contains(d, "Exploding")) << d;
+  }
+  {  // tanh already with BatchNorm: BatchNorm is not suggested again
+    MonStack m("Tanh()", "BatchNorm1d(2)");
+    diag::GradientMonitor<double> mon(m);
+    set_norms(m, 1e-8, 1e-4, 1);
+    mon.record(0);
+    const std::string d = mon.diagnosis();
+    EXPECT_TRUE(contains(d, "saturating Tanh")) << d;
+    EXPECT_FALSE(contains(d, "BatchNorm")) << d;
+  }
+  {  // exploding: clipping, smaller learning rate, better init
+    MonStack m("ReLU()");
+    diag::GradientMonitor<double> mon(m);
+    set_norms(m, 1e12, 1e6, 1);
+    mon.record(0);
+    const std::string d = mon.diagnosis();
+    EXPECT_TRUE(contains(d, "Exploding gradients")) << d;
+    EXPECT_TRUE(contains(d, "clip gradients by global norm")) << d;
+    EXPECT_TRUE(contains(d, "smaller learning rate")) << d;
+    EXPECT_TRUE(contains(d, "He (ReLU)")) << d;
+  }
+  {  // non-finite
+    MonStack m("ReLU()");
+    diag::GradientMonitor<double> mon(m);
+    set_norms(m, 1, 1, 1);
+    m.dense[0]->bias.grad()[1] = std::numeric_limits<double>::infinity();
+    mon.record(3);
+    const std::string d = mon.diagnosis();
+    EXPECT_TRUE(contains(d, "Non-finite gradients (NaN or Inf) at step 3 in 1 of 3 layers")) << d;
+    EXPECT_TRUE(contains(d, "clip gradients")) << d;
+  }
+  {  // healthy
+    MonStack m("ReLU()");
+    diag::GradientMonitor<double> mon(m);
+    set_norms(m, 0.5, 0.7, 1);
+    mon.record(0);
+    EXPECT_TRUE(contains(mon.diagnosis(), "No gradient problem seen at step 0")) << mon.diagnosis();
+  }
+  {  // parameters only: unknown activation until told
+    MonStack m("Mystery()");
+    diag::GradientMonitor<double> mon(m.named_parameters());
+    set_norms(m, 1e-8, 1e-4, 1);
+    mon.record(0);
+    EXPECT_EQ(mon.activation(), diag::Activation::Unknown);
+    EXPECT_TRUE(contains(mon.diagnosis(), "set_activation()")) << mon.diagnosis();
+    mon.set_activation(diag::Activation::Tanh);
+    EXPECT_TRUE(contains(mon.diagnosis(), "saturating Tanh")) << mon.diagnosis();
+  }
+}
+
+TEST(GradientMonitor, WorksOnFloatModels) {
+  class FloatLayer : public tg::nn::Module<float> {
+   public:
+    FloatLayer() { w = register_parameter("weight", tg::Tensor<float>::zeros({3})); }
+    tg::Var<float> forward(const tg::Var<float>& x) override { return x; }
+    std::string name() const override { return "FloatLayer"; }
+    tg::Parameter<float> w;
+  };
+  FloatLayer l;
+  diag::GradientMonitor<float> mon(l);
+  EXPECT_EQ(mon.layer_names(), (std::vector<std::string>{"(root)"}));
+  // 3e30^2 overflows float but not the double accumulator: sqrt(3) * 3e30.
+  l.w.grad().fill_(3e30f);
+  mon.record(0);
+  EXPECT_NEAR(mon.latest()[0] / (std::sqrt(3.0) * double(3e30f)), 1.0, 1e-12);
+}
+
+}  // namespace
