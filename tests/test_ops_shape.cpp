@@ -1,0 +1,258 @@
+// reshape, flatten, concat, slice: values by hand, views share storage, gradients by hand and by
+// gradcheck (double, 1e-6), errors by type and message.
+#include <gtest/gtest.h>
+
+#include <string>
+#include <vector>
+
+#include "tapegrad/diag/gradcheck.hpp"
+#include "tapegrad/ops/elementwise.hpp"
+#include "tapegrad/ops/shape.hpp"
+
+namespace tg = tapegrad;
+using TD = tg::Tensor<double>;
+using VD = tg::Var<double>;
+using Vars = std::vector<VD>;
+
+namespace {
+
+void expect_values(const TD& t, const std::vector<double>& expected, const tg::Shape& shape) {
+  ASSERT_EQ(t.shape(), shape);
+  ASSERT_EQ(t.numel(), static_cast<int64_t>(expected.size()));
+  for (int64_t i = 0; i < t.numel(); ++i)
+    EXPECT_EQ(t[i], expected[static_cast<size_t>(i)]) << "element " << i;
+}
+
+template <class F>
+void expect_gradcheck(F f, std::vector<TD> inputs) {
+  const auto r = tg::gradcheck(f, std::move(inputs));
+  EXPECT_TRUE(r) << r;
+}
+
+template <class E, class F>
+void expect_error(F f, const std::string& exact) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception thrown";
+  } catch (const E& e) {
+    EXPECT_EQ(std::string(e.what()), exact);
+  }
+}
+
+TD seq(const tg::Shape& s) {  // 0, 1, 2, ...
+  TD t(s);
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<double>(i);
+  return t;
+}
+
+TD randn(const tg::Shape& s, uint64_t seed) {
+  tg::Generator g(seed);
+  return TD::randn(s, g);
+}
+
+// y times a fixed non-uniform weighting, so that a gradcheck sees where each element went.
+VD weigh(const VD& y) {
+  TD w(y.shape());
+  for (int64_t i = 0; i < w.numel(); ++i) w[i] = 1.0 + 0.1 * static_cast<double>(i);
+  return y * w;
+}
+
+TEST(Reshape, ViewWithInferredDimAndGradient) {
+  tg::Tape<double> tape;
+  auto x = tape.input(seq({2, 3}));
+  auto y = tg::reshape(x, {3, -1});
+  EXPECT_EQ(y.shape(), (tg::Shape{3, 2}));
+  EXPECT_TRUE(y.value().shares_storage(x.value()));  // no copy
+  expect_values(y.value(), {0, 1, 2, 3, 4, 5}, {3, 2});
+  tape.backward(y, TD::from({{1.0, 2.0}, {3.0, 4.0}, {5.0, 6.0}}));
+  expect_values(x.grad(), {1, 2, 3, 4, 5, 6}, {2, 3});
+
+  auto z = tg::reshape(x, tg::Shape{6});
+  EXPECT_EQ(z.shape(), tg::Shape{6});
+  auto w = tg::reshape(x, std::vector<int64_t>{1, 6, 1});
+  EXPECT_EQ(w.shape(), (tg::Shape{1, 6, 1}));
+
+  expect_gradcheck(
+      [](tg::Tape<double>&, const Vars& v) {
+        return weigh(tg::reshape(v[0], {-1, 2}));
+      },
+      {randn({2, 3, 2}, 1)});
+}
+
+TEST(Reshape, Errors) {
+  tg::Tape<double> tape;
+  auto x = tape.input(seq({2, 3}));
+  expect_error<tg::ShapeError>(
+      [&] {
+        tg::reshape(x, {4, 2});
+      },
+      "reshape: [2,3] (6 elements) to [4,2] (8 elements)");
+  expect_error<tg::ShapeError>(
+      [&] {
+        tg::reshape(x, {-1, -1});
+      },
+      "reshape: more than one -1 in the new shape");
+  expect_error<tg::ShapeError>(
+      [&] {
+        tg::reshape(x, {4, -1});
+      },
+      "reshape: cannot infer -1 for [2,3] (6 elements)");
+}
+
+TEST(Flatten, TorchSemantics) {
+  tg::Tape<double> tape;
+  auto x = tape.input(seq({2, 3, 4}));
+  EXPECT_EQ(tg::flatten(x).shape(), tg::Shape{24});
+  EXPECT_EQ(tg::flatten(x, 1).shape(), (tg::Shape{2, 12}));
+  EXPECT_EQ(tg::flatten(x, 0, 1).shape(), (tg::Shape{6, 4}));
+  EXPECT_EQ(tg::flatten(x, -2, -1).shape(), (tg::Shape{2, 12}));
+  EXPECT_EQ(tg::flatten(x, 1, 1).shape(), (tg::Shape{2, 3, 4}));
+  auto f = tg::flatten(x, 1);
+  EXPECT_TRUE(f.value().shares_storage(x.value()));
+  EXPECT_EQ(f.value().at(1, 5), 17.0);  // x[1, 1, 1]
+  auto s = tape.input(TD::scalar(7.0));
+  auto fs = tg::flatten(s);
+  expect_values(fs.value(), {7.0}, {1});
+
+  tape.backward(f, seq({2, 12}));
+  std::vector<double> expected(24);
+  for (size_t i = 0; i < 24; ++i) expected[i] = static_cast<double>(i);
+  expect_values(x.grad(), expected, {2, 3, 4});
+
+  expect_gradcheck([](tg::Tape<double>&, const Vars& v) { return weigh(tg::flatten(v[0], 1)); },
+                   {randn({2, 2, 3}, 2)});
+}
+
+TEST(Flatten, Errors) {
+  tg::Tape<double> tape;
+  auto x = tape.input(seq({2, 3, 4}));
+  expect_error<tg::ShapeError>([&] { tg::flatten(x, 2, 1); },
+                               "flatten: start_dim 2 comes after end_dim 1 for shape [2,3,4]");
+  expect_error<tg::ShapeError>([&] { tg::flatten(x, 3); },
+                               "flatten: dim 3 out of range for shape [2,3,4] (rank 3)");
+  auto s = tape.input(TD::scalar(1.0));
+  expect_error<tg::ShapeError>([&] { tg::flatten(s, 1); },
+                               "flatten: start_dim 1, end_dim -1 out of range for shape []");
+}
+
+TEST(Concat, ValuesAlongDimsAndGradients) {
+  tg::Tape<double> tape;
+  auto a = tape.input(TD::from({{1.0, 2.0}, {3.0, 4.0}}));
+  auto b = tape.input(TD::from({{5.0, 6.0, 7.0}, {8.0, 9.0, 10.0}}));
+  auto c1 = tg::concat({a, b}, 1);
+  expect_values(c1.value(), {1, 2, 5, 6, 7, 3, 4, 8, 9, 10}, {2, 5});
+  auto c0 = tg::concat(std::vector<VD>{a, a}, -2);
+  expect_values(c0.value(), {1, 2, 3, 4, 1, 2, 3, 4}, {4, 2});
+
+  tape.backward(c1, TD::from({{1.0, 2.0, 3.0, 4.0, 5.0}, {6.0, 7.0, 8.0, 9.0, 10.0}}));
+  expect_values(a.grad(), {1, 2, 6, 7}, {2, 2});
+  expect_values(b.grad(), {3, 4, 5, 8, 9, 10}, {2, 3});
+
+  tg::Tape<double> t2;  // the same input twice: both blocks add into its gradient
+  auto x = t2.input(TD::from({1.0, 2.0}));
+  auto y = tg::concat({x, x, x}, 0);
+  expect_values(y.value(), {1, 2, 1, 2, 1, 2}, {6});
+  t2.backward(y, TD::from({1.0, 2.0, 3.0, 4.0, 5.0, 6.0}));
+  expect_values(x.grad(), {9, 12}, {2});
+}
+
+TEST(Concat, MiddleDimAndGradcheck) {
+  tg::Tape<double> tape;
+  auto a = tape.input(seq({2, 1, 2}));  // [[[0,1]],[[2,3]]]
+  auto b = tape.input(seq({2, 2, 2}));  // [[[0,1],[2,3]],[[4,5],[6,7]]]
+  auto c = tg::concat({a, b}, 1);
+  expect_values(c.value(), {0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 6, 7}, {2, 3, 2});
+
+  for (int d : {0, 1, 2, -1})
+    expect_gradcheck(
+        [d](tg::Tape<double>&, const Vars& v) {
+          std::vector<VD> parts;
+          for (const auto& p : v) parts.push_back(p);
+          return weigh(tg::concat(parts, d));
+        },
+        {randn(d == 0   ? tg::Shape{1, 2, 3}
+               : d == 1 ? tg::Shape{2, 1, 3}
+                        : tg::Shape{2, 2, 1},
+               3),
+         randn({2, 2, 3}, 4),
+         randn(d == 0   ? tg::Shape{3, 2, 3}
+               : d == 1 ? tg::Shape{2, 3, 3}
+                        : tg::Shape{2, 2, 2},
+               5)});
+}
+
+TEST(Concat, Errors) {
+  tg::Tape<double> tape;
+  auto a = tape.input(TD::zeros({2, 3}));
+  auto b = tape.input(TD::zeros({3, 4}));
+  auto r3 = tape.input(TD::zeros({2, 3, 1}));
+  auto s = tape.input(TD::scalar(1.0));
+  expect_error<tg::ShapeError>(
+      [&] {
+        tg::concat({a, b}, 1);
+      },
+      "concat: tensor 1 has shape [3,4] but tensor 0 has [2,3]: sizes must match except in dim 1");
+  expect_error<tg::ShapeError>(
+      [&] {
+        tg::concat({a, r3}, 0);
+      },
+      "concat: tensor 1 has shape [2,3,1] but tensor 0 has [2,3]: sizes must match except in dim "
+      "0");
+  expect_error<tg::ShapeError>(
+      [&] {
+        tg::concat({a, a}, 2);
+      },
+      "concat: dim 2 out of range for shape [2,3] (rank 2)");
+  expect_error<tg::ShapeError>([&] { tg::concat(std::vector<VD>{}, 0); },
+                               "concat: no tensors to concatenate");
+  expect_error<tg::ShapeError>(
+      [&] {
+        tg::concat({s, s});
+      },
+      "concat: tensor 0 has shape []: 0-d tensors cannot be concatenated");
+  tg::Tape<double> other;
+  auto o = other.input(TD::zeros({2, 3}));
+  EXPECT_THROW(tg::concat({a, o}), tg::TapeError);
+}
+
+TEST(Slice, ValuesGradientsAndNegativeIndices) {
+  tg::Tape<double> tape;
+  auto x = tape.input(seq({3, 4}));  // rows [0..3], [4..7], [8..11]
+  auto s1 = tg::slice(x, 1, 1, 3);
+  expect_values(s1.value(), {1, 2, 5, 6, 9, 10}, {3, 2});
+  auto s0 = tg::slice(x, 0, 2, 3);
+  expect_values(s0.value(), {8, 9, 10, 11}, {1, 4});
+  auto neg = tg::slice(x, -1, -3, -1);  // x[:, 1:3]
+  expect_values(neg.value(), {1, 2, 5, 6, 9, 10}, {3, 2});
+  auto empty = tg::slice(x, 0, 1, 1);
+  EXPECT_EQ(empty.shape(), (tg::Shape{0, 4}));
+
+  tape.backward(s1, TD::from({{1.0, 2.0}, {3.0, 4.0}, {5.0, 6.0}}));
+  expect_values(x.grad(), {0, 1, 2, 0, 0, 3, 4, 0, 0, 5, 6, 0}, {3, 4});
+
+  for (int d : {0, 1, 2})
+    expect_gradcheck(
+        [d](tg::Tape<double>&, const Vars& v) { return weigh(tg::slice(v[0], d, 1, 3)); },
+        {randn({3, 4, 3}, 6)});
+  // two overlapping slices of one input: both add into its gradient
+  expect_gradcheck(
+      [](tg::Tape<double>&, const Vars& v) {
+        return tg::concat({tg::slice(v[0], 0, 0, 2), tg::slice(v[0], 0, 1, 3)}, 1);
+      },
+      {randn({3, 2}, 7)});
+}
+
+TEST(Slice, Errors) {
+  tg::Tape<double> tape;
+  auto x = tape.input(seq({3, 4}));
+  expect_error<tg::ShapeError>([&] { tg::slice(x, 1, 2, 5); },
+                               "slice: [2:5] out of range for dim 1 of size 4 in shape [3,4]");
+  expect_error<tg::ShapeError>([&] { tg::slice(x, 0, 2, 1); },
+                               "slice: [2:1] out of range for dim 0 of size 3 in shape [3,4]");
+  expect_error<tg::ShapeError>([&] { tg::slice(x, 0, -4, 2); },
+                               "slice: [-4:2] out of range for dim 0 of size 3 in shape [3,4]");
+  expect_error<tg::ShapeError>([&] { tg::slice(x, 2, 0, 1); },
+                               "slice: dim 2 out of range for shape [3,4] (rank 2)");
+}
+
+}  // namespace
