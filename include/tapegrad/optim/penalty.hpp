@@ -13,6 +13,7 @@
 
 #include <cmath>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "tapegrad/tape.hpp"
@@ -61,7 +62,7 @@ inline void check_lambda(const char* who, double lambda) {
 // Enters every parameter on the tape and records one scalar op over all of them.
 template <class T>
 Var<T> record_penalty(Tape<T>& tape, const std::vector<Parameter<T>>& params, const char* op,
-                      double lambda, BackwardFn<T> backward) {
+                      double lambda, std::type_identity_t<BackwardFn<T>> backward) {
   thread_local std::vector<Var<T>> inputs;  // reused: no allocation per step
   inputs.clear();
   for (const auto& p : params) inputs.push_back(tape.param(p));
