@@ -1,0 +1,87 @@
+#pragma once
+// Activation layers, as torch.nn's: each wraps the function of the same name in
+// ops/activation.hpp (equations and stability notes there) and has no parameters.
+//   Sigmoid  1/(1 + e^−x)          Tanh     tanh x
+//   ReLU     max(x, 0)             LeakyReLU(slope = 0.01)  x if x > 0 else slope·x
+//   GELU     x·Φ(x) (or the tanh approximation)
+//   Softmax(dim)  e^{x_i} / Σ_j e^{x_j} along dim (no default: PyTorch's implicit dim is
+//                 deprecated)
+
+#include <sstream>
+#include <string>
+
+#include "tapegrad/nn/module.hpp"
+#include "tapegrad/ops/activation.hpp"
+
+namespace tapegrad::nn {
+
+template <class T>
+class Sigmoid : public Module<T> {
+ public:
+  Var<T> forward(const Var<T>& x) override { return sigmoid(x); }
+  std::string name() const override { return "Sigmoid"; }
+};
+
+template <class T>
+class Tanh : public Module<T> {
+ public:
+  Var<T> forward(const Var<T>& x) override { return tapegrad::tanh(x); }
+  std::string name() const override { return "Tanh"; }
+};
+
+template <class T>
+class ReLU : public Module<T> {
+ public:
+  Var<T> forward(const Var<T>& x) override { return relu(x); }
+  std::string name() const override { return "ReLU"; }
+};
+
+template <class T>
+class LeakyReLU : public Module<T> {
+ public:
+  explicit LeakyReLU(double negative_slope = 0.01) : slope_(negative_slope) {}
+  Var<T> forward(const Var<T>& x) override { return leaky_relu(x, slope_); }
+  std::string name() const override {
+    std::ostringstream os;
+    os << "LeakyReLU(negative_slope=" << slope_ << ")";
+    return os.str();
+  }
+  double negative_slope() const { return slope_; }
+
+ private:
+  double slope_;
+};
+
+template <class T>
+class GELU : public Module<T> {
+ public:
+  explicit GELU(GeluApproximation approximate = GeluApproximation::none)
+      : approximate_(approximate) {}
+  Var<T> forward(const Var<T>& x) override { return gelu(x, approximate_); }
+  std::string name() const override {
+    return approximate_ == GeluApproximation::tanh ? "GELU(approximate='tanh')" : "GELU";
+  }
+
+ private:
+  GeluApproximation approximate_;
+};
+
+template <class T>
+class Softmax : public Module<T> {
+ public:
+  explicit Softmax(int dim) : dim_(dim) {}
+  Var<T> forward(const Var<T>& x) override {
+    try {
+      return softmax(x, dim_);
+    } catch (const ShapeError& e) {  // name the layer too
+      tapegrad::detail::fail<ShapeError>(name(), ": ", e.what());
+    }
+  }
+  std::string name() const override { return "Softmax(dim=" + std::to_string(dim_) + ")"; }
+  int dim() const { return dim_; }
+
+ private:
+  int dim_;
+};
+
+}  // namespace tapegrad::nn

@@ -1,0 +1,65 @@
+#pragma once
+// Dropout(p = 0.5): torch.nn.Dropout. In training mode each element is zeroed with probability
+// p and the survivors scaled by 1/(1 − p) (inverted dropout, ops/dropout.hpp); in eval mode the
+// layer is the identity. p outside [0, 1) is a ValueError.
+//
+// Randomness, made reproducible and replayable: the layer has a seed (drawn from the
+// Generator given at construction, or nn::default_generator()) and counts its training calls;
+// call k draws its mask from Generator(seed + k). So
+//   - a program that builds the same model gets the same masks every run;
+//   - reset_rng() rewinds the counter: the next calls repeat the same masks (gradcheck uses
+//     it, see tests/layer_check.hpp); manual_seed(s) sets the seed and rewinds;
+//   - nn::reset_rng(model) rewinds every Dropout inside a model (Sequential, blocks, ...).
+
+#include <cstdint>
+#include <sstream>
+#include <string>
+
+#include "tapegrad/nn/init.hpp"
+#include "tapegrad/nn/module.hpp"
+#include "tapegrad/ops/dropout.hpp"
+
+namespace tapegrad::nn {
+
+template <class T>
+class Dropout : public Module<T> {
+ public:
+  explicit Dropout(double p = 0.5, Generator& gen = default_generator())
+      : p_(p), seed_(gen.next_u64()) {
+    tapegrad::detail::check_dropout_p("Dropout", p);
+  }
+
+  Var<T> forward(const Var<T>& x) override {
+    if (!this->is_training() || p_ == 0.0) return x;
+    Generator g(seed_ + calls_++);
+    return dropout(x, p_, true, g);
+  }
+  std::string name() const override {
+    std::ostringstream os;
+    os << "Dropout(p=" << p_ << ")";
+    return os.str();
+  }
+
+  double p() const { return p_; }
+  uint64_t seed() const { return seed_; }
+  uint64_t calls() const { return calls_; }  // training calls so far (since the last rewind)
+  void reset_rng() { calls_ = 0; }
+  void manual_seed(uint64_t seed) {
+    seed_ = seed;
+    calls_ = 0;
+  }
+
+ private:
+  double p_;
+  uint64_t seed_;
+  uint64_t calls_ = 0;
+};
+
+// Rewinds every Dropout in m's tree, m included: the next calls repeat the same masks.
+template <class T>
+void reset_rng(Module<T>& m) {
+  if (auto* d = dynamic_cast<Dropout<T>*>(&m)) d->reset_rng();
+  for (const auto& [name, child] : m.named_children()) reset_rng(*child);
+}
+
+}  // namespace tapegrad::nn
