@@ -88,6 +88,10 @@ using ConstRowMajorMap =
     Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
 template <class T>
 using RowVectorMap = Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>>;
+template <class T>
+using VectorMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
+template <class T>
+using ConstVectorMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 
 }  // namespace detail
 
@@ -187,48 +191,46 @@ Var<T> gelu(const Var<T>& x, GeluApproximation approximate = GeluApproximation::
 
 // softmax(x, dim)_i = exp(x_i - m) / sum_j exp(x_j - m), m = max_j x_j (the shift changes
 // nothing mathematically and keeps exp <= 1);  dx = y * (g - sum_j g_j y_j).
+// Along the last dim each row is contiguous and is processed as one vectorised 1-D array (a
+// whole-matrix expression broadcasting the row maxima would fall back to scalar exp).
+// Along another dim each [n, inner] block is reduced column-wise.
 template <class T>
 Var<T> softmax(const Var<T>& x, int dim = -1) {
   const detail::SoftmaxLayout l = detail::softmax_layout("softmax", x.shape(), dim);
   Var<T> y = x.tape().record("softmax", Shape(x.shape()), {x}, [](OpContext<T>& c) {
     const int64_t outer = c.node().ints[0], n = c.node().ints[1], inner = c.node().ints[2];
     if (c.value().numel() == 0) return;
-    Tensor<T>& s = c.saved(0);  // sum_j g_j y_j per slice
-    if (inner == 1) {
-      const auto Y = c.value().matrix(outer, n).array();
-      const auto G = c.grad_out().matrix(outer, n).array();
-      auto S = s.array();
-      S = (G * Y).rowwise().sum();
-      c.add_grad_matrix(0, outer, n, (Y * (G.colwise() - S)).matrix());
-      return;
-    }
     Tensor<T>& gx = c.grad_in(0);
     for (int64_t o = 0; o < outer; ++o) {
       const int64_t off = o * n * inner;
+      if (inner == 1) {
+        const detail::ConstVectorMap<T> yr(c.value().data() + off, n);
+        const detail::ConstVectorMap<T> gr(c.grad_out().data() + off, n);
+        const T s = (gr * yr).sum();
+        detail::VectorMap<T>(gx.data() + off, n) += yr * (gr - s);
+        continue;
+      }
       const auto Y = detail::ConstRowMajorMap<T>(c.value().data() + off, n, inner).array();
       const auto G = detail::ConstRowMajorMap<T>(c.grad_out().data() + off, n, inner).array();
-      detail::RowVectorMap<T> S(s.data(), inner);
+      detail::RowVectorMap<T> S(c.saved(0).data(), inner);  // sum_j g_j y_j per column
       S = (G * Y).colwise().sum();
       detail::RowMajorMap<T>(gx.data() + off, n, inner).array() += Y * (G.rowwise() - S);
     }
   });
   auto& ints = y.node().ints;
   ints.push_back(l.outer), ints.push_back(l.n), ints.push_back(l.inner);
-  Tensor<T>& s = y.node().saved[0];  // row maxima, then row sums; reused by backward
-  s.resize(Shape{l.outer * l.inner});
   if (x.numel() == 0) return y;
-  if (l.inner == 1) {
-    const auto X = x.value().matrix(l.outer, l.n).array();
-    auto Y = y.value().matrix(l.outer, l.n).array();
-    auto S = s.array();
-    S = X.rowwise().maxCoeff();
-    Y = (X.colwise() - S).exp();
-    S = Y.rowwise().sum();
-    Y.colwise() /= S;
-    return y;
-  }
+  Tensor<T>& s = y.node().saved[0];  // column maxima, then sums; reused by backward
+  if (l.inner > 1) s.resize(Shape{l.inner});
   for (int64_t o = 0; o < l.outer; ++o) {
     const int64_t off = o * l.n * l.inner;
+    if (l.inner == 1) {
+      const detail::ConstVectorMap<T> xr(x.value().data() + off, l.n);
+      detail::VectorMap<T> yr(y.value().data() + off, l.n);
+      yr = (xr - xr.maxCoeff()).exp();
+      yr *= T(1) / yr.sum();
+      continue;
+    }
     const auto X = detail::ConstRowMajorMap<T>(x.value().data() + off, l.n, l.inner).array();
     auto Y = detail::RowMajorMap<T>(y.value().data() + off, l.n, l.inner).array();
     detail::RowVectorMap<T> S(s.data(), l.inner);
@@ -248,42 +250,37 @@ Var<T> log_softmax(const Var<T>& x, int dim = -1) {
   Var<T> y = x.tape().record("log_softmax", Shape(x.shape()), {x}, [](OpContext<T>& c) {
     const int64_t outer = c.node().ints[0], n = c.node().ints[1], inner = c.node().ints[2];
     if (c.value().numel() == 0) return;
-    Tensor<T>& s = c.saved(0);  // sum_j g_j per slice
-    if (inner == 1) {
-      const auto Y = c.value().matrix(outer, n).array();
-      const auto G = c.grad_out().matrix(outer, n).array();
-      auto S = s.array();
-      S = G.rowwise().sum();
-      c.add_grad_matrix(0, outer, n, (G - Y.exp().colwise() * S).matrix());
-      return;
-    }
     Tensor<T>& gx = c.grad_in(0);
     for (int64_t o = 0; o < outer; ++o) {
       const int64_t off = o * n * inner;
+      if (inner == 1) {
+        const detail::ConstVectorMap<T> yr(c.value().data() + off, n);
+        const detail::ConstVectorMap<T> gr(c.grad_out().data() + off, n);
+        const T s = gr.sum();
+        detail::VectorMap<T>(gx.data() + off, n) += gr - yr.exp() * s;
+        continue;
+      }
       const auto Y = detail::ConstRowMajorMap<T>(c.value().data() + off, n, inner).array();
       const auto G = detail::ConstRowMajorMap<T>(c.grad_out().data() + off, n, inner).array();
-      detail::RowVectorMap<T> S(s.data(), inner);
+      detail::RowVectorMap<T> S(c.saved(0).data(), inner);  // sum_j g_j per column
       S = G.colwise().sum();
       detail::RowMajorMap<T>(gx.data() + off, n, inner).array() += G - Y.exp().rowwise() * S;
     }
   });
   auto& ints = y.node().ints;
   ints.push_back(l.outer), ints.push_back(l.n), ints.push_back(l.inner);
-  Tensor<T>& s = y.node().saved[0];  // row maxima, then log-sum-exps; reused by backward
-  s.resize(Shape{l.outer * l.inner});
   if (x.numel() == 0) return y;
-  if (l.inner == 1) {
-    const auto X = x.value().matrix(l.outer, l.n).array();
-    auto Y = y.value().matrix(l.outer, l.n).array();
-    auto S = s.array();
-    S = X.rowwise().maxCoeff();
-    Y = X.colwise() - S;
-    S = Y.exp().rowwise().sum().log();
-    Y.colwise() -= S;
-    return y;
-  }
+  Tensor<T>& s = y.node().saved[0];  // column maxima, then log-sum-exps; reused by backward
+  if (l.inner > 1) s.resize(Shape{l.inner});
   for (int64_t o = 0; o < l.outer; ++o) {
     const int64_t off = o * l.n * l.inner;
+    if (l.inner == 1) {
+      const detail::ConstVectorMap<T> xr(x.value().data() + off, l.n);
+      detail::VectorMap<T> yr(y.value().data() + off, l.n);
+      yr = xr - xr.maxCoeff();
+      yr -= std::log(yr.exp().sum());
+      continue;
+    }
     const auto X = detail::ConstRowMajorMap<T>(x.value().data() + off, l.n, l.inner).array();
     auto Y = detail::RowMajorMap<T>(y.value().data() + off, l.n, l.inner).array();
     detail::RowVectorMap<T> S(s.data(), l.inner);
