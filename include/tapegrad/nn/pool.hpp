@@ -14,6 +14,7 @@
 
 #include "tapegrad/nn/module.hpp"
 #include "tapegrad/ops/pool.hpp"
+#include "tapegrad/ops/shape.hpp"
 
 namespace tapegrad::nn {
 
@@ -104,22 +105,13 @@ class Flatten : public Module<T> {
  public:
   explicit Flatten(int start_dim = 1, int end_dim = -1) : start_(start_dim), end_(end_dim) {}
 
+  // torch.flatten(x, start_dim, end_dim) from ops/shape.hpp: a view, the gradient passes through.
   Var<T> forward(const Var<T>& x) override {
-    const Shape s = x.shape();
-    const int r = s.rank();
-    const int start = start_ < 0 ? start_ + r : start_, end = end_ < 0 ? end_ + r : end_;
-    if (start < 0 || start >= r || end < 0 || end >= r || start > end)
-      tapegrad::detail::fail<ShapeError>(name(), ": input ", s, ": dims ", start_, "..", end_,
-                                         " out of range for rank ", r);
-    Shape out;
-    for (int d = 0; d < start; ++d) out.push_back(s[d]);
-    int64_t merged = 1;
-    for (int d = start; d <= end; ++d) merged *= s[d];
-    out.push_back(merged);
-    for (int d = end + 1; d < r; ++d) out.push_back(s[d]);
-    // A view: same storage, new shape; the gradient is the output's, reshaped (same order).
-    return x.tape().record_view("flatten", x.value().reshape(out), {x},
-                                [](OpContext<T>& c) { c.add_grad(0, c.grad_out().array()); });
+    try {
+      return flatten(x, start_, end_);
+    } catch (const ShapeError& e) {
+      tapegrad::detail::fail<ShapeError>(name(), ": ", e.what());
+    }
   }
   std::string name() const override {
     return "Flatten(start_dim=" + std::to_string(start_) + ", end_dim=" + std::to_string(end_) +
