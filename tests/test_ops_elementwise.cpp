@@ -191,6 +191,31 @@ TEST(Elementwise, BroadcastBothOperands) {  // [3,1] * [1,4] -> [3,4]
   expect_values(d.grad(), {-6.0, -1.5, -0.375, -0.09375}, {1, 4});
 }
 
+TEST(Elementwise, BroadcastRankSix) {  // [2,1,3,1,2,1] - [4,3,1,2,2] -> [2,4,3,1,2,2]
+  tg::Tape<double> tape;
+  const TD av = seq({2, 1, 3, 1, 2, 1}), bv = seq({4, 3, 1, 2, 2}, 0.5, 0.25);
+  auto a = tape.input(av);
+  auto b = tape.input(bv);
+  auto y = a - b;
+  ASSERT_EQ(y.shape(), (tg::Shape{2, 4, 3, 1, 2, 2}));
+  TD ga = TD::zeros(av.shape()), gb = TD::zeros(bv.shape());
+  const TD seed = seq(y.shape(), 1.0, 0.5);
+  for (int i0 = 0; i0 < 2; ++i0)
+    for (int i1 = 0; i1 < 4; ++i1)
+      for (int i2 = 0; i2 < 3; ++i2)
+        for (int i4 = 0; i4 < 2; ++i4)
+          for (int i5 = 0; i5 < 2; ++i5) {
+            EXPECT_EQ(y.value().at(i0, i1, i2, 0, i4, i5),
+                      av.at(i0, 0, i2, 0, i4, 0) - bv.at(i1, i2, 0, i4, i5));
+            const double g = seed.at(i0, i1, i2, 0, i4, i5);
+            ga.at(i0, 0, i2, 0, i4, 0) += g;
+            gb.at(i1, i2, 0, i4, i5) -= g;
+          }
+  tape.backward(y, seed);
+  EXPECT_TRUE(tg::allclose(a.grad(), ga, 1e-12, 1e-12));
+  EXPECT_TRUE(tg::allclose(b.grad(), gb, 1e-12, 1e-12));
+}
+
 TEST(Elementwise, ScalarShapedTensorsBroadcast) {
   tg::Tape<double> tape;
   auto x = tape.input(TD::from({{1.0, 2.0}, {3.0, 4.0}}));
