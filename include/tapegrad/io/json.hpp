@@ -20,14 +20,16 @@
 
 namespace tapegrad::io {
 
+struct JsonMember;
+
 struct JsonValue {
   enum class Kind { Null, Bool, Number, String, Array, Object };
   Kind kind = Kind::Null;
   bool boolean = false;
   std::string text;  // a string's decoded UTF-8, or a number's literal text
   std::vector<JsonValue> items;
-  std::vector<std::pair<std::string, JsonValue>> members;  // in document order
-  size_t offset = 0;  // byte offset of the value's first character in the file
+  std::vector<JsonMember> members;  // an object's members, in document order
+  size_t offset = 0;                // byte offset of the value's first character in the file
 
   bool is_object() const { return kind == Kind::Object; }
   bool is_array() const { return kind == Kind::Array; }
@@ -65,6 +67,11 @@ struct JsonValue {
     }
     return "?";
   }
+};
+
+struct JsonMember {
+  std::string key;
+  JsonValue value;
 };
 
 class JsonParser {
@@ -177,7 +184,7 @@ class JsonParser {
       expect(':', "after an object key");
       skip_ws();
       JsonValue item = value(depth + 1);
-      v.members.emplace_back(std::move(key), std::move(item));
+      v.members.push_back({std::move(key), std::move(item)});
       skip_ws();
       if (at(',')) {
         ++pos_;

@@ -219,7 +219,9 @@ inline SafetensorsFile parse_safetensors(std::span<const uint8_t> bytes, const s
     uint64_t begin, end;
   };
   std::vector<Entry> entries;
-  for (const auto& [key, v] : root.members) {
+  for (const JsonMember& member : root.members) {
+    const std::string& key = member.key;  // named, not bound: lambdas below capture it
+    const JsonValue& v = member.value;
     if (key == "__metadata__") {
       if (!v.is_object())
         fail<IOError>(name, ": \"__metadata__\" at byte ", v.offset, " is ",
