@@ -134,6 +134,19 @@ TEST(Tape, ClearReusesBuffers) {
   EXPECT_EQ(tape.size(), 3u);
 }
 
+// record() and constant() take references that may point into the tape's own nodes (x.shape(),
+// y.value()); growing the tape must not invalidate them before they are read.
+TEST(Tape, ArgumentsReferringIntoTheTapeSurviveGrowth) {
+  tg::Tape<double> tape;
+  auto x = tape.input(tg::Tensor<double>::from({1.0, 2.0}));
+  for (int i = 0; i < 100; ++i) {
+    x = square(x.tape().constant(x.value()));
+    x.value().fill_(1.0);
+  }
+  EXPECT_EQ(x.shape(), (tg::Shape{2}));
+  EXPECT_EQ(tape.size(), 201u);
+}
+
 TEST(Gradcheck, PassesForCorrectOpAndFailsForWrongOne) {
   auto good = tg::gradcheck(
       [](tg::Tape<double>&, const std::vector<tg::Var<double>>& x) {

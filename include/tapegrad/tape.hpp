@@ -18,6 +18,7 @@
 #include <array>
 #include <cstdint>
 #include <initializer_list>
+#include <optional>
 #include <span>
 #include <vector>
 
@@ -179,8 +180,9 @@ class Tape {
   friend class Var<T>;
 
   Var<T> leaf(const char* op, const Tensor<T>& t, bool requires_grad) {
+    const Tensor<T> value = t;  // t may be a node's value, and new_node may move the nodes
     Node<T>& n = new_node(op, nullptr);
-    n.value = t;  // share storage, no copy
+    n.value = value;  // share storage, no copy
     n.borrowed = true;
     n.requires_grad = requires_grad;
     n.is_leaf = true;
@@ -197,9 +199,12 @@ class Tape {
       track = track || nodes_[in.id_].requires_grad;
     }
     track = track && is_grad_enabled() && backward != nullptr;
-    Node<T>& n = new_node(op, shape);
+    // Copies first: shape and view may refer into nodes_, which new_node can reallocate.
+    const std::optional<Shape> out_shape = shape ? std::optional<Shape>(*shape) : std::nullopt;
+    const Tensor<T> out_view = view ? *view : Tensor<T>();
+    Node<T>& n = new_node(op, out_shape ? &*out_shape : nullptr);
     if (view) {
-      n.value = *view;
+      n.value = out_view;
       n.borrowed = true;
     }
     n.requires_grad = track;
