@@ -133,7 +133,7 @@ inline IdxData parse_idx(std::span<const uint8_t> bytes, const std::string& name
   if (have < expected) {
     const uint64_t total = have + src.count_rest();
     fail<IOError>(name, ": truncated: header says ", expected, " data bytes, file has ", total,
-                  after, " after the ", header, "-byte header");
+                  " (after the ", header, "-byte header", src.gzip() ? ", decompressed" : "", ")");
   }
   const uint64_t extra = src.count_rest();
   if (extra > 0)
