@@ -411,9 +411,8 @@ TEST(Dropout, GradcheckTrainAndEval) {
 
 TEST(Dropout, ResetRngReachesDropoutInsideContainers) {
   tg::Generator gen(12);
-  auto inner =
-      std::make_shared<nn::Sequential<double>>(std::initializer_list<nn::Sequential<double>::Ptr>{
-          std::make_shared<nn::Dropout<double>>(0.5, gen)});
+  auto inner = std::make_shared<nn::Sequential<double>>(
+      std::make_shared<nn::Dropout<double>>(0.5, gen), std::make_shared<nn::Tanh<double>>());
   nn::Sequential<double> s{std::make_shared<nn::Dense<double>>(5, 5, true, gen), inner,
                            std::make_shared<nn::Dropout<double>>(0.3, gen)};
   auto x = tg::Tensor<double>::randn({4, 5}, gen);
@@ -421,7 +420,17 @@ TEST(Dropout, ResetRngReachesDropoutInsideContainers) {
   EXPECT_FALSE(tg::allclose(run(s, x), first, 0, 0));
   nn::reset_rng(s);
   EXPECT_TRUE(tg::allclose(run(s, x), first, 0, 0));
+  EXPECT_EQ(s.named_parameters()[0].first, "0.weight");
+  EXPECT_EQ(inner->size(), 2u);
   expect_layer_gradcheck(s, x);
+}
+
+TEST(Dropout, SummaryConsumesNoMask) {
+  auto d = std::make_shared<nn::Dropout<double>>(0.5);
+  nn::Sequential<double> s{d};
+  const std::string sum = s.summary({2, 3});
+  EXPECT_NE(sum.find("Dropout(p=0.5)"), std::string::npos) << sum;
+  EXPECT_EQ(d->calls(), 0u);
 }
 
 TEST(Dropout, ProbabilityOutOfRange) {

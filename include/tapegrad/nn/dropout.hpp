@@ -30,7 +30,8 @@ class Dropout : public Module<T> {
   }
 
   Var<T> forward(const Var<T>& x) override {
-    if (!this->is_training() || p_ == 0.0) return x;
+    // summary() sees the identity and leaves the counter alone: calling it changes no mask.
+    if (!this->is_training() || p_ == 0.0 || detail::summary_rows != nullptr) return x;
     Generator g(seed_ + calls_++);
     return dropout(x, p_, true, g);
   }

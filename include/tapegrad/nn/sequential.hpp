@@ -4,6 +4,7 @@
 //                               std::make_shared<nn::ReLU<float>>(),
 //                               std::make_shared<nn::Dense<float>>(256, 10)};
 //   model.push_back(std::make_shared<nn::Softmax<float>>(1));
+//   auto block = std::make_shared<nn::Sequential<float>>(conv, relu);  // nested, by arguments
 // Children are named "0", "1", ... so parameters read "0.weight", "2.bias". forward calls each
 // child through operator() so that summary() lists them. model[i] is the i-th module;
 // model.at<nn::Dense<float>>(i) the same cast to its type (ValueError if it is not one).
@@ -12,6 +13,7 @@
 #include <initializer_list>
 #include <memory>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "tapegrad/nn/module.hpp"
@@ -26,6 +28,13 @@ class Sequential : public Module<T> {
   Sequential() = default;
   Sequential(std::initializer_list<Ptr> modules) {
     for (const Ptr& m : modules) push_back(m);
+  }
+  // The same from separate arguments, so that std::make_shared<Sequential<T>>(a, b, c) works
+  // (make_shared cannot forward a braced list).
+  template <class... M>
+  requires(sizeof...(M) > 0 && (std::is_convertible_v<std::shared_ptr<M>, Ptr> &&
+                                ...)) explicit Sequential(std::shared_ptr<M>... modules) {
+    (push_back(std::move(modules)), ...);
   }
 
   void push_back(Ptr m) {
