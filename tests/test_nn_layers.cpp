@@ -265,7 +265,7 @@ TEST(PoolLayers, Errors) {
   expect_error<tg::ValueError>([] { nn::AvgPool2D<float>(2, 0); }, {"AvgPool2D", "stride"});
 }
 
-TEST(Flatten, ShapesViewAndGradient) {
+TEST(FlattenLayer, ShapesViewAndGradient) {
   tg::Tape<double> tape;
   auto xt = tg::Tensor<double>::arange(24).reshape({2, 3, 2, 2});
   auto x = tape.input(xt);
