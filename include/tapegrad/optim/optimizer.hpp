@@ -437,7 +437,7 @@ class Optimizer {
   // Position in active_ of the first parameter with a non-finite gradient, or -1.
   int64_t first_nonfinite() const {
     for (size_t k = 0; k < active_.size(); ++k)
-      if (!active_params_[k].grad().array().allFinite()) return static_cast<int64_t>(k);
+      if (!detail::all_finite(active_params_[k].grad())) return static_cast<int64_t>(k);
     return -1;
   }
   bool field_active(const std::array<const char*, 3>& names, size_t f) const {

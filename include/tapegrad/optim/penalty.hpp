@@ -20,6 +20,28 @@
 
 namespace tapegrad::optim {
 
+namespace detail {
+
+// sign(x) ∈ {−1, 0, 1} (0 at 0 and for NaN), vectorised: Eigen's own sign() has no packet
+// version and runs 5x slower on a float gradient.
+template <class T>
+struct SignOp {
+  T operator()(const T& x) const { return T(x > 0) - T(x < 0); }
+  template <class P>
+  P packetOp(const P& x) const {
+    using namespace Eigen::internal;
+    const P one = pset1<P>(T(1)), zero = pset1<P>(T(0));
+    return psub(pand(pcmp_lt(zero, x), one), pand(pcmp_lt(x, zero), one));
+  }
+};
+
+template <class Derived>
+auto sign(const Eigen::ArrayBase<Derived>& x) {
+  return x.unaryExpr(SignOp<typename Derived::Scalar>());
+}
+
+}  // namespace detail
+
 // Penalty stage: adds l1·sign(w) + 2·l2·w to the gradient of each parameter.
 struct L1L2Penalty {
   double l1 = 0;
@@ -40,9 +62,9 @@ struct L1L2Penalty {
     const auto w = p.value().array();
     const T a = static_cast<T>(l1), b = static_cast<T>(2 * l2);
     if (l1 != 0 && l2 != 0)
-      g += a * w.sign() + b * w;
+      g += a * detail::sign(w) + b * w;
     else if (l1 != 0)
-      g += a * w.sign();
+      g += a * detail::sign(w);
     else if (l2 != 0)
       g += b * w;
   }
@@ -81,7 +103,7 @@ Var<T> l1_penalty(Tape<T>& tape, const std::vector<Parameter<T>>& params, double
   Var<T> out = detail::record_penalty(tape, params, "l1_penalty", lambda, [](OpContext<T>& c) {
     const T k = static_cast<T>(c.scalar(0)) * c.grad_out()[0];
     for (int i = 0; i < static_cast<int>(c.node().inputs.size()); ++i)
-      c.add_grad(i, k * c.input(i).array().sign());
+      c.add_grad(i, k * detail::sign(c.input(i).array()));
   });
   double s = 0;
   for (const auto& p : params) s += static_cast<double>(p.value().array().abs().sum());
@@ -105,3 +127,8 @@ Var<T> l2_penalty(Tape<T>& tape, const std::vector<Parameter<T>>& params, double
 }
 
 }  // namespace tapegrad::optim
+
+template <class T>
+struct Eigen::internal::functor_traits<tapegrad::optim::detail::SignOp<T>> {
+  enum { Cost = 3 * NumTraits<T>::AddCost, PacketAccess = packet_traits<T>::Vectorizable };
+};
