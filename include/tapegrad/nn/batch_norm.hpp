@@ -40,7 +40,7 @@ class BatchNorm : public Module<T> {
   Tensor<T> running_mean, running_var, num_batches_tracked;
 
   Var<T> forward(const Var<T>& x) override {
-    const Shape& s = x.shape();
+    const Shape s = x.shape();  // a copy: recording may move the nodes
     check_rank(s);
     if (s[1] != num_features_)
       tapegrad::detail::fail<ShapeError>(name(), ": input ", s, " has ", s[1],

@@ -48,7 +48,7 @@ class LayerNorm : public Module<T> {
   Parameter<T> weight, bias;
 
   Var<T> forward(const Var<T>& x) override {
-    const Shape& s = x.shape();
+    const Shape s = x.shape();  // a copy: recording may move the nodes
     const int k = shape_.rank();
     bool fits = s.rank() >= k;
     for (int i = 0; fits && i < k; ++i) fits = s[s.rank() - k + i] == shape_[i];

@@ -37,7 +37,7 @@ namespace detail {
 // a + b for a residual sum: the shapes must be equal (no silent broadcasting).
 template <class T>
 Var<T> residual_sum(const std::string& who, const char* what_a, const Var<T>& a, const char* what_b,
-                    const Var<T>& b, const Shape& input) {
+                    const Var<T>& b, const Shape input) {
   if (!(a.shape() == b.shape()))
     tapegrad::detail::fail<ShapeError>(who, ": ", what_a, " ", a.shape(), " and ", what_b, " ",
                                        b.shape(), " differ (input ", input, ")");

@@ -229,7 +229,7 @@ template <class T>
 Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tensor<T> running_mean,
                   Tensor<T> running_var, bool training, std::optional<double> momentum = 0.1,
                   double eps = 1e-5, Tensor<T> num_batches_tracked = Tensor<T>()) {
-  const Shape& xs = x.shape();
+  const Shape xs = x.shape();  // a copy: recording may move the nodes
   if (xs.rank() < 2)
     detail::fail<ShapeError>("batch_norm: input of shape ", xs,
                              ": expected [N,C] or [N,C,H,W] (rank >= 2)");
@@ -372,7 +372,7 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
 template <class T>
 Var<T> layer_norm(const Var<T>& x, const Shape& normalized_shape, const Var<T>& gamma = {},
                   const Var<T>& beta = {}, double eps = 1e-5) {
-  const Shape& xs = x.shape();
+  const Shape xs = x.shape();  // a copy: recording may move the nodes
   const int k = normalized_shape.rank();
   bool fits = k >= 1 && xs.rank() >= k;
   for (int i = 0; fits && i < k; ++i) fits = xs[xs.rank() - k + i] == normalized_shape[i];
