@@ -46,8 +46,12 @@ class Shape {
 
   std::string str() const {
     std::string s = "[";
-    for (int i = 0; i < rank_; ++i) s += (i ? "," : "") + std::to_string(dims_[i]);
-    return s + "]";
+    for (int i = 0; i < rank_; ++i) {
+      if (i) s += ',';
+      s += std::to_string(dims_[i]);
+    }
+    s += ']';
+    return s;
   }
 
   friend bool operator==(const Shape& a, const Shape& b) {
