@@ -9,6 +9,10 @@
 #include <vector>
 
 #include "tapegrad/diag/monitor.hpp"
+#include "tapegrad/nn/activation.hpp"
+#include "tapegrad/nn/dense.hpp"
+#include "tapegrad/nn/sequential.hpp"
+#include "tapegrad/ops/loss.hpp"
 
 #ifndef TAPEGRAD_TEST_TMPDIR
 #define TAPEGRAD_TEST_TMPDIR "/tmp"
@@ -359,6 +363,60 @@ TEST(GradientMonitor, WorksOnFloatModels) {
   l.w.grad().fill_(3e30f);
   mon.record(0);
   EXPECT_NEAR(mon.latest()[0] / (std::sqrt(3.0) * double(3e30f)), 1.0, 1e-12);
+}
+
+// ---- on real layers ----
+
+// depth hidden Dense(width) layers with the given activation; He-normal weights when he.
+template <class Act>
+std::shared_ptr<tg::nn::Sequential<double>> mon_mlp(int depth, int64_t width, bool he,
+                                                    tg::Generator& g) {
+  auto net = std::make_shared<tg::nn::Sequential<double>>();
+  int64_t in = 20;
+  for (int i = 0; i < depth; ++i) {
+    auto d = std::make_shared<tg::nn::Dense<double>>(in, width, true, g);
+    if (he) tg::nn::init::kaiming_normal_(d->weight.value(), 0, "fan_in", "relu", g);
+    net->push_back(d);
+    net->push_back(std::make_shared<Act>());
+    in = width;
+  }
+  net->push_back(std::make_shared<tg::nn::Dense<double>>(in, 5, true, g));
+  return net;
+}
+
+// One forward/backward of cross-entropy on a fixed random batch, then one record.
+void mon_backward(tg::nn::Module<double>& net, diag::GradientMonitor<double>& mon,
+                  tg::Generator& g) {
+  tg::Tape<double> tape;
+  const auto x = tg::Tensor<double>::randn({16, 20}, g);
+  std::vector<int64_t> y(16);
+  for (size_t i = 0; i < y.size(); ++i) y[i] = static_cast<int64_t>(i % 5);
+  net.zero_grad();
+  tape.backward(tg::cross_entropy(net(tape.constant(x)), y));
+  mon.record(0);
+}
+
+TEST(GradientMonitor, SeesVanishingInADeepSigmoidNetworkAndNotWithReLUAndHe) {
+  tg::Generator g(7);
+  auto sigmoid = mon_mlp<tg::nn::Sigmoid<double>>(10, 32, false, g);
+  diag::GradientMonitor<double> ms(*sigmoid);
+  EXPECT_EQ(ms.activation(), diag::Activation::Sigmoid);
+  EXPECT_EQ(ms.num_layers(), 11);
+  mon_backward(*sigmoid, ms, g);
+  const auto fs = ms.flags();
+  EXPECT_TRUE(fs.vanishing) << ms.report();
+  EXPECT_LT(fs.first_last_ratio, 1e-4) << ms.report();
+  EXPECT_EQ(fs.layers[0].module, "Dense(20, 32)");
+  EXPECT_TRUE(contains(ms.diagnosis(), "saturating Sigmoid")) << ms.diagnosis();
+
+  auto relu = mon_mlp<tg::nn::ReLU<double>>(10, 32, true, g);
+  diag::GradientMonitor<double> mr(*relu);
+  EXPECT_EQ(mr.activation(), diag::Activation::ReLU);
+  mon_backward(*relu, mr, g);
+  const auto fr = mr.flags();
+  EXPECT_FALSE(fr.any()) << mr.report();
+  EXPECT_GT(fr.first_last_ratio, 0.1) << mr.report();
+  EXPECT_LT(fr.first_last_ratio, 10) << mr.report();
 }
 
 }  // namespace

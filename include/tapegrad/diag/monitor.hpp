@@ -382,7 +382,7 @@ class GradientMonitor {
   }
 
   // Reads the activation and the presence of normalisation and residual connections from the
-  // module names ("Sigmoid()", "BatchNorm1d(256)", "Residual(...)").
+  // module names ("Sigmoid", "BatchNorm1d(256)", "Residual", "BasicBlock(64, 64)").
   void detect_architecture() {
     bool sigmoid = false, tanh = false, relu = false;
     for (const auto& [prefix, name] : module_names_) {
@@ -394,7 +394,9 @@ class GradientMonitor {
               s.find("elu") != std::string::npos;
       has_batchnorm_ |=
           s.find("batchnorm") != std::string::npos || s.find("layernorm") != std::string::npos;
-      has_residual_ |= s.find("residual") != std::string::npos;
+      has_residual_ |=
+          s.find("residual") != std::string::npos || s.find("basicblock") != std::string::npos ||
+          s.find("preactblock") != std::string::npos || s.find("bottleneck") != std::string::npos;
     }
     // Saturating activations explain vanishing gradients even when ReLUs appear elsewhere.
     activation_ = sigmoid ? Activation::Sigmoid
