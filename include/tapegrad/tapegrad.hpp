@@ -2,6 +2,7 @@
 // tapegrad: the umbrella header. Includes every public header; `namespace tg = tapegrad;`
 // is defined for brevity.
 
+// Core: tensors, the tape, parameters.
 #include "tapegrad/error.hpp"
 #include "tapegrad/parameter.hpp"
 #include "tapegrad/random.hpp"
@@ -9,8 +10,52 @@
 #include "tapegrad/tape.hpp"
 #include "tapegrad/tensor.hpp"
 #include "tapegrad/threads.hpp"
-#include "tapegrad/diag/gradcheck.hpp"
+
+// Differentiable ops.
+#include "tapegrad/ops/activation.hpp"
+#include "tapegrad/ops/conv.hpp"
+#include "tapegrad/ops/dropout.hpp"
+#include "tapegrad/ops/elementwise.hpp"
+#include "tapegrad/ops/linalg.hpp"
+#include "tapegrad/ops/loss.hpp"
+#include "tapegrad/ops/norm.hpp"
+#include "tapegrad/ops/pool.hpp"
+#include "tapegrad/ops/reduce.hpp"
+#include "tapegrad/ops/shape.hpp"
+
+// Layers.
+#include "tapegrad/nn/activation.hpp"
+#include "tapegrad/nn/batch_norm.hpp"
+#include "tapegrad/nn/conv2d.hpp"
+#include "tapegrad/nn/dense.hpp"
+#include "tapegrad/nn/dropout.hpp"
+#include "tapegrad/nn/init.hpp"
+#include "tapegrad/nn/layer_norm.hpp"
 #include "tapegrad/nn/module.hpp"
+#include "tapegrad/nn/pool.hpp"
+#include "tapegrad/nn/residual.hpp"
+#include "tapegrad/nn/sequential.hpp"
+#include "tapegrad/nn/weight_norm.hpp"
+
+// Optimizers and the gradient remedies of their step().
+#include "tapegrad/optim/adam.hpp"
+#include "tapegrad/optim/clip.hpp"
+#include "tapegrad/optim/constraint.hpp"
+#include "tapegrad/optim/optimizer.hpp"
+#include "tapegrad/optim/penalty.hpp"
+#include "tapegrad/optim/rmsprop.hpp"
+#include "tapegrad/optim/scheduler.hpp"
+#include "tapegrad/optim/sgd.hpp"
+
+// Diagnostics and data.
+#include "tapegrad/diag/gradcheck.hpp"
+#include "tapegrad/diag/monitor.hpp"
+#include "tapegrad/diag/svg_plot.hpp"
+#include "tapegrad/io/checkpoint.hpp"
+#include "tapegrad/io/dataloader.hpp"
+#include "tapegrad/io/fashion_mnist.hpp"
+#include "tapegrad/io/idx.hpp"
+#include "tapegrad/io/safetensors.hpp"
 
 namespace tapegrad {
 inline constexpr int version_major = 0;
