@@ -158,6 +158,35 @@ TEST(SvgPlot, LinearAxisTicksAndLineBreaks) {
   EXPECT_FALSE(has_non_finite_number(s));
 }
 
+TEST(SvgPlot, YLimitsFixTheRangeAndCutLinesThatLeaveIt) {
+  diag::LinePlot p;
+  p.y_limits(0, 3).add("ok", {2.3, 1.0, 0.5}).add("diverged", {2.3, 1e20, 1e22});
+  const std::string s = p.svg();
+  EXPECT_EQ(xml_problem(s), "") << s;
+  // Ticks of [0, 3] only (0.0 ... 3.0 in steps of 0.5), nothing near 1e20.
+  EXPECT_NE(s.find(">0.0</text>"), std::string::npos) << s;
+  EXPECT_NE(s.find(">3.0</text>"), std::string::npos);
+  EXPECT_EQ(s.find(">3.5</text>"), std::string::npos);
+  EXPECT_EQ(s.find("e+"), std::string::npos);
+  // Both series are drawn; the far-off points are pulled in to 1e5 px, inside the clip path.
+  EXPECT_EQ(count_of(s, "<polyline "), 2u);
+  EXPECT_NE(s.find(",-100000.00"), std::string::npos) << s;
+  EXPECT_NE(s.find("clip-path=\"url(#plot-area)\""), std::string::npos);
+
+  diag::LinePlot q;
+  q.log_y().y_limits(1e-3, 1e2).add("a", {1e-10, 1.0});
+  const std::string t = q.svg();
+  EXPECT_NE(t.find(">1e-3</text>"), std::string::npos) << t;
+  EXPECT_NE(t.find(">1e2</text>"), std::string::npos);
+  EXPECT_EQ(t.find(">1e-10</text>"), std::string::npos);
+
+  EXPECT_THROW(p.y_limits(1, 1), tg::ValueError);
+  EXPECT_THROW(p.y_limits(0, INFINITY), tg::ValueError);
+  diag::LinePlot r;
+  r.log_y().y_limits(0, 1).add("a", {1.0, 2.0});
+  EXPECT_THROW(r.svg(), tg::ValueError);
+}
+
 TEST(SvgPlot, TwelveSeriesGetDistinctStyles) {
   diag::LinePlot p;
   for (int k = 0; k < 12; ++k) p.add("s" + std::to_string(k), {1.0 * k, 2.0 * k});

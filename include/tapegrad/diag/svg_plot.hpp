@@ -12,10 +12,15 @@
 // On a log axis, values that cannot be drawn (zero, negative, NaN, Inf) are skipped and break
 // the line; on a linear axis NaN and Inf do. Ticks of a log axis are whole decades (1e-12 ...
 // 1e0), thinned to at most about 12 labels. save() writes atomically (tmp + rename).
+//
+// y_limits(lo, hi) fixes the y range instead of fitting it to the data (matplotlib's ylim):
+// lines leaving it are cut at the frame, so one diverging series (a loss of 1e20) does not
+// flatten all the others.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -32,6 +37,14 @@ class LinePlot {
   LinePlot& x_label(std::string t) { return x_label_ = std::move(t), *this; }
   LinePlot& y_label(std::string t) { return y_label_ = std::move(t), *this; }
   LinePlot& log_y(bool on = true) { return log_y_ = on, *this; }
+  // A fixed y range (data units, also on a log axis); lo < hi, both finite (and > 0 on a log
+  // axis, checked when the plot is drawn).
+  LinePlot& y_limits(double lo, double hi) {
+    if (!(lo < hi) || !std::isfinite(lo) || !std::isfinite(hi))
+      tapegrad::detail::fail<ValueError>("LinePlot::y_limits: (", lo, ", ", hi,
+                                         ") is not a finite range with lo < hi");
+    return y_limits_ = {lo, hi}, *this;
+  }
   LinePlot& size(int width, int height) {
     if (width < 200 || height < 150)
       tapegrad::detail::fail<ValueError>("LinePlot: size ", width, "x", height,
@@ -72,12 +85,21 @@ class LinePlot {
     if (empty) xmin = 0, xmax = 1, ymin = log_y_ ? -1 : 0, ymax = log_y_ ? 0 : 1;
     if (xmin == xmax) xmin -= 1, xmax += 1;
 
+    if (y_limits_) {
+      if (log_y_ && !(y_limits_->first > 0))
+        tapegrad::detail::fail<ValueError>("LinePlot: y_limits (", y_limits_->first, ", ",
+                                           y_limits_->second, ") on a log axis must be > 0");
+      ymin = log_y_ ? std::log10(y_limits_->first) : y_limits_->first;
+      ymax = log_y_ ? std::log10(y_limits_->second) : y_limits_->second;
+    }
+
     std::vector<Tick> xt = linear_ticks(xmin, xmax, 8, false);
     std::vector<Tick> yt;
     double y0, y1;  // axis range (log10 units on a log axis)
     if (log_y_) {
       y0 = std::floor(ymin), y1 = std::ceil(ymax);
       if (y0 == y1) y0 -= 1, y1 += 1;
+      if (y_limits_) y0 = ymin, y1 = ymax;
       const int decades = static_cast<int>(y1 - y0);
       const int every = std::max(1, (decades + 11) / 12);
       for (int e = static_cast<int>(y0); e <= static_cast<int>(y1); ++e) {
@@ -87,8 +109,9 @@ class LinePlot {
     } else {
       if (ymin == ymax)
         ymin -= std::max(1.0, std::abs(ymin) * 0.1), ymax += std::max(1.0, std::abs(ymax) * 0.1);
-      yt = linear_ticks(ymin, ymax, 7, true);
+      yt = linear_ticks(ymin, ymax, 7, !y_limits_);
       y0 = std::min(ymin, yt.front().v), y1 = std::max(ymax, yt.back().v);
+      if (y_limits_) y0 = ymin, y1 = ymax;
     }
 
     // ---- layout ----
@@ -99,7 +122,11 @@ class LinePlot {
     const double left = 84, right = width_ - legend_w, top = title_.empty() ? 24 : 48,
                  bottom = height_ - (x_label_.empty() ? 36 : 58);
     auto px = [&](double x) { return left + (x - xmin) / (xmax - xmin) * (right - left); };
-    auto py = [&](double y) { return bottom - (y - y0) / (y1 - y0) * (bottom - top); };
+    // Points far outside a fixed range are pulled in to 1e5 px: the visible part of the line
+    // is the same, and the coordinates stay sane for renderers.
+    auto py = [&](double y) {
+      return std::clamp(bottom - (y - y0) / (y1 - y0) * (bottom - top), -1e5, 1e5);
+    };
 
     std::string o;
     o += "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n";
@@ -314,6 +341,7 @@ class LinePlot {
 
   std::string title_, x_label_, y_label_;
   bool log_y_ = false;
+  std::optional<std::pair<double, double>> y_limits_;
   int width_ = 900, height_ = 600;
   std::vector<Series> series_;
 };
