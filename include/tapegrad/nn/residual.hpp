@@ -35,22 +35,23 @@ namespace tapegrad::nn {
 
 namespace detail {
 // a + b for a residual sum: the shapes must be equal (no silent broadcasting).
+// `who` names the block in errors; its name() is built only then (no allocation per step).
 template <class T>
-Var<T> residual_sum(const std::string& who, const char* what_a, const Var<T>& a, const char* what_b,
+Var<T> residual_sum(const Module<T>& who, const char* what_a, const Var<T>& a, const char* what_b,
                     const Var<T>& b, const Shape input) {
   if (!(a.shape() == b.shape()))
-    tapegrad::detail::fail<ShapeError>(who, ": ", what_a, " ", a.shape(), " and ", what_b, " ",
-                                       b.shape(), " differ (input ", input, ")");
+    tapegrad::detail::fail<ShapeError>(who.name(), ": ", what_a, " ", a.shape(), " and ", what_b,
+                                       " ", b.shape(), " differ (input ", input, ")");
   return a + b;
 }
 
 template <class T>
-void check_image_input(const std::string& who, const Shape& s, int64_t channels) {
+void check_image_input(const Module<T>& who, const Shape& s, int64_t channels) {
   if (s.rank() != 4)
-    tapegrad::detail::fail<ShapeError>(who, ": input ", s, ": expected 4-D [N,C,H,W]");
+    tapegrad::detail::fail<ShapeError>(who.name(), ": input ", s, ": expected 4-D [N,C,H,W]");
   if (s[1] != channels)
-    tapegrad::detail::fail<ShapeError>(who, ": input ", s, " has ", s[1], " channels, expected ",
-                                       channels);
+    tapegrad::detail::fail<ShapeError>(who.name(), ": input ", s, " has ", s[1],
+                                       " channels, expected ", channels);
 }
 
 inline void check_block_args(const char* kind, int64_t in, int64_t out, int64_t stride) {
@@ -74,8 +75,8 @@ class Residual : public Module<T> {
   Var<T> forward(const Var<T>& x) override {
     const Var<T> y = (*body_)(x);
     const Var<T> s = shortcut_ ? (*shortcut_)(x) : x;
-    return detail::residual_sum(name(), "body output", y,
-                                shortcut_ ? "shortcut output" : "identity shortcut", s, x.shape());
+    return detail::residual_sum<T>(
+        *this, "body output", y, shortcut_ ? "shortcut output" : "identity shortcut", s, x.shape());
   }
   std::string name() const override { return shortcut_ ? "Residual(shortcut)" : "Residual"; }
 
@@ -137,13 +138,13 @@ class BasicBlock : public Module<T> {
   std::shared_ptr<Sequential<T>> downsample;  // null: identity shortcut
 
   Var<T> forward(const Var<T>& x) override {
-    detail::check_image_input<T>(name(), x.shape(), in_);
+    detail::check_image_input<T>(*this, x.shape(), in_);
     Var<T> y = relu((*bn1)((*conv1)(x)));
     y = (*bn2)((*conv2)(y));
     const Var<T> s = downsample ? (*downsample)(x) : x;
-    return relu(detail::residual_sum(name(), "body output", y,
-                                     downsample ? "downsample output" : "identity shortcut", s,
-                                     x.shape()));
+    return relu(detail::residual_sum<T>(*this, "body output", y,
+                                        downsample ? "downsample output" : "identity shortcut", s,
+                                        x.shape()));
   }
 
   std::string name() const override {
@@ -183,12 +184,12 @@ class PreActBlock : public Module<T> {
   std::shared_ptr<Sequential<T>> shortcut;  // null: identity
 
   Var<T> forward(const Var<T>& x) override {
-    detail::check_image_input<T>(name(), x.shape(), in_);
+    detail::check_image_input<T>(*this, x.shape(), in_);
     const Var<T> a = relu((*bn1)(x));
     const Var<T> s = shortcut ? (*shortcut)(a) : x;
     const Var<T> y = (*conv2)(relu((*bn2)((*conv1)(a))));
-    return detail::residual_sum(name(), "body output", y,
-                                shortcut ? "shortcut output" : "identity shortcut", s, x.shape());
+    return detail::residual_sum<T>(
+        *this, "body output", y, shortcut ? "shortcut output" : "identity shortcut", s, x.shape());
   }
 
   std::string name() const override {

@@ -1,0 +1,124 @@
+// After its first step, a training step allocates nothing: the tape reuses its nodes' buffers,
+// the optimizer its state, the loss its label storage. Proven by counting every call of the
+// global operator new (replaced below for the whole test program; it only counts).
+//
+// The models are small on purpose: Eigen's own GEMM takes its packing workspace from the stack
+// below EIGEN_STACK_ALLOCATION_LIMIT (128 KiB) and from the heap above it, and that workspace
+// is Eigen's, not ours. The speed benchmarks report what the large workloads allocate.
+#include <gtest/gtest.h>
+
+#include <atomic>
+#include <cstdlib>
+#include <new>
+
+#include "tapegrad/tapegrad.hpp"
+
+namespace {
+std::atomic<long> allocations{0};
+
+void* counted(std::size_t n, std::size_t align) {
+  allocations.fetch_add(1, std::memory_order_relaxed);
+  if (n == 0) n = 1;
+  void* p = align <= alignof(std::max_align_t)
+                ? std::malloc(n)
+                : std::aligned_alloc(align, (n + align - 1) / align * align);
+  if (!p) throw std::bad_alloc();
+  return p;
+}
+}  // namespace
+
+void* operator new(std::size_t n) { return counted(n, 0); }
+void* operator new[](std::size_t n) { return counted(n, 0); }
+void* operator new(std::size_t n, std::align_val_t a) {
+  return counted(n, static_cast<std::size_t>(a));
+}
+void* operator new[](std::size_t n, std::align_val_t a) {
+  return counted(n, static_cast<std::size_t>(a));
+}
+void operator delete(void* p) noexcept { std::free(p); }
+void operator delete[](void* p) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
+void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+
+namespace {
+
+namespace tg = tapegrad;
+namespace nn = tapegrad::nn;
+
+// Allocations of the steady-state steps, after `warmup` steps.
+template <class Step>
+long allocations_after_warmup(Step&& step, int warmup = 2, int measured = 3) {
+  for (int i = 0; i < warmup; ++i) step();
+  const long before = allocations.load();
+  for (int i = 0; i < measured; ++i) step();
+  return allocations.load() - before;
+}
+
+// One training step of a classifier: zero_grad, forward, cross-entropy, backward, clip, update.
+struct Training {
+  Training(std::shared_ptr<nn::Module<float>> m, tg::Shape input, bool adam) : model(m) {
+    tg::Generator g(3);
+    x = tg::Tensor<float>::randn(input, g);
+    for (int64_t i = 0; i < input[0]; ++i) labels.push_back(static_cast<int64_t>(g.below(4)));
+    if (adam)
+      opt = std::make_unique<tg::optim::Adam<float>>(model->parameters());
+    else
+      opt = std::make_unique<tg::optim::SGD<float>>(
+          model->parameters(), tg::optim::SGDOptions{.lr = 0.01, .momentum = 0.9});
+    opt->set_clip_grad_norm(1.0);
+  }
+  void step() {
+    tape.clear();
+    opt->zero_grad();
+    auto loss = tg::cross_entropy((*model)(tape.constant(x)), labels);
+    tape.backward(loss);
+    opt->step();
+  }
+
+  std::shared_ptr<nn::Module<float>> model;
+  tg::Tensor<float> x;
+  std::vector<int64_t> labels;
+  tg::Tape<float> tape;
+  std::unique_ptr<tg::optim::Optimizer<float>> opt;
+};
+
+TEST(NoAllocation, MlpStepWithReluSigmoidLayerNorm) {
+  auto model = std::make_shared<nn::Sequential<float>>();
+  model->push_back(std::make_shared<nn::Dense<float>>(20, 16));
+  model->push_back(std::make_shared<nn::ReLU<float>>());
+  model->push_back(std::make_shared<nn::Dense<float>>(16, 16));
+  model->push_back(std::make_shared<nn::LayerNorm<float>>(16));
+  model->push_back(std::make_shared<nn::Sigmoid<float>>());
+  model->push_back(std::make_shared<nn::Dense<float>>(16, 4));
+  Training t(model, {8, 20}, false);
+  EXPECT_EQ(allocations_after_warmup([&] { t.step(); }), 0);
+}
+
+TEST(NoAllocation, ConvNetStepWithBatchNormAndResidualAndAdam) {
+  auto model = std::make_shared<nn::Sequential<float>>();
+  model->push_back(std::make_shared<nn::Conv2D<float>>(1, 4, 3, 1, 1, 1, false));
+  model->push_back(std::make_shared<nn::BatchNorm2d<float>>(4));
+  model->push_back(std::make_shared<nn::ReLU<float>>());
+  model->push_back(std::make_shared<nn::BasicBlock<float>>(4, 4, 1));
+  model->push_back(std::make_shared<nn::BasicBlock<float>>(4, 8, 2));
+  model->push_back(std::make_shared<nn::MaxPool2D<float>>(2));
+  model->push_back(std::make_shared<nn::GlobalAvgPool2D<float>>());
+  model->push_back(std::make_shared<nn::Dense<float>>(8, 4));
+  Training t(model, {2, 1, 8, 8}, true);
+  EXPECT_EQ(allocations_after_warmup([&] { t.step(); }), 0);
+}
+
+// The counter itself works: a step on a fresh tape does allocate.
+TEST(NoAllocation, CounterSeesTheFirstStep) {
+  auto model = std::make_shared<nn::Dense<float>>(4, 4);
+  Training t(model, {3, 4}, false);
+  const long before = allocations.load();
+  t.step();
+  EXPECT_GT(allocations.load() - before, 0);
+}
+
+}  // namespace
