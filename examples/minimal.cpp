@@ -1,4 +1,4 @@
-// The README's example: an MLP on Fashion-MNIST for one epoch, with clipping and a gradient monitor.
+// The README's example: an MLP on Fashion-MNIST for one epoch, with clipping and a monitor.
 #include <iostream>
 #include <tapegrad/tapegrad.hpp>
 
