@@ -6,6 +6,7 @@
 //
 // Call a module with operator() (not forward()) so that summary() can see it.
 
+#include <algorithm>
 #include <cstdint>
 #include <iomanip>
 #include <memory>
@@ -110,14 +111,22 @@ class Module {
       }
       detail::summary_rows = nullptr;
     }
+    // Columns as wide as their longest entry, so long layer names never run into the shapes.
+    size_t name_w = 5, shape_w = 12;
+    for (const auto& r : rows) {
+      name_w = std::max(name_w, 2 * static_cast<size_t>(r.depth) + r.name.size());
+      shape_w = std::max(shape_w, r.output.str().size());
+    }
+    const int nw = static_cast<int>(name_w + 2), sw = static_cast<int>(shape_w + 2), pw = 12;
     std::ostringstream os;
-    const auto line = std::string(72, '-') + "\n";
-    os << line << std::left << std::setw(40) << "Layer" << std::setw(20) << "Output shape"
-       << std::right << std::setw(12) << "Params" << "\n"
+    const auto line = std::string(static_cast<size_t>(nw + sw + pw), '-') + "\n";
+    os << line << std::left << std::setw(nw) << "Layer" << std::setw(sw) << "Output shape"
+       << std::right << std::setw(pw) << "Params"
+       << "\n"
        << line;
     for (const auto& r : rows)
-      os << std::left << std::setw(40) << (std::string(2 * r.depth, ' ') + r.name)
-         << std::setw(20) << r.output.str() << std::right << std::setw(12) << r.params << "\n";
+      os << std::left << std::setw(nw) << (std::string(2 * r.depth, ' ') + r.name) << std::setw(sw)
+         << r.output.str() << std::right << std::setw(pw) << r.params << "\n";
     os << line << "Total params: " << num_parameters() << "\n"
        << "Input shape: " << input_shape.str() << "\n";
     return os.str();
