@@ -1,0 +1,134 @@
+#pragma once
+// Gradient norms through time: the GradientMonitor's view of a recurrent network, per time step
+// instead of per layer.
+//
+//   std::vector<tg::Var<float>> hs;
+//   auto out = rnn.forward(x, {}, &hs);             // hs[t] = h_t of the last layer
+//   tape.backward(loss);
+//   auto norms = tg::diag::grad_norms_through_time(hs);   // norms[t] = ||dL/dh_t||
+//   auto flags = tg::diag::through_time_flags(norms);      // e.g. "VANISHING (x0.42/step)"
+//
+// dL/dh_t is the whole gradient that reaches step t, through every later step. In a vanilla
+// RNN it is multiplied by W_hh^T diag(act') once per step back in time, so its norm changes
+// geometrically: it shrinks when those Jacobians' norms are below 1 (tanh' <= 1 and a small
+// W_hh: vanishing) and grows when they are above (exploding) (Bengio, Simard & Frasconi 1994;
+// Pascanu, Mikolov & Bengio 2013). An LSTM's cell state passes it on multiplied by the forget
+// gate only, so where the gates stay open it neither vanishes nor explodes.
+//
+// through_time_flags fits log ||dL/dh_t|| = a + b t by least squares and reports
+//   factor_per_step = exp(-b): the norm's factor per step back in time (< 1 decays, > 1 grows),
+//   span            = factor_per_step^(t_last - t_first): the fitted first-to-last ratio,
+//   r2              = the fit's R^2 (near 1: geometric),
+// and flags vanishing when span < vanishing_ratio, exploding when span > exploding_ratio
+// (the same defaults as GradientMonitor's layer ratios: 1e-2 and 1e2), non_finite when a norm is
+// NaN or infinite. Steps whose gradient is exactly zero (no path to the loss, e.g. before a
+// detach) are left out of the fit.
+// Norms are computed in double and scaled by the largest |g|, so they do not overflow.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <span>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "tapegrad/tape.hpp"
+
+namespace tapegrad::diag {
+
+namespace detail {
+// ||g||_2 of a tensor, in double, without overflow.
+template <class T>
+double scaled_l2_norm(const Tensor<T>& g) {
+  double m = 0;
+  for (int64_t i = 0; i < g.numel(); ++i) {
+    const double a = std::abs(static_cast<double>(g[i]));
+    if (!(a <= m)) m = a;  // NaN sticks
+  }
+  if (m == 0 || !std::isfinite(m)) return m;
+  double s = 0;
+  for (int64_t i = 0; i < g.numel(); ++i) {
+    const double r = static_cast<double>(g[i]) / m;
+    s += r * r;
+  }
+  return m * std::sqrt(s);
+}
+}  // namespace detail
+
+// norms[t] = ||dL/dh_t|| for every Var of `steps` after a backward (0 where no gradient
+// reached). Writes into `norms` (no allocation once its capacity suffices).
+template <class T>
+void grad_norms_through_time(std::span<const Var<T>> steps, std::vector<double>& norms) {
+  norms.resize(steps.size());
+  for (size_t t = 0; t < steps.size(); ++t) {
+    const Node<T>& n = steps[t].node();
+    norms[t] = (n.grad_ready || n.is_param) ? detail::scaled_l2_norm(n.grad) : 0.0;
+  }
+}
+template <class T>
+std::vector<double> grad_norms_through_time(const std::vector<Var<T>>& steps) {
+  std::vector<double> norms;
+  grad_norms_through_time(std::span<const Var<T>>(steps), norms);
+  return norms;
+}
+
+struct ThroughTimeOptions {
+  double vanishing_ratio = 1e-2;  // fitted first/last ratio below this: vanishing
+  double exploding_ratio = 1e2;   // above this: exploding
+};
+
+struct ThroughTimeFlags {
+  double factor_per_step = std::numeric_limits<double>::quiet_NaN();
+  double span = std::numeric_limits<double>::quiet_NaN();
+  double r2 = std::numeric_limits<double>::quiet_NaN();
+  int64_t fitted_steps = 0;  // steps with a finite, nonzero norm
+  bool vanishing = false, exploding = false, non_finite = false;
+
+  bool any() const { return vanishing || exploding || non_finite; }
+  explicit operator bool() const { return any(); }
+  // "ok", "VANISHING", "EXPLODING" or "NON-FINITE", with the factor per step.
+  std::string flag() const {
+    std::ostringstream os;
+    os << (non_finite ? "NON-FINITE" : exploding ? "EXPLODING" : vanishing ? "VANISHING" : "ok");
+    if (std::isfinite(factor_per_step)) os << " (x" << factor_per_step << "/step)";
+    return os.str();
+  }
+};
+
+inline ThroughTimeFlags through_time_flags(std::span<const double> norms,
+                                           ThroughTimeOptions o = {}) {
+  ThroughTimeFlags f;
+  double sx = 0, sy = 0, n = 0;
+  double t_first = -1, t_last = -1;
+  for (size_t t = 0; t < norms.size(); ++t) {
+    if (!std::isfinite(norms[t])) f.non_finite = true;
+    if (!(norms[t] > 0) || !std::isfinite(norms[t])) continue;
+    sx += double(t), sy += std::log(norms[t]), n += 1;
+    if (t_first < 0) t_first = double(t);
+    t_last = double(t);
+  }
+  f.fitted_steps = static_cast<int64_t>(n);
+  if (n < 2) return f;
+  const double mx = sx / n, my = sy / n;
+  double sxx = 0, sxy = 0, syy = 0;
+  for (size_t t = 0; t < norms.size(); ++t) {
+    if (!(norms[t] > 0) || !std::isfinite(norms[t])) continue;
+    const double dx = double(t) - mx, dy = std::log(norms[t]) - my;
+    sxx += dx * dx, sxy += dx * dy, syy += dy * dy;
+  }
+  const double b = sxy / sxx;
+  f.factor_per_step = std::exp(-b);
+  f.span = std::exp(-b * (t_last - t_first));
+  f.r2 = syy > 0 ? (sxy * sxy) / (sxx * syy) : 1.0;
+  f.vanishing = f.span < o.vanishing_ratio;
+  f.exploding = f.span > o.exploding_ratio;
+  return f;
+}
+inline ThroughTimeFlags through_time_flags(const std::vector<double>& norms,
+                                           ThroughTimeOptions o = {}) {
+  return through_time_flags(std::span<const double>(norms), o);
+}
+
+}  // namespace tapegrad::diag
