@@ -1,7 +1,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <fstream>
 #include <limits>
 #include <memory>
 #include <sstream>
@@ -13,13 +12,12 @@
 #include "tapegrad/nn/dense.hpp"
 #include "tapegrad/nn/sequential.hpp"
 #include "tapegrad/ops/loss.hpp"
-
-#ifndef TAPEGRAD_TEST_TMPDIR
-#define TAPEGRAD_TEST_TMPDIR "/tmp"
-#endif
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 namespace diag = tapegrad::diag;
+using tapegrad::testing::read_text_file;
+using tapegrad::testing::tmp_path;
 
 namespace {
 
@@ -254,12 +252,9 @@ TEST(GradientMonitor, HistoryIsABoundedRingBufferAndEveryKSteps) {
   EXPECT_EQ(rows[3], "14,4,42");
   EXPECT_EQ(rows[15], "22,4,66");
 
-  const std::string path = std::string(TAPEGRAD_TEST_TMPDIR) + "/tg_monitor.csv";
+  const std::string path = tmp_path("tg_monitor.csv");
   mon.write_csv(path);
-  std::ifstream f(path);
-  std::stringstream back;
-  back << f.rdbuf();
-  EXPECT_EQ(back.str(), csv);
+  EXPECT_EQ(read_text_file(path), csv);
 
   diag::MonitorOptions bad;
   bad.every = 0;

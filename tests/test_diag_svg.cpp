@@ -1,24 +1,21 @@
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 
 #include <cctype>
 #include <cmath>
 #include <cstdlib>
-#include <fstream>
 #include <limits>
 #include <set>
-#include <sstream>
 #include <string>
 #include <vector>
 
 #include "tapegrad/diag/svg_plot.hpp"
-
-#ifndef TAPEGRAD_TEST_TMPDIR
-#define TAPEGRAD_TEST_TMPDIR "/tmp"
-#endif
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 namespace diag = tapegrad::diag;
+using tapegrad::testing::file_exists;
+using tapegrad::testing::read_text_file;
+using tapegrad::testing::tmp_path;
 
 namespace {
 
@@ -211,16 +208,12 @@ TEST(SvgPlot, EmptyPlotAndBadInput) {
 }
 
 TEST(SvgPlot, SaveWritesTheFileAtomicallyAndItParsesAsXml) {
-  const std::string path = std::string(TAPEGRAD_TEST_TMPDIR) + "/tg_plot.svg";
+  const std::string path = tmp_path("tg_plot.svg");
   diag::LinePlot p;
   p.title("t").log_y().add("a", {1e-3, 1e-1, 1.0});
   p.save(path);
-  std::ifstream f(path);
-  std::stringstream content;
-  content << f.rdbuf();
-  EXPECT_EQ(content.str(), p.svg());
-  struct stat st;
-  EXPECT_NE(::stat((path + ".tmp").c_str(), &st), 0);
+  EXPECT_EQ(read_text_file(path), p.svg());
+  EXPECT_FALSE(file_exists(path + ".tmp"));
   // A real XML parser as a second opinion, when Python is on the machine.
   if (std::system("python3 -c 'import xml.dom.minidom' > /dev/null 2>&1") == 0) {
     const std::string cmd =

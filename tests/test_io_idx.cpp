@@ -4,25 +4,23 @@
 
 #include <cstdio>
 #include <cstdlib>
-#include <fstream>
 #include <string>
 #include <vector>
 
 #include "tapegrad/io/fashion_mnist.hpp"
 #include "tapegrad/io/idx.hpp"
-
-#ifndef TAPEGRAD_TEST_TMPDIR
-#define TAPEGRAD_TEST_TMPDIR "/tmp"
-#endif
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 namespace io = tapegrad::io;
+using tapegrad::testing::error_message;
+using tapegrad::testing::file_exists;
+using tapegrad::testing::tmp_path;
+using tapegrad::testing::write_bytes;
 
 namespace {
 
-std::string idx_tmp(const std::string& name) {
-  return std::string(TAPEGRAD_TEST_TMPDIR) + "/tg_idx_" + name;
-}
+std::string idx_tmp(const std::string& name) { return tmp_path("tg_idx_" + name); }
 
 // An IDX file of unsigned bytes, built by hand: 0x0000, 0x08, ndims, big-endian sizes, data.
 std::vector<uint8_t> make_idx(const std::vector<uint32_t>& dims, const std::vector<uint8_t>& data) {
@@ -51,30 +49,14 @@ std::vector<uint8_t> gzip_bytes(const std::vector<uint8_t>& raw) {
   return out;
 }
 
-void write_bytes(const std::string& path, const std::vector<uint8_t>& b) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-  ASSERT_TRUE(f.good()) << path;
-}
-
 // The IOError message of reading path, or "" if it did not throw.
 std::string idx_error(const std::string& path) {
-  try {
-    io::read_idx(path);
-  } catch (const tg::IOError& e) {
-    return e.what();
-  }
-  return "";
+  return error_message<tg::IOError>([&] { io::read_idx(path); });
 }
 
 // The IOError message of parsing in-memory bytes named "mem.idx", or "" if it did not throw.
 std::string parse_error(const std::vector<uint8_t>& b) {
-  try {
-    io::parse_idx(b, "mem.idx");
-  } catch (const tg::IOError& e) {
-    return e.what();
-  }
-  return "";
+  return error_message<tg::IOError>([&] { io::parse_idx(b, "mem.idx"); });
 }
 
 std::vector<uint8_t> iota_bytes(size_t n) {
@@ -316,8 +298,7 @@ TEST(FashionMNIST, BadLabelAndMismatchedCounts) {
 
 TEST(FashionMNIST, RealFilesFromDebianPackage) {
   const std::string dir = io::FashionMNIST::default_directory;
-  struct stat st;
-  if (::stat((dir + "/train-labels-idx1-ubyte.gz").c_str(), &st) != 0)
+  if (!file_exists(dir + "/train-labels-idx1-ubyte.gz"))
     GTEST_SKIP() << "dataset-fashion-mnist is not installed";
   ScopedEnv env(io::FashionMNIST::environment_variable, "");  // empty: use the default
   for (auto split : {io::Split::Train, io::Split::Test}) {

@@ -1,11 +1,9 @@
 #include <gtest/gtest.h>
-#include <sys/stat.h>
 
 #include <bit>
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <fstream>
 #include <limits>
 #include <string>
 #include <vector>
@@ -13,31 +11,20 @@
 #include "tapegrad/io/checkpoint.hpp"
 #include "tapegrad/io/json.hpp"
 #include "tapegrad/io/safetensors.hpp"
-
-#ifndef TAPEGRAD_TEST_TMPDIR
-#define TAPEGRAD_TEST_TMPDIR "/tmp"
-#endif
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 namespace io = tapegrad::io;
+using tapegrad::testing::error_message;
+using tapegrad::testing::file_exists;
+using tapegrad::testing::tmp_path;
+using tapegrad::testing::write_bytes;
 
 namespace {
 
-std::string st_tmp(const std::string& name) {
-  return std::string(TAPEGRAD_TEST_TMPDIR) + "/tg_st_" + name;
-}
+std::string st_tmp(const std::string& name) { return tmp_path("tg_st_" + name); }
 
 std::vector<uint8_t> st_read(const std::string& path) { return io::read_file_bytes(path); }
-
-void st_write(const std::string& path, const std::vector<uint8_t>& b) {
-  std::ofstream f(path, std::ios::binary | std::ios::trunc);
-  f.write(reinterpret_cast<const char*>(b.data()), static_cast<std::streamsize>(b.size()));
-}
-
-bool file_exists(const std::string& path) {
-  struct stat st;
-  return ::stat(path.c_str(), &st) == 0;
-}
 
 // A file made by hand: 8-byte little-endian length, the header text as given (no padding
 // added), then data.
@@ -52,12 +39,7 @@ std::vector<uint8_t> st_file(const std::string& header, const std::vector<uint8_
 
 // The IOError message of parsing bytes named "m.st", or "" if it parsed.
 std::string st_error(const std::vector<uint8_t>& bytes) {
-  try {
-    io::parse_safetensors(bytes, "m.st");
-  } catch (const tg::IOError& e) {
-    return e.what();
-  }
-  return "";
+  return error_message<tg::IOError>([&] { io::parse_safetensors(bytes, "m.st"); });
 }
 
 // The message must name the file first and contain text.
@@ -109,13 +91,8 @@ TEST(Json, ParsesValuesEscapesAndUnicode) {
 }
 
 TEST(Json, RejectsWhatStrictJsonRejects) {
-  auto error = [](const std::string& t) -> std::string {
-    try {
-      io::JsonParser::parse(t, 100, "j");
-    } catch (const tg::IOError& e) {
-      return e.what();
-    }
-    return "";
+  auto error = [](const std::string& t) {
+    return error_message<tg::IOError>([&] { io::JsonParser::parse(t, 100, "j"); });
   };
   EXPECT_EQ(error(R"({"a":1,})"),
             "j: JSON syntax error at byte 107: expected a string key, found '}'");
@@ -241,7 +218,7 @@ TEST(Safetensors, InterruptedSaveLeavesPreviousFileIntact) {
 
   // A stale, half-written temporary file from a process that died: ignored by the reader,
   // overwritten by the next save.
-  st_write(path + ".tmp", {1, 2, 3});
+  write_bytes(path + ".tmp", {1, 2, 3});
   EXPECT_TRUE(same_bits(std::get<tg::Tensor<float>>(*io::load_safetensors(path).find("w")), v1));
   const auto v2 = tg::Tensor<float>::from({4.0f});
   io::save_safetensors<float>(path, {{"w", v2}});
@@ -445,12 +422,7 @@ TEST(Checkpoint, FloatModelWithoutOptimizer) {
 }
 
 std::string load_error(const std::string& path, tg::nn::Module<float>& m) {
-  try {
-    io::load_checkpoint(path, m);
-  } catch (const tg::IOError& e) {
-    return e.what();
-  }
-  return "";
+  return error_message<tg::IOError>([&] { io::load_checkpoint(path, m); });
 }
 
 TEST(Checkpoint, MismatchesAreListedAndNothingIsChanged) {
@@ -521,7 +493,7 @@ TEST(Checkpoint, CorruptFileIsAnIOErrorNamingIt) {
   io::save_checkpoint(path, a);
   auto bytes = st_read(path);
   bytes.erase(bytes.end() - 4, bytes.end());  // lose the end of the last tensor
-  st_write(path, bytes);
+  write_bytes(path, bytes);
   const std::string msg = load_error(path, a);
   EXPECT_NE(msg.find(path + ": tensor \""), std::string::npos) << msg;
   EXPECT_NE(msg.find("run past the data area"), std::string::npos) << msg;

@@ -4,7 +4,6 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
-#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -16,31 +15,14 @@
 #include "tapegrad/nn/dropout.hpp"
 #include "tapegrad/nn/pool.hpp"
 #include "tapegrad/nn/sequential.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 namespace nn = tapegrad::nn;
+using tapegrad::testing::expect_error_containing;
+using tapegrad::testing::run;
 
 namespace {
-
-template <class E>
-void expect_error(const std::function<void()>& f, const std::vector<std::string>& parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception";
-  } catch (const E& e) {
-    for (const auto& p : parts)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos) << e.what() << " lacks " << p;
-  } catch (const std::exception& e) {
-    ADD_FAILURE() << "wrong exception type: " << e.what();
-  }
-}
-
-// Runs a module on a constant input and returns the output value.
-template <class T>
-tg::Tensor<T> run(nn::Module<T>& m, const tg::Tensor<T>& x) {
-  tg::Tape<T> tape;
-  return m(tape.constant(x)).value().clone();
-}
 
 template <class T>
 void expect_within(const tg::Tensor<T>& t, double bound) {
@@ -110,9 +92,9 @@ TEST(Dense, InFeaturesMismatch) {
   } catch (const tg::ShapeError& e) {
     EXPECT_STREQ(e.what(), "Dense(784, 256): input [32,100]: expected 784 features");
   }
-  expect_error<tg::ShapeError>([&] { d(tape.constant(tg::Tensor<float>::scalar(1.0f))); },
-                               {"Dense(784, 256)", "input []"});
-  expect_error<tg::ValueError>([] { nn::Dense<float>(-1, 3); }, {"Dense(-1, 3)"});
+  expect_error_containing<tg::ShapeError>(
+      [&] { d(tape.constant(tg::Tensor<float>::scalar(1.0f))); }, {"Dense(784, 256)", "input []"});
+  expect_error_containing<tg::ValueError>([] { nn::Dense<float>(-1, 3); }, {"Dense(-1, 3)"});
 }
 
 // ---------------------------------------------------------------- Conv2D
@@ -174,29 +156,30 @@ TEST(Conv2D, DefaultInitAndName) {
             "Conv2D(1, 16, kernel=3, stride=2, padding=1)");
   EXPECT_EQ(nn::Conv2D<float>(1, 2, {3, 5}, 1, 0, 2, false).name(),
             "Conv2D(1, 2, kernel=(3, 5), dilation=2, bias=false)");
-  expect_error<tg::ValueError>([] { nn::Conv2D<float>(1, 2, 0); }, {"Conv2D(1, 2, kernel=0)"});
+  expect_error_containing<tg::ValueError>([] { nn::Conv2D<float>(1, 2, 0); },
+                                          {"Conv2D(1, 2, kernel=0)"});
 }
 
 TEST(Conv2D, Errors) {
   nn::Conv2D<float> c(3, 16, 3);
   tg::Tape<float> tape;
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         c(tape.constant(tg::Tensor<float>::zeros({2, 1, 28, 28})));
       },
       {"Conv2D(3, 16, kernel=3)", "[2,1,28,28]", "expected 3 channels"});
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         c(tape.constant(tg::Tensor<float>::zeros({3, 28, 28})));
       },
       {"Conv2D(3, 16, kernel=3)", "[3,28,28]", "4-D"});
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         c(tape.constant(tg::Tensor<float>::zeros({1, 3, 2, 9})));
       },
       {"Conv2D(3, 16, kernel=3)", "[1,3,2,9]", "larger than the 2x9"});
   nn::Conv2D<float> d(3, 4, 3, 1, 0, 3);  // dilated kernel 7x7
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         d(tape.constant(tg::Tensor<float>::zeros({1, 3, 6, 6})));
       },
@@ -251,18 +234,20 @@ TEST(PoolLayers, Errors) {
   tg::Tape<float> tape;
   auto x3 = tape.constant(tg::Tensor<float>::zeros({2, 4, 4}));
   nn::MaxPool2D<float> mp(2);
-  expect_error<tg::ShapeError>([&] { mp(x3); }, {"MaxPool2D(kernel=2)", "[2,4,4]", "4-D"});
+  expect_error_containing<tg::ShapeError>([&] { mp(x3); },
+                                          {"MaxPool2D(kernel=2)", "[2,4,4]", "4-D"});
   nn::AvgPool2D<float> big(5);
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         big(tape.constant(tg::Tensor<float>::zeros({1, 1, 4, 4})));
       },
       {"AvgPool2D(kernel=5)", "[1,1,4,4]", "larger than the 4x4"});
   nn::GlobalAvgPool2D<float> gp;
-  expect_error<tg::ShapeError>([&] { gp(x3); }, {"GlobalAvgPool2D", "[2,4,4]"});
-  expect_error<tg::ValueError>([] { nn::MaxPool2D<float>(2, 2, 2); },
-                               {"MaxPool2D(kernel=2, padding=2)", "half the kernel"});
-  expect_error<tg::ValueError>([] { nn::AvgPool2D<float>(2, 0); }, {"AvgPool2D", "stride"});
+  expect_error_containing<tg::ShapeError>([&] { gp(x3); }, {"GlobalAvgPool2D", "[2,4,4]"});
+  expect_error_containing<tg::ValueError>([] { nn::MaxPool2D<float>(2, 2, 2); },
+                                          {"MaxPool2D(kernel=2, padding=2)", "half the kernel"});
+  expect_error_containing<tg::ValueError>([] { nn::AvgPool2D<float>(2, 0); },
+                                          {"AvgPool2D", "stride"});
 }
 
 TEST(FlattenLayer, ShapesViewAndGradient) {
@@ -280,9 +265,10 @@ TEST(FlattenLayer, ShapesViewAndGradient) {
   EXPECT_EQ(nn::Flatten<double>(1, 2)(x).shape(), tg::Shape({2, 6, 2}));
   EXPECT_EQ(nn::Flatten<double>(-2)(x).shape(), tg::Shape({2, 3, 4}));
   EXPECT_EQ(f.name(), "Flatten(start_dim=1, end_dim=-1)");
-  expect_error<tg::ShapeError>([&] { nn::Flatten<double>(4)(x); },
-                               {"Flatten(start_dim=4, end_dim=-1)", "[2,3,2,2]"});
-  expect_error<tg::ShapeError>([&] { nn::Flatten<double>(2, 1)(x); }, {"Flatten", "[2,3,2,2]"});
+  expect_error_containing<tg::ShapeError>([&] { nn::Flatten<double>(4)(x); },
+                                          {"Flatten(start_dim=4, end_dim=-1)", "[2,3,2,2]"});
+  expect_error_containing<tg::ShapeError>([&] { nn::Flatten<double>(2, 1)(x); },
+                                          {"Flatten", "[2,3,2,2]"});
 }
 
 // ---------------------------------------------------------------- activations
@@ -334,7 +320,7 @@ TEST(ActivationLayers, Gradcheck) {
 TEST(ActivationLayers, SoftmaxBadDimNamesTheLayer) {
   nn::Softmax<float> sm(2);
   tg::Tape<float> tape;
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         sm(tape.constant(tg::Tensor<float>::zeros({2, 3})));
       },
@@ -435,10 +421,11 @@ TEST(Dropout, SummaryConsumesNoMask) {
 
 TEST(Dropout, ProbabilityOutOfRange) {
   for (double p : {-0.1, 1.0, 1.5, double(NAN)})
-    expect_error<tg::ValueError>([p] { nn::Dropout<float> d(p); }, {"Dropout", "[0, 1)"});
+    expect_error_containing<tg::ValueError>([p] { nn::Dropout<float> d(p); },
+                                            {"Dropout", "[0, 1)"});
   tg::Tape<double> tape;
   tg::Generator g;
-  expect_error<tg::ValueError>(
+  expect_error_containing<tg::ValueError>(
       [&] { tg::dropout(tape.constant(tg::Tensor<double>::ones({2})), 1.0, true, g); },
       {"dropout", "got 1"});
 }
@@ -464,9 +451,11 @@ TEST(Sequential, IndexingIterationAndNames) {
   EXPECT_EQ(s.num_parameters(), 4 * 3 + 3 + 3 * 2 + 2);
   EXPECT_EQ(&s.at<nn::Dense<double>>(2), s[2].get());
   EXPECT_EQ(s.at<nn::Dense<double>>(2).out_features(), 2);
-  expect_error<tg::ValueError>([&] { s.at<nn::Dense<double>>(1); }, {"Sequential", "ReLU"});
-  expect_error<tg::ValueError>([&] { (void)s[4]; }, {"Sequential", "index 4", "4 modules"});
-  expect_error<tg::ValueError>([&] { s.push_back(nullptr); }, {"Sequential", "null"});
+  expect_error_containing<tg::ValueError>([&] { s.at<nn::Dense<double>>(1); },
+                                          {"Sequential", "ReLU"});
+  expect_error_containing<tg::ValueError>([&] { (void)s[4]; },
+                                          {"Sequential", "index 4", "4 modules"});
+  expect_error_containing<tg::ValueError>([&] { s.push_back(nullptr); }, {"Sequential", "null"});
 }
 
 TEST(Sequential, ForwardComposesAndSummaryListsChildren) {

@@ -10,17 +10,16 @@
 #include "layer_check.hpp"
 #include "tapegrad/nn/batch_norm.hpp"
 #include "tapegrad/nn/layer_norm.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
+using tapegrad::testing::expect_error_containing;
+using tapegrad::testing::run;
+using tapegrad::testing::sample;
 
 namespace {
 
 using TD = tg::Tensor<double>;
-
-TD sample(const tg::Shape& s, uint64_t seed, double lo = -2, double hi = 2) {
-  tg::Generator gen(seed);
-  return TD::rand(s, gen, lo, hi);
-}
 
 // Per-channel mean and BIASED variance of x [N,C,*], written out.
 struct ChannelStats {
@@ -56,23 +55,6 @@ void expect_normalized(const TD& y, const TD& x, const std::vector<double>& mean
         const int64_t i = (k * C + c) * S + s;
         EXPECT_NEAR(y[i], g[c] * (x[i] - mean[c]) / std::sqrt(var[c] + eps) + b[c], tol) << i;
       }
-}
-
-template <class E, class F>
-void expect_error(F f, std::vector<std::string> parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception";
-  } catch (const E& e) {
-    for (const auto& p : parts)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
-          << "message \"" << e.what() << "\" lacks \"" << p << "\"";
-  }
-}
-
-TD run(tg::nn::Module<double>& m, const TD& x) {
-  tg::Tape<double> tape;
-  return m(tape.constant(x)).value().clone();
 }
 
 // ---------------------------------------------------------------- BatchNorm gradients
@@ -240,34 +222,35 @@ TEST(BatchNormLayer, Errors) {
   tg::nn::BatchNorm1d<double> bn1(3);
   tg::nn::BatchNorm2d<double> bn2(3);
   tg::nn::BatchNorm<double> bn(3);
-  expect_error<tg::ValueError>(
+  expect_error_containing<tg::ValueError>(
       [&] {
         bn1(tape.constant(TD::ones({1, 3})));
       },
       {"BatchNorm1d(3)", "Expected more than 1 value per channel when training", "[1,3]"});
-  expect_error<tg::ValueError>(
+  expect_error_containing<tg::ValueError>(
       [&] {
         bn2(tape.constant(TD::ones({1, 3, 1, 1})));
       },
       {"BatchNorm2d(3)", "[1,3,1,1]"});
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         bn1(tape.constant(TD::ones({2, 3, 4, 4})));
       },
       {"BatchNorm1d(3)", "4-D", "[2,3,4,4]"});
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         bn2(tape.constant(TD::ones({2, 3})));
       },
       {"BatchNorm2d(3)", "4-D", "[2,3]"});
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         bn2(tape.constant(TD::ones({2, 5, 4, 4})));
       },
       {"BatchNorm2d(3)", "[2,5,4,4]", "5 channels", "expected 3"});
-  expect_error<tg::ShapeError>([&] { bn(tape.constant(TD::ones({6}))); }, {"BatchNorm(3)", "[6]"});
-  expect_error<tg::ValueError>([] { tg::nn::BatchNorm2d<double> bad(0); },
-                               {"BatchNorm2d", "num_features", "0"});
+  expect_error_containing<tg::ShapeError>([&] { bn(tape.constant(TD::ones({6}))); },
+                                          {"BatchNorm(3)", "[6]"});
+  expect_error_containing<tg::ValueError>([] { tg::nn::BatchNorm2d<double> bad(0); },
+                                          {"BatchNorm2d", "num_features", "0"});
 }
 
 // ---------------------------------------------------------------- LayerNorm
@@ -315,19 +298,20 @@ TEST(LayerNormLayer, ParametersNameAndErrors) {
   tg::nn::LayerNorm<float> ln2({4, 5}, 1e-3, false);
   EXPECT_EQ(ln2.name(), "LayerNorm([4,5], eps=0.001, elementwise_affine=false)");
   tg::Tape<float> tape;
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         ln(tape.constant(tg::Tensor<float>::zeros({2, 128})));
       },
       {"LayerNorm([256])", "[*,256]", "[2,128]"});
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         ln2(tape.constant(tg::Tensor<float>::zeros({4, 5, 4})));
       },
       {"LayerNorm([4,5]", "[*,4,5]", "[4,5,4]"});
-  expect_error<tg::ValueError>([] { tg::nn::LayerNorm<float> bad(std::vector<int64_t>{}); },
-                               {"LayerNorm", "normalized_shape"});
-  expect_error<tg::ValueError>(
+  expect_error_containing<tg::ValueError>(
+      [] { tg::nn::LayerNorm<float> bad(std::vector<int64_t>{}); },
+      {"LayerNorm", "normalized_shape"});
+  expect_error_containing<tg::ValueError>(
       [] {
         tg::nn::LayerNorm<float> bad({3, 0});
       },

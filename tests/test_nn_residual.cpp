@@ -16,31 +16,17 @@
 #include "tapegrad/nn/pool.hpp"
 #include "tapegrad/nn/residual.hpp"
 #include "tapegrad/nn/sequential.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 namespace nn = tapegrad::nn;
+using tapegrad::testing::expect_error_containing;
+using tapegrad::testing::sample;
 
 namespace {
 
 using TD = tg::Tensor<double>;
 using VD = tg::Var<double>;
-
-TD sample(const tg::Shape& s, uint64_t seed, double lo = -1, double hi = 1) {
-  tg::Generator gen(seed);
-  return TD::rand(s, gen, lo, hi);
-}
-
-template <class E, class F>
-void expect_error(F f, std::vector<std::string> parts) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception";
-  } catch (const E& e) {
-    for (const auto& p : parts)
-      EXPECT_NE(std::string(e.what()).find(p), std::string::npos)
-          << "message \"" << e.what() << "\" lacks \"" << p << "\"";
-  }
-}
 
 void expect_close(const TD& a, const TD& b, const std::string& what) {
   ASSERT_EQ(a.shape(), b.shape()) << what;
@@ -60,9 +46,9 @@ TEST(Residual, IdentityAndProjectionShortcuts) {
       std::make_shared<nn::Sequential<double>>(std::initializer_list<nn::Sequential<double>::Ptr>{
           std::make_shared<nn::Dense<double>>(3, 3), std::make_shared<nn::Tanh<double>>()});
   nn::Residual<double> res(body);
-  expect_layer_gradcheck(res, sample({2, 3}, 1));
+  expect_layer_gradcheck(res, sample({2, 3}, 1, -1, 1));
   // y = body(x) + x, composed by hand.
-  const TD x = sample({2, 3}, 2);
+  const TD x = sample({2, 3}, 2, -1, 1);
   tg::Tape<double> tape;
   auto xv = tape.constant(x);
   const TD y = res(xv).value();
@@ -71,7 +57,7 @@ TEST(Residual, IdentityAndProjectionShortcuts) {
 
   auto proj = std::make_shared<nn::Dense<double>>(3, 5);
   nn::Residual<double> res2(std::make_shared<nn::Dense<double>>(3, 5), proj);
-  expect_layer_gradcheck(res2, sample({2, 3}, 3));
+  expect_layer_gradcheck(res2, sample({2, 3}, 3, -1, 1));
   const auto names = res2.named_parameters();
   ASSERT_EQ(names.size(), 4u);
   EXPECT_EQ(names[0].first, "body.weight");
@@ -84,19 +70,20 @@ TEST(Residual, IdentityAndProjectionShortcuts) {
 TEST(Residual, ShapeMismatchIsAnError) {
   nn::Residual<double> res(std::make_shared<nn::Dense<double>>(3, 4));
   tg::Tape<double> tape;
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         res(tape.constant(TD::ones({2, 3})));
       },
       {"Residual", "[2,4]", "[2,3]"});
-  expect_error<tg::ValueError>([] { nn::Residual<double> bad(nullptr); }, {"Residual", "null"});
+  expect_error_containing<tg::ValueError>([] { nn::Residual<double> bad(nullptr); },
+                                          {"Residual", "null"});
 }
 
 TEST(DenseResidual, GradcheckValuesAndErrors) {
   auto body = std::make_shared<nn::Dense<double>>(4, 4);
   nn::DenseResidual<double> res(body);
-  expect_layer_gradcheck(res, sample({3, 4}, 4));
-  const TD x = sample({3, 4}, 5);
+  expect_layer_gradcheck(res, sample({3, 4}, 4, -1, 1));
+  const TD x = sample({3, 4}, 5, -1, 1);
   tg::Tape<double> tape;
   auto xv = tape.constant(x);
   const TD y = res(xv).value();
@@ -105,7 +92,7 @@ TEST(DenseResidual, GradcheckValuesAndErrors) {
   EXPECT_EQ(res.named_parameters()[0].first, "body.weight");
 
   nn::DenseResidual<double> bad(std::make_shared<nn::Dense<double>>(3, 4));
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         bad(tape.constant(TD::ones({2, 3})));
       },
@@ -147,12 +134,12 @@ TEST(BasicBlock, GradcheckTrainAndEval) {
   nn::BasicBlock<double> blk(2, 3, 2);
   randomize_bn(*blk.bn1, 10);
   randomize_bn(*blk.bn2, 12);
-  expect_layer_gradcheck(blk, sample({2, 2, 4, 4}, 14));
+  expect_layer_gradcheck(blk, sample({2, 2, 4, 4}, 14, -1, 1));
   blk.eval();
-  expect_layer_gradcheck(blk, sample({2, 2, 4, 4}, 15));
+  expect_layer_gradcheck(blk, sample({2, 2, 4, 4}, 15, -1, 1));
   nn::BasicBlock<double> id(2, 2);
   randomize_bn(*id.bn2, 16);
-  expect_layer_gradcheck(id, sample({2, 2, 3, 3}, 17));
+  expect_layer_gradcheck(id, sample({2, 2, 3, 3}, 17, -1, 1));
 }
 
 // The block against the same computation built from separate layers holding the same values:
@@ -185,7 +172,7 @@ TEST(BasicBlock, ProjectionBlockMatchesComposedLayers) {
     for (auto* p : {&c1.weight, &c2.weight, &cd.weight, &b1.weight, &b1.bias, &b2.weight, &b2.bias,
                     &bd.weight, &bd.bias})
       p->zero_grad();
-    const TD x = sample({3, 2, 5, 5}, 30), seed = sample({3, 4, 3, 3}, 31);
+    const TD x = sample({3, 2, 5, 5}, 30, -1, 1), seed = sample({3, 4, 3, 3}, 31, -1, 1);
 
     tg::Tape<double> ta;
     auto xa = ta.input(x);
@@ -225,7 +212,7 @@ TEST(BasicBlock, IdentityBlockMatchesComposedLayers) {
   b1.bias.value().copy_(blk.bn1->bias.value());
   b2.weight.value().copy_(blk.bn2->weight.value());
   b2.bias.value().copy_(blk.bn2->bias.value());
-  const TD x = sample({2, 3, 4, 4}, 44), seed = sample({2, 3, 4, 4}, 45);
+  const TD x = sample({2, 3, 4, 4}, 44, -1, 1), seed = sample({2, 3, 4, 4}, 45, -1, 1);
   tg::Tape<double> ta, tb;
   auto xa = ta.input(x), xb = tb.input(x);
   auto ya = blk(xa);
@@ -241,19 +228,20 @@ TEST(BasicBlock, IdentityBlockMatchesComposedLayers) {
 TEST(BasicBlock, Errors) {
   nn::BasicBlock<double> blk(4, 8, 2);
   tg::Tape<double> tape;
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         blk(tape.constant(TD::ones({2, 3, 8, 8})));
       },
       {"BasicBlock(4, 8, stride=2)", "[2,3,8,8]", "3 channels", "expected 4"});
-  expect_error<tg::ShapeError>(
+  expect_error_containing<tg::ShapeError>(
       [&] {
         blk(tape.constant(TD::ones({2, 4})));
       },
       {"BasicBlock(4, 8, stride=2)", "[2,4]", "4-D"});
-  expect_error<tg::ValueError>([] { nn::BasicBlock<double> bad(4, 0); }, {"BasicBlock", "(4, 0"});
-  expect_error<tg::ValueError>([] { nn::PreActBlock<double> bad(4, 4, 0); },
-                               {"PreActBlock", "stride=0"});
+  expect_error_containing<tg::ValueError>([] { nn::BasicBlock<double> bad(4, 0); },
+                                          {"BasicBlock", "(4, 0"});
+  expect_error_containing<tg::ValueError>([] { nn::PreActBlock<double> bad(4, 4, 0); },
+                                          {"PreActBlock", "stride=0"});
 }
 
 // ---------------------------------------------------------------- PreActBlock
@@ -264,7 +252,7 @@ TEST(PreActBlock, GradcheckAndComposition) {
   randomize_bn(*blk.bn2, 52);
   EXPECT_EQ(blk.named_parameters().back().first, "shortcut.0.weight");
   EXPECT_EQ(blk.num_parameters(), 4 + 54 + 6 + 81 + 6);
-  expect_layer_gradcheck(blk, sample({2, 2, 4, 4}, 54));
+  expect_layer_gradcheck(blk, sample({2, 2, 4, 4}, 54, -1, 1));
 
   nn::BatchNorm2d<double> b1(2), b2(3);
   nn::Conv2D<double> c1(2, 3, 3, 2, 1, 1, false), c2(3, 3, 3, 1, 1, 1, false),
@@ -276,7 +264,7 @@ TEST(PreActBlock, GradcheckAndComposition) {
   c1.weight.value().copy_(blk.conv1->weight.value());
   c2.weight.value().copy_(blk.conv2->weight.value());
   cs.weight.value().copy_(blk.shortcut->at<nn::Conv2D<double>>(0).weight.value());
-  const TD x = sample({2, 2, 5, 5}, 55), seed = sample({2, 3, 3, 3}, 56);
+  const TD x = sample({2, 2, 5, 5}, 55, -1, 1), seed = sample({2, 3, 3, 3}, 56, -1, 1);
   blk.zero_grad();
   tg::Tape<double> ta, tb;
   auto xa = ta.input(x), xb = tb.input(x);
@@ -293,7 +281,7 @@ TEST(PreActBlock, GradcheckAndComposition) {
 
   nn::PreActBlock<double> id(2, 2);
   EXPECT_EQ(id.shortcut, nullptr);
-  expect_layer_gradcheck(id, sample({2, 2, 3, 3}, 57));
+  expect_layer_gradcheck(id, sample({2, 2, 3, 3}, 57, -1, 1));
   // Identity: y = conv2(relu(bn2(conv1(relu(bn1(x)))))) + x, so y − x is the body alone.
   tg::Tape<double> tc;
   auto xc = tc.constant(x);

@@ -11,20 +11,11 @@
 #include "tapegrad/nn/weight_norm.hpp"
 #include "tapegrad/optim/constraint.hpp"
 #include "tapegrad/optim/sgd.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 namespace nn = tapegrad::nn;
-
-namespace {
-
-double row_norm(const tg::Tensor<double>& w, int64_t r) {
-  const int64_t n = w.numel() / w.size(0);
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += w[r * n + i] * w[r * n + i];
-  return std::sqrt(s);
-}
-
-}  // namespace
+using tapegrad::testing::row_norm;
 
 TEST(NNWeightNorm, OpValueAndGradientsFromTheFormula) {
   const auto v = tg::Tensor<double>::from({{3.0, 0.0, 4.0}, {1.0, -2.0, 2.0}});  // norms 5, 3

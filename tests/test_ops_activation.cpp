@@ -10,8 +10,10 @@
 
 #include "tapegrad/diag/gradcheck.hpp"
 #include "tapegrad/ops/activation.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
+using tapegrad::testing::expect_all_finite;
 
 namespace {
 
@@ -26,12 +28,6 @@ tg::Var<T> total(const tg::Var<T>& y) {
   });
   s.value()[0] = y.value().array().sum();
   return s;
-}
-
-template <class T>
-void expect_all_finite(const tg::Tensor<T>& t, const std::string& what) {
-  for (int64_t i = 0; i < t.numel(); ++i)
-    EXPECT_TRUE(std::isfinite(t[i])) << what << " [" << i << "] = " << t[i];
 }
 
 template <class T>

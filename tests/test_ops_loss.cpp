@@ -8,18 +8,14 @@
 
 #include "tapegrad/diag/gradcheck.hpp"
 #include "tapegrad/ops/loss.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
+using tapegrad::testing::expect_all_finite;
 
 namespace {
 
 using VarsD = std::vector<tg::Var<double>>;
-
-template <class T>
-void expect_all_finite(const tg::Tensor<T>& t, const std::string& what) {
-  for (int64_t i = 0; i < t.numel(); ++i)
-    EXPECT_TRUE(std::isfinite(t[i])) << what << " [" << i << "] = " << t[i];
-}
 
 // Expects f() to throw E whose message starts with `op:` and contains every piece.
 template <class E, class F>

@@ -8,48 +8,19 @@
 
 #include "tapegrad/diag/gradcheck.hpp"
 #include "tapegrad/ops/reduce.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 using TD = tg::Tensor<double>;
 using VD = tg::Var<double>;
 using Vars = std::vector<VD>;
+using tapegrad::testing::expect_error_exact;
+using tapegrad::testing::expect_gradcheck;
+using tapegrad::testing::expect_values;
+using tapegrad::testing::randn;
+using tapegrad::testing::seq;
 
 namespace {
-
-void expect_values(const TD& t, const std::vector<double>& expected, const tg::Shape& shape,
-                   double tol = 1e-12) {
-  ASSERT_EQ(t.shape(), shape);
-  ASSERT_EQ(t.numel(), static_cast<int64_t>(expected.size()));
-  for (int64_t i = 0; i < t.numel(); ++i)
-    EXPECT_NEAR(t[i], expected[static_cast<size_t>(i)], tol) << "element " << i;
-}
-
-template <class F>
-void expect_gradcheck(F f, std::vector<TD> inputs) {
-  const auto r = tg::gradcheck(f, std::move(inputs));
-  EXPECT_TRUE(r) << r;
-}
-
-template <class E, class F>
-void expect_error(F f, const std::string& exact) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const E& e) {
-    EXPECT_EQ(std::string(e.what()), exact);
-  }
-}
-
-TD seq(const tg::Shape& s) {  // 1, 2, 3, ...
-  TD t(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<double>(i + 1);
-  return t;
-}
-
-TD randn(const tg::Shape& s, uint64_t seed) {
-  tg::Generator g(seed);
-  return TD::randn(s, g);
-}
 
 TEST(Reduce, SumAndMeanOfAll) {
   tg::Tape<double> tape;
@@ -168,18 +139,18 @@ TEST(Reduce, Gradcheck) {
 TEST(Reduce, Errors) {
   tg::Tape<double> tape;
   auto x = tape.input(TD::zeros({3, 4}));
-  expect_error<tg::ShapeError>([&] { tg::sum(x, 2); },
-                               "sum: dim 2 out of range for shape [3,4] (rank 2)");
-  expect_error<tg::ShapeError>([&] { tg::mean(x, -3); },
-                               "mean: dim -3 out of range for shape [3,4] (rank 2)");
-  expect_error<tg::ShapeError>([&] { tg::max(x, 5, true); },
-                               "max: dim 5 out of range for shape [3,4] (rank 2)");
+  expect_error_exact<tg::ShapeError>([&] { tg::sum(x, 2); },
+                                     "sum: dim 2 out of range for shape [3,4] (rank 2)");
+  expect_error_exact<tg::ShapeError>([&] { tg::mean(x, -3); },
+                                     "mean: dim -3 out of range for shape [3,4] (rank 2)");
+  expect_error_exact<tg::ShapeError>([&] { tg::max(x, 5, true); },
+                                     "max: dim 5 out of range for shape [3,4] (rank 2)");
   auto e = tape.input(TD::zeros({3, 0}));
-  expect_error<tg::ShapeError>([&] { tg::max(e, 1); },
-                               "max: dim 1 of shape [3,0] is empty: there is no maximum");
+  expect_error_exact<tg::ShapeError>([&] { tg::max(e, 1); },
+                                     "max: dim 1 of shape [3,0] is empty: there is no maximum");
   auto s = tape.input(TD::scalar(1.0));
-  expect_error<tg::ShapeError>([&] { tg::sum(s, 1); },
-                               "sum: dim 1 out of range for shape [] (rank 0)");
+  expect_error_exact<tg::ShapeError>([&] { tg::sum(s, 1); },
+                                     "sum: dim 1 out of range for shape [] (rank 0)");
 }
 
 }  // namespace

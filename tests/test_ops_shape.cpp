@@ -8,46 +8,25 @@
 #include "tapegrad/diag/gradcheck.hpp"
 #include "tapegrad/ops/elementwise.hpp"
 #include "tapegrad/ops/shape.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 using TD = tg::Tensor<double>;
 using VD = tg::Var<double>;
 using Vars = std::vector<VD>;
+using tapegrad::testing::expect_error_exact;
+using tapegrad::testing::expect_gradcheck;
+using tapegrad::testing::randn;
+using tapegrad::testing::seq;
 
 namespace {
 
+// Exact equality: these ops only move values (test_util's expect_values has a tolerance).
 void expect_values(const TD& t, const std::vector<double>& expected, const tg::Shape& shape) {
   ASSERT_EQ(t.shape(), shape);
   ASSERT_EQ(t.numel(), static_cast<int64_t>(expected.size()));
   for (int64_t i = 0; i < t.numel(); ++i)
     EXPECT_EQ(t[i], expected[static_cast<size_t>(i)]) << "element " << i;
-}
-
-template <class F>
-void expect_gradcheck(F f, std::vector<TD> inputs) {
-  const auto r = tg::gradcheck(f, std::move(inputs));
-  EXPECT_TRUE(r) << r;
-}
-
-template <class E, class F>
-void expect_error(F f, const std::string& exact) {
-  try {
-    f();
-    ADD_FAILURE() << "no exception thrown";
-  } catch (const E& e) {
-    EXPECT_EQ(std::string(e.what()), exact);
-  }
-}
-
-TD seq(const tg::Shape& s) {  // 0, 1, 2, ...
-  TD t(s);
-  for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<double>(i);
-  return t;
-}
-
-TD randn(const tg::Shape& s, uint64_t seed) {
-  tg::Generator g(seed);
-  return TD::randn(s, g);
 }
 
 // y times a fixed non-uniform weighting, so that a gradcheck sees where each element went.
@@ -59,7 +38,7 @@ VD weigh(const VD& y) {
 
 TEST(Reshape, ViewWithInferredDimAndGradient) {
   tg::Tape<double> tape;
-  auto x = tape.input(seq({2, 3}));
+  auto x = tape.input(seq({2, 3}, 0));
   auto y = tg::reshape(x, {3, -1});
   EXPECT_EQ(y.shape(), (tg::Shape{3, 2}));
   EXPECT_TRUE(y.value().shares_storage(x.value()));  // no copy
@@ -81,18 +60,18 @@ TEST(Reshape, ViewWithInferredDimAndGradient) {
 
 TEST(Reshape, Errors) {
   tg::Tape<double> tape;
-  auto x = tape.input(seq({2, 3}));
-  expect_error<tg::ShapeError>(
+  auto x = tape.input(seq({2, 3}, 0));
+  expect_error_exact<tg::ShapeError>(
       [&] {
         tg::reshape(x, {4, 2});
       },
       "reshape: [2,3] (6 elements) to [4,2] (8 elements)");
-  expect_error<tg::ShapeError>(
+  expect_error_exact<tg::ShapeError>(
       [&] {
         tg::reshape(x, {-1, -1});
       },
       "reshape: more than one -1 in the new shape");
-  expect_error<tg::ShapeError>(
+  expect_error_exact<tg::ShapeError>(
       [&] {
         tg::reshape(x, {4, -1});
       },
@@ -101,7 +80,7 @@ TEST(Reshape, Errors) {
 
 TEST(Flatten, TorchSemantics) {
   tg::Tape<double> tape;
-  auto x = tape.input(seq({2, 3, 4}));
+  auto x = tape.input(seq({2, 3, 4}, 0));
   EXPECT_EQ(tg::flatten(x).shape(), tg::Shape{24});
   EXPECT_EQ(tg::flatten(x, 1).shape(), (tg::Shape{2, 12}));
   EXPECT_EQ(tg::flatten(x, 0, 1).shape(), (tg::Shape{6, 4}));
@@ -114,7 +93,7 @@ TEST(Flatten, TorchSemantics) {
   auto fs = tg::flatten(s);
   expect_values(fs.value(), {7.0}, {1});
 
-  tape.backward(f, seq({2, 12}));
+  tape.backward(f, seq({2, 12}, 0));
   std::vector<double> expected(24);
   for (size_t i = 0; i < 24; ++i) expected[i] = static_cast<double>(i);
   expect_values(x.grad(), expected, {2, 3, 4});
@@ -125,14 +104,15 @@ TEST(Flatten, TorchSemantics) {
 
 TEST(Flatten, Errors) {
   tg::Tape<double> tape;
-  auto x = tape.input(seq({2, 3, 4}));
-  expect_error<tg::ShapeError>([&] { tg::flatten(x, 2, 1); },
-                               "flatten: start_dim 2 comes after end_dim 1 for shape [2,3,4]");
-  expect_error<tg::ShapeError>([&] { tg::flatten(x, 3); },
-                               "flatten: dim 3 out of range for shape [2,3,4] (rank 3)");
+  auto x = tape.input(seq({2, 3, 4}, 0));
+  expect_error_exact<tg::ShapeError>(
+      [&] { tg::flatten(x, 2, 1); },
+      "flatten: start_dim 2 comes after end_dim 1 for shape [2,3,4]");
+  expect_error_exact<tg::ShapeError>([&] { tg::flatten(x, 3); },
+                                     "flatten: dim 3 out of range for shape [2,3,4] (rank 3)");
   auto s = tape.input(TD::scalar(1.0));
-  expect_error<tg::ShapeError>([&] { tg::flatten(s, 1); },
-                               "flatten: start_dim 1, end_dim -1 out of range for shape []");
+  expect_error_exact<tg::ShapeError>([&] { tg::flatten(s, 1); },
+                                     "flatten: start_dim 1, end_dim -1 out of range for shape []");
 }
 
 TEST(Concat, ValuesAlongDimsAndGradients) {
@@ -158,8 +138,8 @@ TEST(Concat, ValuesAlongDimsAndGradients) {
 
 TEST(Concat, MiddleDimAndGradcheck) {
   tg::Tape<double> tape;
-  auto a = tape.input(seq({2, 1, 2}));  // [[[0,1]],[[2,3]]]
-  auto b = tape.input(seq({2, 2, 2}));  // [[[0,1],[2,3]],[[4,5],[6,7]]]
+  auto a = tape.input(seq({2, 1, 2}, 0));  // [[[0,1]],[[2,3]]]
+  auto b = tape.input(seq({2, 2, 2}, 0));  // [[[0,1],[2,3]],[[4,5],[6,7]]]
   auto c = tg::concat({a, b}, 1);
   expect_values(c.value(), {0, 1, 0, 1, 2, 3, 2, 3, 4, 5, 6, 7}, {2, 3, 2});
 
@@ -187,25 +167,25 @@ TEST(Concat, Errors) {
   auto b = tape.input(TD::zeros({3, 4}));
   auto r3 = tape.input(TD::zeros({2, 3, 1}));
   auto s = tape.input(TD::scalar(1.0));
-  expect_error<tg::ShapeError>(
+  expect_error_exact<tg::ShapeError>(
       [&] {
         tg::concat({a, b}, 1);
       },
       "concat: tensor 1 has shape [3,4] but tensor 0 has [2,3]: sizes must match except in dim 1");
-  expect_error<tg::ShapeError>(
+  expect_error_exact<tg::ShapeError>(
       [&] {
         tg::concat({a, r3}, 0);
       },
       "concat: tensor 1 has shape [2,3,1] but tensor 0 has [2,3]: sizes must match except in dim "
       "0");
-  expect_error<tg::ShapeError>(
+  expect_error_exact<tg::ShapeError>(
       [&] {
         tg::concat({a, a}, 2);
       },
       "concat: dim 2 out of range for shape [2,3] (rank 2)");
-  expect_error<tg::ShapeError>([&] { tg::concat(std::vector<VD>{}, 0); },
-                               "concat: no tensors to concatenate");
-  expect_error<tg::ShapeError>(
+  expect_error_exact<tg::ShapeError>([&] { tg::concat(std::vector<VD>{}, 0); },
+                                     "concat: no tensors to concatenate");
+  expect_error_exact<tg::ShapeError>(
       [&] {
         tg::concat({s, s});
       },
@@ -217,7 +197,7 @@ TEST(Concat, Errors) {
 
 TEST(Slice, ValuesGradientsAndNegativeIndices) {
   tg::Tape<double> tape;
-  auto x = tape.input(seq({3, 4}));  // rows [0..3], [4..7], [8..11]
+  auto x = tape.input(seq({3, 4}, 0));  // rows [0..3], [4..7], [8..11]
   auto s1 = tg::slice(x, 1, 1, 3);
   expect_values(s1.value(), {1, 2, 5, 6, 9, 10}, {3, 2});
   auto s0 = tg::slice(x, 0, 2, 3);
@@ -244,15 +224,18 @@ TEST(Slice, ValuesGradientsAndNegativeIndices) {
 
 TEST(Slice, Errors) {
   tg::Tape<double> tape;
-  auto x = tape.input(seq({3, 4}));
-  expect_error<tg::ShapeError>([&] { tg::slice(x, 1, 2, 5); },
-                               "slice: [2:5] out of range for dim 1 of size 4 in shape [3,4]");
-  expect_error<tg::ShapeError>([&] { tg::slice(x, 0, 2, 1); },
-                               "slice: [2:1] out of range for dim 0 of size 3 in shape [3,4]");
-  expect_error<tg::ShapeError>([&] { tg::slice(x, 0, -4, 2); },
-                               "slice: [-4:2] out of range for dim 0 of size 3 in shape [3,4]");
-  expect_error<tg::ShapeError>([&] { tg::slice(x, 2, 0, 1); },
-                               "slice: dim 2 out of range for shape [3,4] (rank 2)");
+  auto x = tape.input(seq({3, 4}, 0));
+  expect_error_exact<tg::ShapeError>(
+      [&] { tg::slice(x, 1, 2, 5); },
+      "slice: [2:5] out of range for dim 1 of size 4 in shape [3,4]");
+  expect_error_exact<tg::ShapeError>(
+      [&] { tg::slice(x, 0, 2, 1); },
+      "slice: [2:1] out of range for dim 0 of size 3 in shape [3,4]");
+  expect_error_exact<tg::ShapeError>(
+      [&] { tg::slice(x, 0, -4, 2); },
+      "slice: [-4:2] out of range for dim 0 of size 3 in shape [3,4]");
+  expect_error_exact<tg::ShapeError>([&] { tg::slice(x, 2, 0, 1); },
+                                     "slice: dim 2 out of range for shape [3,4] (rank 2)");
 }
 
 }  // namespace

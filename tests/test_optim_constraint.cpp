@@ -6,9 +6,11 @@
 
 #include "tapegrad/optim/constraint.hpp"
 #include "tapegrad/optim/sgd.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 namespace opt = tapegrad::optim;
+using tapegrad::testing::row_norm;
 
 namespace {
 
@@ -21,13 +23,6 @@ tg::Tensor<double> dense_weight() {
 }
 const double row_norms[] = {5.0, 0.5, 0.0, 13.0};
 
-double unit_norm(const tg::Tensor<double>& w, int64_t o) {  // output channel o of [O,...]
-  const int64_t n = w.numel() / w.size(0);
-  double s = 0;
-  for (int64_t i = 0; i < n; ++i) s += w[o * n + i] * w[o * n + i];
-  return std::sqrt(s);
-}
-
 }  // namespace
 
 TEST(OptimConstraint, MaxNormPerRow) {
@@ -37,7 +32,7 @@ TEST(OptimConstraint, MaxNormPerRow) {
   for (int64_t r = 0; r < 4; ++r) {
     const double n = row_norms[r], f = std::min(n, 2.0) / (eps + n);
     for (int64_t c = 0; c < 3; ++c) EXPECT_NEAR(w(r, c), w0(r, c) * f, 1e-15);
-    EXPECT_LE(unit_norm(w, r), 2.0);
+    EXPECT_LE(row_norm(w, r), 2.0);
   }
 }
 
@@ -47,9 +42,9 @@ TEST(OptimConstraint, UnitNormPerRowAndPerConvChannel) {
   opt::UnitNorm{}(w);
   for (int64_t r = 0; r < 4; ++r)
     for (int64_t c = 0; c < 3; ++c) EXPECT_NEAR(w(r, c), w0(r, c) / (eps + row_norms[r]), 1e-15);
-  EXPECT_NEAR(unit_norm(w, 0), 1.0, 1e-7);
-  EXPECT_NEAR(unit_norm(w, 3), 1.0, 1e-7);
-  EXPECT_EQ(unit_norm(w, 2), 0.0);  // a zero unit stays zero (ε keeps it finite)
+  EXPECT_NEAR(row_norm(w, 0), 1.0, 1e-7);
+  EXPECT_NEAR(row_norm(w, 3), 1.0, 1e-7);
+  EXPECT_EQ(row_norm(w, 2), 0.0);  // a zero unit stays zero (ε keeps it finite)
 
   tg::Generator gen(3);
   auto k = tg::Tensor<float>::randn({4, 3, 2, 2}, gen, 0.f, 3.f);  // [O, C, kh, kw]
@@ -133,8 +128,8 @@ TEST(OptimConstraint, AfterAnOptimizerStepUnitsAreAtOneOrBelowMax) {
     conv.grad() = tg::Tensor<double>::randn({3, 2, 3, 3}, gen, 0.0, 3.0);
     bias.grad() = tg::Tensor<double>::randn({5}, gen);
     sgd.step();
-    for (int64_t o = 0; o < 5; ++o) EXPECT_NEAR(unit_norm(dense.value(), o), 1.0, 1e-6);
-    for (int64_t o = 0; o < 3; ++o) EXPECT_LE(unit_norm(conv.value(), o), 0.5);
+    for (int64_t o = 0; o < 5; ++o) EXPECT_NEAR(row_norm(dense.value(), o), 1.0, 1e-6);
+    for (int64_t o = 0; o < 3; ++o) EXPECT_LE(row_norm(conv.value(), o), 0.5);
     for (int64_t i = 0; i < 5; ++i) EXPECT_GE(bias.value()[i], 0.0);
   }
 }
