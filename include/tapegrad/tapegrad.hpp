@@ -14,6 +14,7 @@
 // Differentiable ops.
 #include "tapegrad/ops/activation.hpp"
 #include "tapegrad/ops/conv.hpp"
+#include "tapegrad/ops/detach.hpp"
 #include "tapegrad/ops/dropout.hpp"
 #include "tapegrad/ops/elementwise.hpp"
 #include "tapegrad/ops/linalg.hpp"
@@ -21,7 +22,9 @@
 #include "tapegrad/ops/norm.hpp"
 #include "tapegrad/ops/pool.hpp"
 #include "tapegrad/ops/reduce.hpp"
+#include "tapegrad/ops/rnn.hpp"
 #include "tapegrad/ops/shape.hpp"
+#include "tapegrad/ops/stack.hpp"
 
 // Layers.
 #include "tapegrad/nn/activation.hpp"
@@ -34,6 +37,8 @@
 #include "tapegrad/nn/module.hpp"
 #include "tapegrad/nn/pool.hpp"
 #include "tapegrad/nn/residual.hpp"
+#include "tapegrad/nn/rnn.hpp"
+#include "tapegrad/nn/rnn_cell.hpp"
 #include "tapegrad/nn/sequential.hpp"
 #include "tapegrad/nn/weight_norm.hpp"
 
@@ -51,6 +56,7 @@
 #include "tapegrad/diag/gradcheck.hpp"
 #include "tapegrad/diag/monitor.hpp"
 #include "tapegrad/diag/svg_plot.hpp"
+#include "tapegrad/diag/through_time.hpp"
 #include "tapegrad/io/checkpoint.hpp"
 #include "tapegrad/io/dataloader.hpp"
 #include "tapegrad/io/fashion_mnist.hpp"
