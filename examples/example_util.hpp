@@ -1,16 +1,20 @@
 #pragma once
 // Helpers the example programs share (not part of the library): a progress bar drawn on stderr
-// only when stderr is a terminal, a small command-line flag reader, and classification
-// accuracy over a dataset in eval mode without recording gradients.
+// only when stderr is a terminal, a small command-line flag reader, mkdir -p, and
+// classification accuracy over a dataset in eval mode without recording gradients.
 
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <optional>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -117,6 +121,22 @@ class Flags {
   std::vector<std::string> known_, switches_;
   std::vector<std::pair<std::string, std::string>> values_;
 };
+
+// mkdir -p.
+inline void make_dirs(const std::string& path) {
+  std::string cur, part;
+  std::stringstream ss(path);
+  if (!path.empty() && path[0] == '/') cur = "/";
+  while (std::getline(ss, part, '/')) {
+    if (part.empty()) continue;
+    cur += part + "/";
+    if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
+      throw tg::IOError("cannot create directory " + cur + ": " + std::strerror(errno));
+  }
+  struct stat st;
+  if (::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
+    throw tg::IOError(path + " is not a directory");
+}
 
 // Index of the largest logit of row i.
 template <class T>

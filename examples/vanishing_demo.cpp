@@ -28,8 +28,6 @@
 // (training-batch accuracy), grad_norms_init.csv, training.csv, summary.csv.
 // Run with --help for the flags.
 
-#include <sys/stat.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cmath>
@@ -491,23 +489,6 @@ void write_outputs(const std::string& dir, const std::vector<Result>& results) {
   io::write_file_atomically(dir + "/summary.csv", s.str());
 }
 
-// mkdir -p.
-void make_dirs(const std::string& path) {
-  std::string cur;
-  std::stringstream ss(path);
-  std::string part;
-  if (!path.empty() && path[0] == '/') cur = "/";
-  while (std::getline(ss, part, '/')) {
-    if (part.empty()) continue;
-    cur += part + "/";
-    if (::mkdir(cur.c_str(), 0755) != 0 && errno != EEXIST)
-      throw tg::IOError("cannot create directory " + cur + ": " + std::strerror(errno));
-  }
-  struct stat st;
-  if (::stat(path.c_str(), &st) != 0 || !S_ISDIR(st.st_mode))
-    throw tg::IOError(path + " is not a directory");
-}
-
 void usage() {
   std::printf(
       "Usage: vanishing_demo [flags]\n"
@@ -570,7 +551,7 @@ int main(int argc, char** argv) {
     const std::string data_dir = flags.str("data-dir", "");
     const io::FashionMNIST train(io::Split::Train, data_dir, io::ImageLayout::Flat);
     const io::FashionMNIST test(io::Split::Test, data_dir, io::ImageLayout::Flat);
-    make_dirs(out);
+    examples::make_dirs(out);
     io::DataLoader<float> test_loader(test.images, test.labels,
                                       io::DataLoaderOptions(1000).normalize(kMean, kStd));
     std::printf(
