@@ -21,8 +21,11 @@
 //   r2              = the fit's R^2 (near 1: geometric),
 // and flags vanishing when span < vanishing_ratio, exploding when span > exploding_ratio
 // (the same defaults as GradientMonitor's layer ratios: 1e-2 and 1e2), non_finite when a norm is
-// NaN or infinite. Steps whose gradient is exactly zero (no path to the loss, e.g. before a
-// detach) are left out of the fit.
+// NaN or infinite. A step whose gradient is exactly zero while a later step has one (the
+// gradient died on the way back: saturated tanh units, whose derivative is 0 in floating point,
+// or a dead ReLU) is counted in dead_steps, left out of the fit, and sets vanishing too; with
+// fewer than two steps left to fit, factor_per_step and span are 0. A detach() also cuts the
+// gradient: pass only the steps of the window you train through.
 // Norms are computed in double and scaled by the largest |g|, so they do not overflow.
 
 #include <algorithm>
@@ -84,6 +87,7 @@ struct ThroughTimeFlags {
   double span = std::numeric_limits<double>::quiet_NaN();
   double r2 = std::numeric_limits<double>::quiet_NaN();
   int64_t fitted_steps = 0;  // steps with a finite, nonzero norm
+  int64_t dead_steps = 0;    // steps with a zero norm before a step with a nonzero one
   bool vanishing = false, exploding = false, non_finite = false;
 
   bool any() const { return vanishing || exploding || non_finite; }
@@ -110,6 +114,9 @@ inline ThroughTimeFlags through_time_flags(std::span<const double> norms,
     t_last = double(t);
   }
   f.fitted_steps = static_cast<int64_t>(n);
+  for (size_t t = 0; t < norms.size() && double(t) < t_last; ++t) f.dead_steps += norms[t] == 0;
+  f.vanishing = f.dead_steps > 0;
+  if (n == 1 && f.dead_steps > 0) f.factor_per_step = f.span = 0;
   if (n < 2) return f;
   const double mx = sx / n, my = sy / n;
   double sxx = 0, sxy = 0, syy = 0;
@@ -122,7 +129,7 @@ inline ThroughTimeFlags through_time_flags(std::span<const double> norms,
   f.factor_per_step = std::exp(-b);
   f.span = std::exp(-b * (t_last - t_first));
   f.r2 = syy > 0 ? (sxy * sxy) / (sxx * syy) : 1.0;
-  f.vanishing = f.span < o.vanishing_ratio;
+  f.vanishing = f.vanishing || f.span < o.vanishing_ratio;
   f.exploding = f.span > o.exploding_ratio;
   return f;
 }
