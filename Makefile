@@ -1,5 +1,9 @@
 # Thin wrapper over CMakePresets.json. `make demo`, `make test`, `make test-sanitize`.
-DEMO ?= quickstart
+# `make demo` builds and runs examples/$(DEMO).cpp with $(DEMO_ARGS): by default the
+# vanishing-gradient demo, writing its SVGs and CSVs to vanishing_out/
+# (e.g. `make demo DEMO=fashion_mlp DEMO_ARGS=` for another example).
+DEMO ?= vanishing_demo
+DEMO_ARGS ?= --out vanishing_out
 JOBS ?= 2
 MAKEFLAGS += --no-print-directory
 
@@ -13,7 +17,7 @@ deps:
 demo: deps
 	cmake --preset release
 	cmake --build --preset release -j$(JOBS) --target $(DEMO)
-	build/release/examples/$(DEMO)
+	build/release/examples/$(DEMO) $(DEMO_ARGS)
 
 test: deps
 	cmake --preset release
