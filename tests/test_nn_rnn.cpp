@@ -434,6 +434,28 @@ TEST(RNNLayers, TruncatedBpttDetachesTheStateEveryKSteps) {
   EXPECT_GT(gw.array().abs().maxCoeff(), 0.0);
 }
 
+// The header's recipe: windows on a fresh tape each, the state's values carried over, give the
+// full run's outputs.
+TEST(RNNLayers, TruncatedBpttAcrossTapeClearsCarriesTheStateValues) {
+  tg::Generator gen(13);
+  const int64_t T = 6, k = 2, N = 2, F = 2, H = 3;
+  nn::GRU<double> gru(F, H, {.num_layers = 2}, gen);
+  const TD x = TD::randn({T, N, F}, gen);
+  tg::Tape<double> tape;
+  const TD full = gru(tape.constant(x)).value().clone();
+  TD h = TD::zeros({2, N, H});
+  for (int64_t s = 0; s < T; s += k) {
+    tape.clear();
+    TD xw({k, N, F});
+    for (int64_t i = 0; i < k * N * F; ++i) xw[i] = x[s * N * F + i];
+    const auto out = gru.forward(tape.constant(xw), {tape.constant(h)});
+    tape.backward(tg::sum(out.output));
+    for (int64_t i = 0; i < k * N * H; ++i)
+      EXPECT_NEAR(out.output.value()[i], full[s * N * H + i], 1e-14) << "window at " << s;
+    h.copy_(out.state.h.value());
+  }
+}
+
 TEST(RNNLayers, SummaryListsTheLayer) {
   nn::LSTM<double> lstm(3, 4, {.num_layers = 2});
   const std::string s = lstm.summary({5, 2, 3});

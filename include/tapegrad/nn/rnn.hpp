@@ -16,6 +16,17 @@
 //   auto [y2, state2] = lstm.forward(x2, nn::detach(state));  // continue, truncated BPTT
 //   Var<float> y3 = lstm(x);                      // Module call: the output sequence only
 //
+// Truncated BPTT over a long sequence, one update per window of k steps: carry the state's
+// values (not its graph) from one window to the next.
+//   auto h = Tensor<float>::zeros({L, N, H}), c = Tensor<float>::zeros({L, N, H});
+//   for (each window xw [k, N, F]) {
+//     tape.clear();
+//     auto [y, s] = lstm.forward(tape.constant(xw), {tape.constant(h), tape.constant(c)});
+//     tape.backward(loss_of(y)); opt.step(); opt.zero_grad();
+//     h.copy_(s.h.value()), c.copy_(s.c.value());
+//   }
+// Within one tape, nn::detach(state) (ops/detach.hpp) cuts the graph the same way.
+//
 // forward(x, state, hidden_steps) returns RNNOutput {output, state}:
 //   output    [T, N, hidden] (batch-first: [N, T, hidden]): the last layer's h_t for every t
 //   state.h   [num_layers, N, hidden]: every layer's h at the last step (h_n)
