@@ -7,7 +7,7 @@ DEMO_ARGS ?= --out vanishing_out
 JOBS ?= 2
 MAKEFLAGS += --no-print-directory
 
-.PHONY: all deps demo test test-sanitize bench format clean
+.PHONY: all deps demo test test-blas test-sanitize bench format clean
 
 all: test
 
@@ -23,6 +23,12 @@ test: deps
 	cmake --preset release
 	cmake --build --preset release -j$(JOBS)
 	ctest --preset release
+
+# The same suite with TAPEGRAD_USE_BLAS=ON (Eigen's products in OpenBLAS).
+test-blas: deps
+	cmake --preset release-blas
+	cmake --build --preset release-blas -j$(JOBS)
+	ctest --preset release-blas
 
 test-sanitize: deps
 	cmake --preset sanitize

@@ -3,7 +3,8 @@
 # Does nothing when all of them are already installed.
 set -euo pipefail
 
-PACKAGES="g++ cmake make libeigen3-dev googletest libgtest-dev libbenchmark-dev zlib1g-dev dataset-fashion-mnist"
+# libopenblas-dev: the release-blas preset (TAPEGRAD_USE_BLAS=ON) links the system BLAS.
+PACKAGES="g++ cmake make libeigen3-dev googletest libgtest-dev libbenchmark-dev zlib1g-dev libopenblas-dev dataset-fashion-mnist"
 
 missing=()
 for pkg in $PACKAGES; do
