@@ -7,7 +7,7 @@ DEMO_ARGS ?= --out vanishing_out
 JOBS ?= 2
 MAKEFLAGS += --no-print-directory
 
-.PHONY: all deps demo test test-blas test-sanitize bench format clean
+.PHONY: all deps demo test test-blas test-sanitize bench compare format clean
 
 all: test
 
@@ -41,6 +41,10 @@ bench: deps
 	@for b in build/release/benchmarks/bench_*; do \
 	  if [ -x "$$b" ]; then echo "== $$b"; "$$b" || exit 1; fi; \
 	done
+
+# tapegrad against the LibTorch peer: table of ratios (benchmarks/compare.sh --help).
+compare: deps
+	bash benchmarks/compare.sh
 
 format:
 	find include tests examples benchmarks \( -name '*.hpp' -o -name '*.cpp' \) -print0 \

@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# compare.sh: tapegrad against the LibTorch peer (../shared/peers/libtorch) on the speed issue's
+# workloads, in interleaved rounds, and the table of ratios.
+#
+#   benchmarks/compare.sh [--rounds N] [--threads 1,2] [--only deep-mlp-relu,gemm,...] [--blas]
+#
+# Builds bench_workloads and bench_core (Release, -march=native) in build/compare (build/compare-blas
+# with --blas: TAPEGRAD_USE_BLAS=ON), finds or builds peer_bench, then for every round, thread
+# count and workload runs tapegrad and the peer one after the other (alternating which goes
+# first), so both see the same machine load. Each figure is the median over the rounds of each
+# run's median (tapegrad: of 5 Google Benchmark repetitions; LibTorch: of its steps), in ms per
+# training step, GFLOP/s for gemm, µs per op for op-overhead; ratio = tapegrad / LibTorch.
+#
+# Environment: PEER_BENCH=path/to/peer_bench (else build-peer/peer_bench, ../build-peer/peer_bench,
+# else built from ../shared/peers/libtorch into build-peer when libtorch-dev is installed; without
+# it only tapegrad's figures are printed). Both programs run with glibc's malloc thresholds pinned,
+# as the peer's README asks, and with OPENBLAS_CORETYPE set when OpenBLAS does not recognise the
+# CPU (it then falls back to its slowest kernels, "Prescott"; LibTorch's GEMMs go through it).
+# Raw results: build/compare*/results.tsv. Needs only bash, cmake and awk.
+set -euo pipefail
+
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+rounds=3
+threads=1,2
+only=deep-mlp-relu,deep-mlp-sigmoid,deep-mlp-layernorm,wide-mlp,small-resnet,op-overhead,gemm
+blas=OFF
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) rounds=$2; shift 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --only) only=$2; shift 2 ;;
+    --blas) blas=ON; shift ;;
+    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    *) echo "compare.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+IFS=, read -r -a thread_list <<<"$threads"
+IFS=, read -r -a workload_list <<<"$only"
+
+# ---- build tapegrad's benchmarks ----
+build=$root/build/compare
+[ "$blas" = ON ] && build=$root/build/compare-blas
+echo "== building tapegrad benchmarks in $build (Release, TAPEGRAD_USE_BLAS=$blas)"
+mkdir -p "$build"
+if ! { cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DTAPEGRAD_USE_BLAS=$blas \
+  -DTAPEGRAD_BUILD_TESTS=OFF -DTAPEGRAD_BUILD_EXAMPLES=OFF -DTAPEGRAD_BUILD_BENCHMARKS=ON &&
+  cmake --build "$build" --target bench_workloads bench_core -j2; } >"$build/build.log" 2>&1; then
+  tail -n 30 "$build/build.log"
+  echo "compare.sh: the build failed (log: $build/build.log)" >&2
+  exit 1
+fi
+bench_workloads=$build/benchmarks/bench_workloads
+bench_core=$build/benchmarks/bench_core
+
+# ---- find or build the peer ----
+peer=${PEER_BENCH:-}
+if [ -z "$peer" ]; then
+  for p in "$root/build-peer/peer_bench" "$root/../build-peer/peer_bench"; do
+    if [ -x "$p" ]; then peer=$p; break; fi
+  done
+fi
+if [ -z "$peer" ]; then
+  peer_src=$root/../shared/peers/libtorch
+  if [ "$(dpkg-query -W -f='${db:Status-Status}' libtorch-dev 2>/dev/null)" = installed ] &&
+    [ -f "$peer_src/CMakeLists.txt" ]; then
+    echo "== building the LibTorch peer in $root/build-peer"
+    mkdir -p "$root/build-peer"
+    if ! { cmake -S "$peer_src" -B "$root/build-peer" -DCMAKE_BUILD_TYPE=Release &&
+      cmake --build "$root/build-peer" -j2; } >"$root/build-peer/build.log" 2>&1; then
+      tail -n 30 "$root/build-peer/build.log"
+      echo "compare.sh: building the peer failed (log: $root/build-peer/build.log)" >&2
+      exit 1
+    fi
+    peer=$root/build-peer/peer_bench
+  else
+    echo "== LibTorch peer skipped: libtorch-dev is not installed (apt-get install libtorch-dev" \
+      "libopenblas0-openmp) or $peer_src is missing; printing tapegrad's figures only"
+  fi
+fi
+
+# ---- environment shared by both programs ----
+export GLIBC_TUNABLES=glibc.malloc.mmap_threshold=67108864:glibc.malloc.trim_threshold=1073741824
+if [ -z "${OPENBLAS_CORETYPE:-}" ] && [ -n "$peer" ]; then
+  core=$(OPENBLAS_VERBOSE=2 "$peer" --only gemm --threads 1 --warmup 0 --min-steps 1 \
+    --min-seconds 0 2>&1 | sed -n 's/^Core: //p' | head -n1)
+  if [ "$core" = Prescott ]; then
+    if grep -qw avx512f /proc/cpuinfo; then
+      export OPENBLAS_CORETYPE=SkylakeX
+    elif grep -qw avx2 /proc/cpuinfo; then
+      export OPENBLAS_CORETYPE=Haswell
+    fi
+    [ -n "${OPENBLAS_CORETYPE:-}" ] &&
+      echo "== OpenBLAS does not recognise this CPU (core '$core'): OPENBLAS_CORETYPE=$OPENBLAS_CORETYPE"
+  fi
+fi
+
+results=$build/results.tsv
+: >"$results"
+load_start=$(cut -d' ' -f1-3 /proc/loadavg)
+
+# Google Benchmark JSON → "tapegrad <workload> <threads> <metric> <value>" lines (awk: the
+# JSON has one field per line). For step benchmarks: ms; gemm: GFLOP/s; op-overhead: µs/op.
+gb_extract() {  # $1 = workload, $2 = threads, $3 = json file
+  awk -v w="$1" -v t="$2" '
+    /"aggregate_name":/ { agg = $2; gsub(/[",]/, "", agg) }
+    /"real_time":/ { rt = $2; gsub(/,/, "", rt) }
+    /"GFLOPS":/ { gf = $2; gsub(/,/, "", gf) }
+    /"us_per_op":/ { us = $2; gsub(/,/, "", us) }
+    /^    }/ {
+      if (agg == "median") {
+        if (w == "gemm") print "tapegrad", w, t, "gflops", gf
+        else if (w == "op-overhead") print "tapegrad", w, t, "us", us
+        else print "tapegrad", w, t, "ms", rt
+      }
+      agg = ""; rt = ""; gf = ""; us = ""
+    }' "$3"
+}
+
+run_tapegrad() {  # $1 = workload, $2 = threads
+  local json=$build/last.json filter bin
+  case "$1" in
+    gemm) bin=$bench_core; filter="^BM_GemmFloat/$2/" ;;
+    op-overhead) bin=$bench_core; filter="^BM_TapeOverhead" ;;
+    *) bin=$bench_workloads; filter="^step/$1/threads:$2/" ;;
+  esac
+  "$bin" --benchmark_filter="$filter" --benchmark_repetitions=5 --benchmark_min_time=0.2 \
+    --benchmark_report_aggregates_only=true --benchmark_format=json >"$json" 2>/dev/null
+  gb_extract "$1" "$2" "$json" >>"$results"
+}
+
+run_peer() {  # $1 = workload, $2 = threads
+  [ -n "$peer" ] || return 0
+  "$peer" --only "$1" --threads "$2" --min-seconds 1 2>/dev/null | awk -v w="$1" -v t="$2" '
+    /^workload=/ {
+      for (i = 1; i <= NF; ++i) { split($i, kv, "="); f[kv[1]] = kv[2] }
+      if (w == "gemm") print "libtorch", w, t, "gflops", f["gflops_median"]
+      else if (w == "op-overhead") print "libtorch", w, t, "us", f["us_per_op"]
+      else print "libtorch", w, t, "ms", f["median_ms"]
+      print "libtorch", w, t, "others_cores", f["others_cores"]
+    }' >>"$results"
+}
+
+for ((r = 1; r <= rounds; ++r)); do
+  echo "== round $r/$rounds ($(cut -d' ' -f1 /proc/loadavg) load)"
+  for t in "${thread_list[@]}"; do
+    for w in "${workload_list[@]}"; do
+      # op-overhead: tapegrad's benchmark runs on one thread (tiny tensors never go parallel).
+      if [ "$w" = op-overhead ] && [ "$t" != 1 ]; then continue; fi
+      if (((r + t) % 2)); then
+        run_tapegrad "$w" "$t"
+        run_peer "$w" "$t"
+      else
+        run_peer "$w" "$t"
+        run_tapegrad "$w" "$t"
+      fi
+    done
+  done
+done
+
+echo
+echo "tapegrad $(git -C "$root" describe --always --dirty 2>/dev/null || echo '?'), Release," \
+  "-march=native, TAPEGRAD_USE_BLAS=$blas, OPENBLAS_CORETYPE=${OPENBLAS_CORETYPE:-auto};" \
+  "$rounds rounds; load average $load_start at start, $(cut -d' ' -f1-3 /proc/loadavg) at end"
+awk -v workloads="$only" -v threads="$threads" '
+  function median(key,   n, i, j, v, tmp) {
+    n = split(vals[key], v, " ")
+    for (i = 2; i <= n; ++i) for (j = i; j > 1 && v[j - 1] + 0 > v[j] + 0; --j) {
+      tmp = v[j]; v[j] = v[j - 1]; v[j - 1] = tmp }
+    if (n == 0) return ""
+    return n % 2 ? v[(n + 1) / 2] : (v[n / 2] + v[n / 2 + 1]) / 2
+  }
+  function fmt(x, m) {
+    if (x == "") return "-"
+    return m == "ms" ? sprintf("%.2f ms", x) : m == "us" ? sprintf("%.3f us/op", x) \
+                     : sprintf("%.0f GFLOP/s", x)
+  }
+  {
+    key = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4
+    vals[key] = vals[key] (vals[key] == "" ? "" : " ") $5
+    if ($4 != "others_cores") metric[$2] = $4
+  }
+  END {
+    printf "%-19s %7s %14s %14s %6s %7s %5s %7s\n", "workload", "threads", "tapegrad", \
+      "LibTorch", "ratio", "target", "met?", "others"
+    nw = split(workloads, W, ","); nt = split(threads, TH, ",")
+    for (i = 1; i <= nw; ++i) for (j = 1; j <= nt; ++j) {
+      w = W[i]; t = TH[j]; m = metric[w]
+      if (m == "") continue
+      tg = median("tapegrad" SUBSEP w SUBSEP t SUBSEP m)
+      lt = median("libtorch" SUBSEP w SUBSEP t SUBSEP m)
+      if (tg == "" && lt == "") continue
+      oc = median("libtorch" SUBSEP w SUBSEP t SUBSEP "others_cores")
+      if (tg != "") tgmed[w, t] = tg
+      # ratio = tapegrad / LibTorch; for gemm (GFLOP/s) higher is better.
+      target = w == "small-resnet" ? "<= 1.00" : w == "op-overhead" ? "<= 0.10" \
+             : w == "gemm" ? ">= 0.95" : "<= 0.90"
+      ratio = "-"; met = "-"
+      if (tg != "" && lt != "" && tg > 0 && lt > 0) {
+        r = tg / lt; ratio = sprintf("%.2f", r)
+        met = (w == "gemm" ? r >= 0.95 : r <= substr(target, 4) + 0) ? "yes" : "NO"
+      }
+      printf "%-19s %7s %14s %14s %6s %7s %5s %7s\n", w, t, fmt(tg, m), fmt(lt, m), ratio, \
+        target, met, oc == "" ? "-" : oc
+    }
+    # Scaling target: 2 threads at least 1.7x faster than 1 on wide-mlp and small-resnet.
+    for (k = 1; k <= 2; ++k) {
+      w = k == 1 ? "wide-mlp" : "small-resnet"
+      if (((w, 1) in tgmed) && ((w, 2) in tgmed))
+        printf "scaling %-12s tapegrad 2 threads vs 1: %.2fx (target >= 1.7: %s)\n", w, \
+          tgmed[w, 1] / tgmed[w, 2], (tgmed[w, 1] / tgmed[w, 2] >= 1.7 ? "yes" : "NO")
+    }
+    print "ratio = tapegrad / LibTorch (gemm: GFLOP/s, higher is better); medians over the rounds;"
+    print "others = cores used by other processes during the LibTorch run (above ~0.2: noisy)"
+  }' "$results"
