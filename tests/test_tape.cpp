@@ -21,7 +21,8 @@ tg::Var<T> square(const tg::Var<T>& x) {
 // y = a * b (same shapes)
 template <class T>
 tg::Var<T> times(const tg::Var<T>& a, const tg::Var<T>& b) {
-  if (!(a.shape() == b.shape())) tg::detail::fail<tg::ShapeError>("times: ", a.shape(), " vs ", b.shape());
+  if (!(a.shape() == b.shape()))
+    tg::detail::fail<tg::ShapeError>("times: ", a.shape(), " vs ", b.shape());
   auto y = a.tape().record("times", a.shape(), {a, b}, [](tg::OpContext<T>& c) {
     c.add_grad(0, c.input(1).array() * c.grad_out().array());
     c.add_grad(1, c.input(0).array() * c.grad_out().array());
@@ -128,8 +129,10 @@ TEST(Tape, ClearReusesBuffers) {
     tape.clear();
     auto y = square(square(tape.param(p)));
     tape.backward(y, tg::Tensor<float>::ones({64}));
-    if (step == 0) first = y.value().data();
-    else EXPECT_EQ(first, y.value().data()) << "step " << step;
+    if (step == 0)
+      first = y.value().data();
+    else
+      EXPECT_EQ(first, y.value().data()) << "step " << step;
   }
   EXPECT_EQ(tape.size(), 3u);
 }

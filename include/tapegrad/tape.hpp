@@ -63,8 +63,8 @@ struct Node {
   bool requires_grad = false;
   bool grad_ready = false;  // grad holds a gradient written in this sweep (or call, for leaves)
   bool is_leaf = false;
-  bool is_param = false;  // grad aliases Parameter::grad: always accumulate, never reset
-  bool borrowed = false;  // value shares storage owned elsewhere (a leaf's tensor, a view)
+  bool is_param = false;           // grad aliases Parameter::grad: always accumulate, never reset
+  bool borrowed = false;           // value shares storage owned elsewhere (a leaf's tensor, a view)
   std::array<Tensor<T>, 3> saved;  // op-specific buffers for backward, reused across steps
   std::array<double, 4> scalars{};
   std::vector<int64_t> ints;
@@ -143,8 +143,8 @@ class Tape {
   // Records an op whose value is a view sharing another tensor's storage (reshape).
   Var<T> record_view(const char* op, const Tensor<T>& view, std::initializer_list<Var<T>> inputs,
                      BackwardFn<T> backward) {
-    return record_impl(op, nullptr, &view,
-                       std::span<const Var<T>>(inputs.begin(), inputs.size()), backward);
+    return record_impl(op, nullptr, &view, std::span<const Var<T>>(inputs.begin(), inputs.size()),
+                       backward);
   }
 
   // Reverse sweep from a scalar loss (seed 1).
@@ -245,11 +245,15 @@ class Tape {
     if (!o.requires_grad) return;  // nothing upstream needs a gradient
     if (!o.is_param) {
       o.grad.resize(o.value.shape());
-      if (seed) o.grad.copy_(*seed);
-      else o.grad.fill_(T(1));
+      if (seed)
+        o.grad.copy_(*seed);
+      else
+        o.grad.fill_(T(1));
     } else {
-      if (seed) o.grad.array() += seed->array();
-      else o.grad.array() += T(1);
+      if (seed)
+        o.grad.array() += seed->array();
+      else
+        o.grad.array() += T(1);
     }
     o.grad_ready = true;
     for (size_t i = last + 1; i-- > 0;) {
@@ -286,16 +290,20 @@ class OpContext {
   void add_grad(int k, const Expr& e) {
     Node<T>& n = in(k);
     if (!n.requires_grad) return;
-    if (fresh(n)) n.grad.array() = e;
-    else n.grad.array() += e;
+    if (fresh(n))
+      n.grad.array() = e;
+    else
+      n.grad.array() += e;
   }
   // Same for a matrix expression (e.g. a product) viewed as rows x cols of input k's gradient.
   template <class Expr>
   void add_grad_matrix(int k, int64_t rows, int64_t cols, const Expr& e) {
     Node<T>& n = in(k);
     if (!n.requires_grad) return;
-    if (fresh(n)) n.grad.matrix(rows, cols).noalias() = e;
-    else n.grad.matrix(rows, cols).noalias() += e;
+    if (fresh(n))
+      n.grad.matrix(rows, cols).noalias() = e;
+    else
+      n.grad.matrix(rows, cols).noalias() += e;
   }
   // Input k's gradient buffer, zeroed if this sweep has not written it yet; for ops that
   // scatter into it (max, slice, pooling).

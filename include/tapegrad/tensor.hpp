@@ -160,8 +160,7 @@ class Tensor {
   Tensor& zero_() { return fill_(T(0)); }
   // Copies values from a tensor with the same number of elements into this storage.
   Tensor& copy_(const Tensor& src) {
-    if (src.numel() != numel())
-      detail::fail<ShapeError>("copy_: ", src.shape(), " into ", shape_);
+    if (src.numel() != numel()) detail::fail<ShapeError>("copy_: ", src.shape(), " into ", shape_);
     if (numel() && src.data() != data())
       std::memmove(data(), src.data(), sizeof(T) * static_cast<size_t>(numel()));
     return *this;
@@ -210,8 +209,8 @@ class Tensor {
   void allocate(int64_t n) {
     // At least one element, so data() is never null and always aligned.
     const size_t count = static_cast<size_t>(std::max<int64_t>(n, 1));
-    T* p = static_cast<T*>(::operator new(count * sizeof(T), std::align_val_t{alignment}));
-    data_ = std::shared_ptr<T>(p, [](T* q) { ::operator delete(q, std::align_val_t{alignment}); });
+    T* p = static_cast<T*>(::operator new (count * sizeof(T), std::align_val_t{alignment}));
+    data_ = std::shared_ptr<T>(p, [](T* q) { ::operator delete (q, std::align_val_t{alignment}); });
     capacity_ = n;
   }
 
@@ -276,8 +275,8 @@ class Tensor {
   static void nested_fill(const L& l, const std::vector<int64_t>& dims, size_t depth,
                           std::vector<T>& out) {
     if (static_cast<int64_t>(l.size()) != dims[depth])
-      detail::fail<ShapeError>("Tensor::from: ragged nested list (", l.size(), " vs ",
-                               dims[depth], " at depth ", depth, ")");
+      detail::fail<ShapeError>("Tensor::from: ragged nested list (", l.size(), " vs ", dims[depth],
+                               " at depth ", depth, ")");
     if constexpr (std::is_same_v<L, List1>) {
       out.insert(out.end(), l.begin(), l.end());
     } else {
@@ -332,8 +331,7 @@ void print_dim(std::ostream& os, const Tensor<T>& t, int dim, int64_t offset, in
     } else {
       print_dim(os, t, dim + 1, offset + i * inner, inner, summarise, indent + 1);
     }
-    if (i + 1 < n)
-      os << (dim + 1 == t.rank() ? ", " : ",\n" + std::string(indent + 1, ' '));
+    if (i + 1 < n) os << (dim + 1 == t.rank() ? ", " : ",\n" + std::string(indent + 1, ' '));
   }
   os << ']';
 }

@@ -32,8 +32,8 @@ struct GradcheckResult {
   explicit operator bool() const { return ok; }
   friend std::ostream& operator<<(std::ostream& os, const GradcheckResult& r) {
     return os << "gradcheck " << (r.ok ? "passed" : "FAILED") << ": worst " << r.worst
-              << " analytic " << r.analytic << " numeric " << r.numeric << " error "
-              << r.max_error << " over " << r.checked << " elements";
+              << " analytic " << r.analytic << " numeric " << r.numeric << " error " << r.max_error
+              << " over " << r.checked << " elements";
   }
 };
 
@@ -82,8 +82,8 @@ inline GradcheckResult gradcheck(const GradcheckFn& f, std::vector<Tensor<double
       const double down = evaluate(false).second;
       x[i] = saved;
       const double numeric = (up - down) / (2 * eps);
-      const double err = std::abs(a[i] - numeric) /
-                         std::max({1.0, std::abs(a[i]), std::abs(numeric)});
+      const double err =
+          std::abs(a[i] - numeric) / std::max({1.0, std::abs(a[i]), std::abs(numeric)});
       ++r.checked;
       if (!(err <= r.max_error) || r.worst.empty()) {  // NaN is worse than anything
         r.max_error = std::isnan(err) ? INFINITY : err;
