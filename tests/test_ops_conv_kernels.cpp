@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "tapegrad/ops/conv.hpp"
+#include "tapegrad/ops/elementwise.hpp"
 #include "tapegrad/random.hpp"
 #include "tapegrad/threads.hpp"
 
@@ -180,6 +181,25 @@ TEST(Conv2dPaddedPath, OnlyForStrideOneWithSmallPadding) {
   EXPECT_EQ(path(tg::conv2d(x, w3, 1, 3)), 0);     // padding beyond the kernel's extent - 1
   EXPECT_EQ(path(tg::conv2d(x, w1, 1, 0)), 0);     // 1x1: the image is the column matrix
   EXPECT_EQ(path(tg::conv2d(x, w3, 1, 2, 2)), 1);  // dilated
+}
+
+// x feeds two convolutions: the second backward adds to the gradient the first assigned.
+TEST(Conv2dPaddedPath, AccumulatesIntoAGradientAlreadyWritten) {
+  tg::Generator gen(8);
+  auto x = tg::Tensor<double>::randn({3, 4, 7, 6}, gen);
+  auto w1 = tg::Tensor<double>::randn({5, 4, 3, 3}, gen);
+  auto w2 = tg::Tensor<double>::randn({5, 4, 3, 3}, gen);
+  auto seed = tg::Tensor<double>::randn({3, 5, 7, 6}, gen);
+  auto dx_of = [&](const tg::Tensor<double>* wa, const tg::Tensor<double>* wb) {
+    tg::Tape<double> tape;
+    auto xv = tape.input(x);
+    auto y = tg::conv2d(xv, tape.constant(*wa), 1, 1);
+    if (wb) y = y + tg::conv2d(xv, tape.constant(*wb), 1, 1);
+    tape.backward(y, seed);
+    return xv.grad();
+  };
+  const auto both = dx_of(&w1, &w2), one = dx_of(&w1, nullptr), two = dx_of(&w2, nullptr);
+  for (int64_t i = 0; i < x.numel(); ++i) EXPECT_NEAR(both[i], one[i] + two[i], 1e-12) << i;
 }
 
 // Buffers are reused: a second step on the same tape gives the same result bit for bit.

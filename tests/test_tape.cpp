@@ -150,6 +150,37 @@ TEST(Tape, ArgumentsReferringIntoTheTapeSurviveGrowth) {
   EXPECT_EQ(tape.size(), 201u);
 }
 
+// An op whose backward writes its input's gradient itself: y = 3x, dx = 3 dy, through
+// grad_in_uninitialized (assign on the sweep's first write, add afterwards).
+tg::Var<double> thrice(const tg::Var<double>& x) {
+  auto y = x.tape().record("thrice", x.shape(), {x}, [](tg::OpContext<double>& c) {
+    bool assign = false;
+    tg::Tensor<double>& g = c.grad_in_uninitialized(0, assign);
+    c.node().scalars[0] = assign ? 1 : 0;  // what the backward saw, for the test
+    for (int64_t i = 0; i < g.numel(); ++i) g[i] = (assign ? 0.0 : g[i]) + 3 * c.grad_out()[i];
+  });
+  y.value().array() = 3 * x.value().array();
+  return y;
+}
+
+TEST(OpContext, GradInUninitializedAssignsFirstThenAccumulates) {
+  tg::Tape<double> tape;
+  for (int step = 0; step < 2; ++step) {  // the second step reuses the stale buffers
+    tape.clear();
+    auto x = tape.input(tg::Tensor<double>::from({1.0, -2.0}));
+    auto a = thrice(x);
+    auto b = thrice(x);  // x used twice: its gradient is 3 + 3 per element
+    auto y = times(a, b);
+    tape.backward(y, tg::Tensor<double>::from({1.0, 1.0}));
+    // d(9x²)/dx = 18x; each thrice adds 3·(the other factor) = 3·3x.
+    EXPECT_DOUBLE_EQ(x.grad()[0], 18.0) << step;
+    EXPECT_DOUBLE_EQ(x.grad()[1], -36.0) << step;
+    // b's node runs first in the reverse sweep and assigns; a's adds.
+    EXPECT_EQ(b.node().scalars[0], 1.0);
+    EXPECT_EQ(a.node().scalars[0], 0.0);
+  }
+}
+
 TEST(Gradcheck, PassesForCorrectOpAndFailsForWrongOne) {
   auto good = tg::gradcheck(
       [](tg::Tape<double>&, const std::vector<tg::Var<double>>& x) {

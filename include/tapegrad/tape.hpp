@@ -312,6 +312,15 @@ class OpContext {
     if (fresh(n)) n.grad.zero_();
     return n.grad;
   }
+  // Input k's gradient buffer without grad_in's zero fill, for a backward that writes every
+  // element itself (one pass instead of zero fill + read-modify-write): `assign` comes back
+  // true when this sweep has not written the buffer yet (then assign every element: it holds
+  // stale values), false when the backward must add into it. Only for inputs that need_grad.
+  Tensor<T>& grad_in_uninitialized(int k, bool& assign) {
+    Node<T>& n = in(k);
+    assign = fresh(n);
+    return n.grad;
+  }
 
  private:
   Node<T>& in(int k) const { return tape_.node(node_.inputs[static_cast<size_t>(k)]); }

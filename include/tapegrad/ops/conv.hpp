@@ -245,12 +245,12 @@ ConvShiftedScratch conv_shifted_scratch(const Conv2dGeometry& g, bool need_w, bo
 }
 
 // The per-image part of the padded-image backward: adds this image's dW into dw_part [O, K]
-// (when given) and its input gradient into dxn [C, H, W] (when given). wflip: [O·kh·kw, C],
-// the kernel flipped with in/out channels swapped.
+// (when given) and writes its input gradient into dxn [C, H, W] (when given; assigned or
+// added, per assign_dx). wflip: [O·kh·kw, C], the kernel flipped with in/out channels swapped.
 template <class T>
 void conv2d_shifted_backward_image(const Conv2dGeometry& g, const ConvShiftedScratch& sz,
                                    const int64_t* off, const T* xn, const T* dyn, const T* wflip,
-                                   T* dw_part, T* dxn, T* scratch) {
+                                   T* dw_part, T* dxn, bool assign_dx, T* scratch) {
   using SK = ShiftedKernel<T>;
   const int64_t K = g.K(), O = g.O, C = g.C, Hp = g.Hp(), Wp = g.Wp(), Hq = g.Hq(), Wq = g.Wq();
   const int64_t Mpad = SK::round_up(g.OH * Wp), Mpad2 = SK::round_up(g.H * Wq);
@@ -270,8 +270,14 @@ void conv2d_shifted_backward_image(const Conv2dGeometry& g, const ConvShiftedScr
                      g.dw * (g.kw - 1) - g.pw);
     shifted_conv(wflip, C, off + K, O * g.kh * g.kw, dp, Mpad2, dxb, Mpad2);
     for (int64_t c = 0; c < C; ++c)
-      for (int64_t h = 0; h < g.H; ++h)
-        add_row(dxb + c * Mpad2 + h * Wq, g.W, dxn + (c * g.H + h) * g.W);
+      for (int64_t h = 0; h < g.H; ++h) {
+        const T* src = dxb + c * Mpad2 + h * Wq;
+        T* dst = dxn + (c * g.H + h) * g.W;
+        if (assign_dx)
+          copy_row(src, g.W, dst);
+        else
+          add_row(src, g.W, dst);
+      }
   }
 }
 
@@ -378,9 +384,15 @@ void conv2d_backward(OpContext<T>& c) {
     part.resize(Shape{threads, OK + g.O});
     part.zero_();
   }
-  T* dx = need_x ? c.grad_in(0).data() : nullptr;
+  const bool shifted = c.node().ints[conv_path_at] == 1;
+  // The padded-image path writes every element of dx (assigning on the sweep's first write);
+  // col2im scatters, so it needs a zeroed buffer.
+  bool assign_dx = false;
+  T* dx = !need_x   ? nullptr
+          : shifted ? c.grad_in_uninitialized(0, assign_dx).data()
+                    : c.grad_in(0).data();
 
-  if (c.node().ints[conv_path_at] == 1) {
+  if (shifted) {
     // Padded-image kernels. Scratch saved(1): the flipped kernel, then one block per thread.
     const int64_t KK = g.kh * g.kw;
     const int64_t wsz = need_x ? conv_round(g.O * KK * g.C) : 0;
@@ -406,7 +418,7 @@ void conv2d_backward(OpContext<T>& c) {
       T* pt = part.data() + t * (OK + g.O);
       const T* dyn = dy + n * g.O * L;
       conv2d_shifted_backward_image(g, sz, off, xd + n * chw, dyn, wflip, need_w ? pt : nullptr,
-                                    need_x ? dx + n * chw : nullptr,
+                                    need_x ? dx + n * chw : nullptr, assign_dx,
                                     scratch.data() + wsz + t * sz.total());
       if (need_b)
         Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(pt + OK, g.O) +=

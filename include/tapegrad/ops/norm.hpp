@@ -69,52 +69,15 @@ void batch_norm_backward(OpContext<T>& c) {
   // Training needs Σdy and Σdy·x̂ for dx; eval only for dγ, dβ.
   const bool need_sums = (training && need_dx) || dgamma || dbeta;
 
-  // dx = k1·dy + k2·x + k3 per channel. Scratch: k1, k2, k3 (3C), sums Σdy, Σdy·(x−μ) (2C)
-  // and, for S > 1, the constants repeated per (n, c) row (3·N·C).
+  // dx = k1·dy + k2·x + k3 per channel. Scratch: k1, k2, k3 (3C), sums Σdy, Σdy·(x−μ) (2C).
   Tensor<T>& scratch = c.saved(2);
-  scratch.resize(Shape{5 * C + (S > 1 ? 3 * N * C : 0)});
+  scratch.resize(Shape{5 * C});
   T* k = scratch.data();
   T* sum_dy = k + 3 * C;
   T* sum_dyx = k + 4 * C;  // Σ dy·(x − μ)
   const int64_t work = N * C * S;
-
-  if (need_sums) {
-    if (S == 1) {
-      ColArray<T>(sum_dy, 2 * C).setZero();
-      const int64_t blocks = (C + bn_column_block - 1) / bn_column_block;
-#pragma omp parallel for if (work > parallel_threshold) schedule(static)
-      for (int64_t b = 0; b < blocks; ++b) {
-        const int64_t c0 = b * bn_column_block, w = std::min(bn_column_block, C - c0);
-        ColArray<T> s1(sum_dy + c0, w), s2(sum_dyx + c0, w);
-        ConstColArray<T> mu(mean + c0, w);
-        for (int64_t r = 0; r < N; ++r) {
-          ConstColArray<T> g(dy + r * C + c0, w), xv(x + r * C + c0, w);
-          s1 += g;
-          s2 += g * (xv - mu);
-        }
-      }
-    } else {
-#pragma omp parallel for if (work > parallel_threshold) schedule(static)
-      for (int64_t ch = 0; ch < C; ++ch) {
-        double s1 = 0, s2 = 0;
-        const T mu = mean[ch];
-        for (int64_t r = 0; r < N; ++r) {
-          ConstColArray<T> g(dy + (r * C + ch) * S, S), xv(x + (r * C + ch) * S, S);
-          s1 += g.sum();
-          s2 += (g * (xv - mu)).sum();
-        }
-        sum_dy[ch] = static_cast<T>(s1);
-        sum_dyx[ch] = static_cast<T>(s2);
-      }
-    }
-    for (int64_t ch = 0; ch < C; ++ch) {
-      if (dgamma) dgamma[ch] += sum_dyx[ch] * rstd[ch];  // Σ dy·x̂
-      if (dbeta) dbeta[ch] += sum_dy[ch];
-    }
-  }
-  if (!need_dx) return;
-
-  for (int64_t ch = 0; ch < C; ++ch) {
+  // k1, k2, k3 of channel ch, once its sums are known.
+  auto coefficients = [&](int64_t ch) {
     const T g = gamma ? gamma[ch] : T(1);
     const T k1 = g * rstd[ch];
     if (training) {
@@ -128,34 +91,82 @@ void batch_norm_backward(OpContext<T>& c) {
       k[C + ch] = T(0);
       k[2 * C + ch] = T(0);
     }
-  }
-  if (S == 1) {
-    const auto dyA = c.grad_out().matrix(N, C).array();
-    const auto xA = c.input(0).matrix(N, C).array();
-    ConstRowArray<T> k1(k, C), k2(k + C, C), k3(k + 2 * C, C);
-    if (training)
-      c.add_grad_matrix(0, N, C,
-                        ((dyA.rowwise() * k1 + xA.rowwise() * k2).rowwise() + k3).matrix());
-    else
-      c.add_grad_matrix(0, N, C, (dyA.rowwise() * k1).matrix());
-  } else {
-    T* rows = k + 5 * C;  // k1, k2, k3 per (n, c) row of the [N·C, S] view
-    for (int64_t r = 0; r < N; ++r)
-      for (int64_t ch = 0; ch < C; ++ch) {
-        rows[r * C + ch] = k[ch];
-        rows[N * C + r * C + ch] = k[C + ch];
-        rows[2 * N * C + r * C + ch] = k[2 * C + ch];
+  };
+  auto parameter_grads = [&] {
+    for (int64_t ch = 0; ch < C; ++ch) {
+      if (dgamma) dgamma[ch] += sum_dyx[ch] * rstd[ch];  // Σ dy·x̂
+      if (dbeta) dbeta[ch] += sum_dy[ch];
+    }
+  };
+
+  if (S > 1) {
+    // [N,C,S]: one channel at a time, its sums and then its dx while its N·S values of dy and
+    // x are still in cache (one read of each from memory), written straight into the gradient.
+    bool assign = false;
+    T* dx = need_dx ? c.grad_in_uninitialized(0, assign).data() : nullptr;
+#pragma omp parallel for if (work > parallel_threshold) schedule(static)
+    for (int64_t ch = 0; ch < C; ++ch) {
+      if (need_sums) {
+        double s1 = 0, s2 = 0;
+        const T mu = mean[ch];
+        for (int64_t r = 0; r < N; ++r) {
+          ConstColArray<T> g(dy + (r * C + ch) * S, S), xv(x + (r * C + ch) * S, S);
+          s1 += g.sum();
+          s2 += (g * (xv - mu)).sum();
+        }
+        sum_dy[ch] = static_cast<T>(s1);
+        sum_dyx[ch] = static_cast<T>(s2);
       }
-    const int64_t R = N * C;
-    const auto dyA = c.grad_out().matrix(R, S).array();
-    const auto xA = c.input(0).matrix(R, S).array();
-    ConstColArray<T> k1(rows, R), k2(rows + R, R), k3(rows + 2 * R, R);
-    if (training)
-      c.add_grad_matrix(0, R, S,
-                        ((dyA.colwise() * k1 + xA.colwise() * k2).colwise() + k3).matrix());
-    else
-      c.add_grad_matrix(0, R, S, (dyA.colwise() * k1).matrix());
+      if (!dx) continue;
+      coefficients(ch);
+      const T k1 = k[ch], k2 = k[C + ch], k3 = k[2 * C + ch];
+      for (int64_t r = 0; r < N; ++r) {
+        const int64_t off = (r * C + ch) * S;
+        ConstColArray<T> g(dy + off, S), xv(x + off, S);
+        ColArray<T> d(dx + off, S);
+        if (training) {
+          if (assign)
+            d = g * k1 + xv * k2 + k3;
+          else
+            d += g * k1 + xv * k2 + k3;
+        } else {
+          if (assign)
+            d = g * k1;
+          else
+            d += g * k1;
+        }
+      }
+    }
+    if (need_sums) parameter_grads();
+    return;
   }
+
+  // [N,C]: statistics down the columns, accumulated row by row (vectorised along C).
+  if (need_sums) {
+    ColArray<T>(sum_dy, 2 * C).setZero();
+    const int64_t blocks = (C + bn_column_block - 1) / bn_column_block;
+#pragma omp parallel for if (work > parallel_threshold) schedule(static)
+    for (int64_t b = 0; b < blocks; ++b) {
+      const int64_t c0 = b * bn_column_block, w = std::min(bn_column_block, C - c0);
+      ColArray<T> s1(sum_dy + c0, w), s2(sum_dyx + c0, w);
+      ConstColArray<T> mu(mean + c0, w);
+      for (int64_t r = 0; r < N; ++r) {
+        ConstColArray<T> g(dy + r * C + c0, w), xv(x + r * C + c0, w);
+        s1 += g;
+        s2 += g * (xv - mu);
+      }
+    }
+    parameter_grads();
+  }
+  if (!need_dx) return;
+  for (int64_t ch = 0; ch < C; ++ch) coefficients(ch);
+  const auto dyA = c.grad_out().matrix(N, C).array();
+  const auto xA = c.input(0).matrix(N, C).array();
+  ConstRowArray<T> k1(k, C), k2(k + C, C), k3(k + 2 * C, C);
+  if (training)
+    c.add_grad_matrix(0, N, C, ((dyA.rowwise() * k1 + xA.rowwise() * k2).rowwise() + k3).matrix());
+  else
+    c.add_grad_matrix(0, N, C, (dyA.rowwise() * k1).matrix());
 }
 
 // layer_norm backward. ints: R rows, D, gamma index, beta index.
