@@ -102,7 +102,7 @@ TEST(ShiftedWgrad, MatchesFormula) {
 struct Case {
   const char* what;
   int64_t N, C, H, W, O, kh, kw;
-  tg::Size2 padding, dilation;
+  tg::Size2 padding, dilation, stride = 1;
 };
 
 // conv2d forward and backward on the padded-image path against the definitions:
@@ -117,7 +117,7 @@ void check_case(const Case& k, int threads, double tol) {
   auto b = tg::Tensor<T>::randn({k.O}, gen);
   tg::Tape<T> tape;
   auto xv = tape.input(x), wv = tape.input(w), bv = tape.input(b);
-  auto y = tg::conv2d(xv, wv, bv, 1, k.padding, k.dilation);
+  auto y = tg::conv2d(xv, wv, bv, k.stride, k.padding, k.dilation);
   ASSERT_EQ(y.node().ints[tg::detail::conv_path_at], 1) << k.what << ": not the padded path";
   const int64_t OH = y.size(2), OW = y.size(3);
   auto seed = tg::Tensor<T>::randn(y.shape(), gen);
@@ -125,7 +125,7 @@ void check_case(const Case& k, int threads, double tol) {
   tg::Tensor<double> ey({k.N, k.O, OH, OW});
   auto dx = tg::Tensor<double>::zeros(x.shape()), dw = tg::Tensor<double>::zeros(w.shape());
   auto db = tg::Tensor<double>::zeros(b.shape());
-  const tg::Size2 p = k.padding, d = k.dilation;
+  const tg::Size2 p = k.padding, d = k.dilation, st = k.stride;
   for (int64_t n = 0; n < k.N; ++n)
     for (int64_t o = 0; o < k.O; ++o)
       for (int64_t r = 0; r < OH; ++r)
@@ -136,7 +136,7 @@ void check_case(const Case& k, int threads, double tol) {
           for (int64_t c = 0; c < k.C; ++c)
             for (int64_t i = 0; i < k.kh; ++i)
               for (int64_t j = 0; j < k.kw; ++j) {
-                const int64_t ih = r - p.h + i * d.h, iw = q - p.w + j * d.w;
+                const int64_t ih = r * st.h - p.h + i * d.h, iw = q * st.w - p.w + j * d.w;
                 if (ih < 0 || ih >= k.H || iw < 0 || iw >= k.W) continue;
                 acc += double(w.at(o, c, i, j)) * double(x.at(n, c, ih, iw));
                 dx.at(n, c, ih, iw) += s * double(w.at(o, c, i, j));
@@ -158,6 +158,13 @@ const Case cases[] = {
     {"3x3 no padding", 8, 6, 11, 12, 3, 3, 3, 0, 1},
     {"5x3 pad (2, 1), dilation (1, 2)", 8, 4, 12, 11, 9, 5, 3, {2, 1}, {1, 2}},
     {"2x4 pad (0, 3), one channel", 16, 1, 15, 14, 2, 2, 4, {0, 3}, 1},
+    // Strided: phase planes.
+    {"3x3 stride 2 pad 1, 16 -> 32 (the ResNet's)", 6, 16, 14, 14, 32, 3, 3, 1, 1, 2},
+    {"1x2 stride 2", 8, 6, 14, 13, 10, 1, 2, 0, 1, 2},
+    {"3x3 stride 2, odd size, no padding", 8, 5, 13, 11, 7, 3, 3, 0, 1, 2},
+    {"5x4 stride (3, 2) pad (2, 1) dilation (1, 2)", 8, 3, 17, 16, 5, 5, 4, {2, 1}, {1, 2}, {3, 2}},
+    {"3x3 stride 2 dilation 2 (taps in one phase)", 8, 4, 15, 15, 3, 3, 3, 2, 2, 2},
+    {"2x2 stride 2 pad 3 (padding beyond the kernel)", 8, 4, 9, 10, 6, 2, 2, 3, 1, 2},
 };
 
 TEST(Conv2dPaddedPath, MatchesDefinitionDouble) {
@@ -170,15 +177,17 @@ TEST(Conv2dPaddedPath, MatchesDefinitionFloat) {
     for (int threads : {1, 2}) check_case<float>(k, threads, 2e-4);
 }
 
-TEST(Conv2dPaddedPath, OnlyForStrideOneWithSmallPadding) {
+TEST(Conv2dPaddedPath, ChosenForKernelsLargerThan1x1) {
   tg::Tape<float> tape;
   auto x = tape.constant(tg::Tensor<float>::zeros({1, 2, 8, 8}));
   auto w3 = tape.constant(tg::Tensor<float>::zeros({2, 2, 3, 3}));
   auto w1 = tape.constant(tg::Tensor<float>::zeros({2, 2, 1, 1}));
   auto path = [](const tg::Var<float>& y) { return y.node().ints[tg::detail::conv_path_at]; };
   EXPECT_EQ(path(tg::conv2d(x, w3, 1, 1)), 1);
-  EXPECT_EQ(path(tg::conv2d(x, w3, 2, 1)), 0);     // strided
-  EXPECT_EQ(path(tg::conv2d(x, w3, 1, 3)), 0);     // padding beyond the kernel's extent - 1
+  EXPECT_EQ(path(tg::conv2d(x, w3, 2, 1)), 1);     // strided: phase planes
+  EXPECT_EQ(path(tg::conv2d(x, w1, 2, 0)), 0);     // 1x1 strided: a strided copy
+  EXPECT_EQ(path(tg::conv2d(x, w3, 2, 3)), 1);     // strided, any padding
+  EXPECT_EQ(path(tg::conv2d(x, w3, 1, 3)), 0);     // stride 1, padding beyond the extent - 1
   EXPECT_EQ(path(tg::conv2d(x, w1, 1, 0)), 0);     // 1x1: the image is the column matrix
   EXPECT_EQ(path(tg::conv2d(x, w3, 1, 2, 2)), 1);  // dilated
 }

@@ -7,20 +7,25 @@
 // x [N,C,H,W], w [O,C,kh,kw], b [O] (optional), y [N,O,OH,OW] with
 //   OH = floor((H + 2·ph − dh·(kh − 1) − 1) / sh) + 1,  OW likewise.
 //
-// Stride-1 convolutions whose padding is at most the dilated kernel's extent minus one (3x3 pad 1,
-// 5x5 pad 2, ...) run on a zero-padded copy of each image with the kernels of
-// ops/conv_kernels.hpp: no column matrix, no GEMM packing. Backward per image:
-//   dW += Σ_positions dy · (padded x shifted by each tap),   db = Σ dy,
-//   dx = the same forward kernel on dy padded by dh·(kh−1)−ph, dw·(kw−1)−pw with the kernel
-//        flipped and its in/out channels swapped (a stride-1 transposed convolution is a
-//        convolution), so nothing is scattered.
-// Measured (float, 1 thread, batch 64, 3x3 pad 1, AVX-512; forward / backward ms, min of 22):
-// 2.2 / 4.8 against 7.4 / 10.0 with im2col + per-image Eigen GEMMs (16->16 ch, 28x28),
-// 2.1 / 5.4 against 4.9 / 7.2 (32->32, 14x14), 0.31 / 0.70 against 0.42 / 0.85 (1->16, 28x28,
-// no dx). The column matrices of the whole batch (29 MB per 16-channel layer here) are no
-// longer kept for backward: the scratch is a few padded images per thread.
+// Kernels larger than 1x1 run on a zero-padded copy of each image with the kernels of
+// ops/conv_kernels.hpp: no column matrix, no GEMM packing (at stride 1 only when the padding is
+// at most the dilated kernel's extent minus one: 3x3 pad 1, 5x5 pad 2, ...). A strided
+// convolution first splits the padded image into sh·sw phase planes (rows a, a + sh, ...,
+// columns b, b + sw, ...), where every tap again reads one contiguous run. Backward, a few
+// images at a time:
+//   dW += Σ_positions dy · (the planes shifted by each tap),   db = Σ dy,
+//   dx: at stride 1 the same forward kernel on dy padded by dh·(kh−1)−ph, dw·(kw−1)−pw with the
+//       kernel flipped and its in/out channels swapped (a stride-1 transposed convolution is a
+//       convolution); strided, the same per phase plane of dx with that phase's taps. Nothing
+//       is scattered through a column matrix.
+// Measured (float, 1 thread, batch 64, AVX-512; forward / backward ms, min of 22 steps, best of
+// 6 runs) against im2col + per-image Eigen GEMMs: 3x3 pad 1 16->16 at 28x28 2.2 / 4.9 against
+// 7.4 / 10.0; 32->32 at 14x14 2.0 / 4.4 against 4.9 / 7.2; 1->16 at 28x28 (no dx) 0.32 / 0.72
+// against 0.42 / 0.85; 3x3 stride 2 pad 1 16->32 from 28x28 1.5 / 3.7 against 3.1 / 3.8.
+// The column matrices of the whole batch (29 MB per 16-channel layer here) are not kept for
+// backward: the scratch is a few padded images per thread.
 //
-// Other convolutions (strided, 1x1, larger padding) use im2col + GEMM per image: col_n
+// 1x1 kernels and stride-1 convolutions with larger padding use im2col + GEMM per image: col_n
 // [C·kh·kw, OH·OW] holds the receptive field of every output position, so y_n [O, OH·OW] =
 // W [O, C·kh·kw] · col_n lands directly in NCHW order (no transpose of the output). The columns
 // of the whole batch stay in the node's saved(0) for the weight gradient; backward:
@@ -57,18 +62,33 @@ struct Conv2dGeometry {
   int64_t K() const { return C * kh * kw; }  // rows of a column matrix
   int64_t L() const { return OH * OW; }      // output positions per image
   bool direct() const { return kh == 1 && kw == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0; }
-  // The padded-image kernels apply (see the top of this file): stride 1, a kernel wider than
-  // 1x1, and padding that the flipped kernel of dx can undo; wrap columns at most half a row.
+  bool unit_stride() const { return sh == 1 && sw == 1; }
+  // The padded-image kernels apply (see the top of this file): kernels larger than 1x1; at
+  // stride 1 only with padding that the flipped kernel of dx can undo; wrap columns at most
+  // half a row.
   bool shifted() const {
-    return sh == 1 && sw == 1 && !direct() && ph <= dh * (kh - 1) && pw <= dw * (kw - 1) &&
-           dw * (kw - 1) <= OW;
+    if (kh == 1 && kw == 1) return false;  // im2col of a 1x1 is a plain (strided) copy
+    if (unit_stride() && (ph > dh * (kh - 1) || pw > dw * (kw - 1))) return false;
+    return Wh() - OW <= OW;
   }
-  // Padded image of the forward / weight gradient: [C, Hp, Wp]; positions m = p·Wp + q.
+  // Padded image [C, Hp, Wp], split by the stride into sh·sw phase planes [C, Hh, Wh] (plane
+  // (a, b) holds padded rows a, a + sh, ... and columns b, b + sw, ...; at stride 1 the one
+  // plane is the padded image). Forward and weight-gradient positions: m = p·Wh + q.
   int64_t Hp() const { return H + 2 * ph; }
   int64_t Wp() const { return W + 2 * pw; }
-  // Padded dy of the input gradient: [O, Hq, Wq]; positions m = h·Wq + w.
-  int64_t Hq() const { return OH + 2 * (dh * (kh - 1) - ph); }
-  int64_t Wq() const { return OW + 2 * (dw * (kw - 1) - pw); }
+  int64_t Hh() const { return (Hp() + sh - 1) / sh; }
+  int64_t Wh() const { return (Wp() + sw - 1) / sw; }
+  int64_t phases() const { return sh * sw; }
+  // Largest shift of a tap inside a plane.
+  int64_t U() const { return (kh - 1) * dh / sh; }
+  int64_t V() const { return (kw - 1) * dw / sw; }
+  // Padded dy of the input gradient, [O, Hq, Wq]. Stride 1: padded by dh·(kh−1)−ph (rows) for
+  // the flipped kernel, positions m = h·Wq + w of dx. Strided: dy at (U, V), one pass per phase
+  // plane of dx, positions m = u·Wq + v of the plane.
+  int64_t Hq() const { return unit_stride() ? OH + 2 * (dh * (kh - 1) - ph) : U() + Hh(); }
+  int64_t Wq() const { return unit_stride() ? OW + 2 * (dw * (kw - 1) - pw) : V() + Wh(); }
+  // Positions of one dx pass (before rounding up to whole blocks).
+  int64_t Mdx() const { return (unit_stride() ? H : Hh()) * Wq(); }
 
   void store(std::vector<int64_t>& v) const {
     v.assign({N, C, H, W, O, kh, kw, sh, sw, ph, pw, dh, dw, OH, OW});
@@ -163,18 +183,79 @@ template <class T>
 void conv2d_backward(OpContext<T>& c);
 
 // node.ints of a conv2d: the geometry (15 values), the path (1 = padded-image kernels), then for
-// that path the tap offsets of the forward (K = C·kh·kw, into the padded image) and of dx
-// (O·kh·kw, into the padded dy).
+// that path the tap offsets of the forward (K = C·kh·kw, into the phase planes), then those of
+// dx into the padded dy: at stride 1, O·kh·kw taps (o, i', j') of the flipped kernel; strided,
+// for each phase plane (a, b) of dx in turn, its number of taps and their offsets, the taps
+// (o, i, j) with i·dh ≡ a (mod sh), j·dw ≡ b (mod sw) in (o, i, j) order.
 inline constexpr size_t conv_path_at = 15, conv_offsets_at = 16;
 
+inline bool conv_tap_in_phase(const Conv2dGeometry& g, int64_t i, int64_t j, int64_t a, int64_t b) {
+  return (i * g.dh) % g.sh == a && (j * g.dw) % g.sw == b;
+}
+
 inline void conv_shifted_offsets(const Conv2dGeometry& g, std::vector<int64_t>& ints) {
-  const int64_t Hp = g.Hp(), Wp = g.Wp(), Hq = g.Hq(), Wq = g.Wq();
+  const int64_t Hh = g.Hh(), Wh = g.Wh(), plane = g.C * Hh * Wh, Hq = g.Hq(), Wq = g.Wq();
   for (int64_t c = 0; c < g.C; ++c)
     for (int64_t i = 0; i < g.kh; ++i)
-      for (int64_t j = 0; j < g.kw; ++j) ints.push_back(c * Hp * Wp + i * g.dh * Wp + j * g.dw);
-  for (int64_t o = 0; o < g.O; ++o)
-    for (int64_t i = 0; i < g.kh; ++i)
-      for (int64_t j = 0; j < g.kw; ++j) ints.push_back(o * Hq * Wq + i * g.dh * Wq + j * g.dw);
+      for (int64_t j = 0; j < g.kw; ++j) {
+        const int64_t a = (i * g.dh) % g.sh, b = (j * g.dw) % g.sw;
+        ints.push_back((a * g.sw + b) * plane + c * Hh * Wh + (i * g.dh / g.sh) * Wh +
+                       j * g.dw / g.sw);
+      }
+  if (g.unit_stride()) {
+    for (int64_t o = 0; o < g.O; ++o)
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) ints.push_back(o * Hq * Wq + i * g.dh * Wq + j * g.dw);
+    return;
+  }
+  for (int64_t a = 0; a < g.sh; ++a)
+    for (int64_t b = 0; b < g.sw; ++b) {
+      const size_t count_at = ints.size();
+      ints.push_back(0);
+      for (int64_t o = 0; o < g.O; ++o)
+        for (int64_t i = 0; i < g.kh; ++i)
+          for (int64_t j = 0; j < g.kw; ++j)
+            if (conv_tap_in_phase(g, i, j, a, b)) {
+              ints.push_back(o * Hq * Wq + (g.U() - i * g.dh / g.sh) * Wq +
+                             (g.V() - j * g.dw / g.sw));
+              ++ints[count_at];
+            }
+    }
+}
+
+// Columns v of a phase plane with column offset b whose image column v·sw + b − pw lies in
+// [0, W): the half-open range [v0, v1).
+inline void conv_phase_columns(const Conv2dGeometry& g, int64_t b, int64_t& v0, int64_t& v1) {
+  v0 = g.pw > b ? (g.pw - b + g.sw - 1) / g.sw : 0;
+  const int64_t last = g.W - 1 + g.pw - b;  // largest v·sw with an image column
+  v1 = last >= 0 ? std::min(g.Wh(), last / g.sw + 1) : 0;
+  v0 = std::min(v0, v1);
+}
+
+// Copies image x [C, H, W] into the phase planes of its padded copy (see Conv2dGeometry); the
+// padding positions are not touched (zeroed once per buffer).
+template <class T>
+void copy_into_phases(const T* x, T* buf, const Conv2dGeometry& g) {
+  const int64_t Hh = g.Hh(), Wh = g.Wh();
+  if (g.unit_stride()) return copy_into_padded(x, g.C, g.H, g.W, buf, Hh, Wh, g.ph, g.pw);
+  for (int64_t a = 0; a < g.sh; ++a)
+    for (int64_t b = 0; b < g.sw; ++b) {
+      bool used = false;  // a plane no tap reads stays zero
+      for (int64_t i = 0; i < g.kh; ++i)
+        for (int64_t j = 0; j < g.kw; ++j) used = used || conv_tap_in_phase(g, i, j, a, b);
+      if (!used) continue;
+      int64_t v0, v1;
+      conv_phase_columns(g, b, v0, v1);
+      T* plane = buf + (a * g.sw + b) * g.C * Hh * Wh;
+      for (int64_t c = 0; c < g.C; ++c)
+        for (int64_t u = 0; u < Hh; ++u) {
+          const int64_t h = u * g.sh + a - g.ph;
+          if (h < 0 || h >= g.H) continue;
+          const T* xr = x + (c * g.H + h) * g.W + (v0 * g.sw + b - g.pw);
+          T* dst = plane + (c * Hh + u) * Wh;
+          for (int64_t v = v0; v < v1; ++v) dst[v] = xr[(v - v0) * g.sw];
+        }
+    }
 }
 
 // Scratch sizes rounded to 64 floats, so that every buffer starts on a cache line.
@@ -187,10 +268,10 @@ template <class T>
 void conv2d_shifted_forward(const Tensor<T>& x, const Tensor<T>& w, const T* bias, Tensor<T>& y,
                             Node<T>& node, const Conv2dGeometry& g) {
   using SK = ShiftedKernel<T>;
-  const int64_t K = g.K(), O = g.O, L = g.L(), Hp = g.Hp(), Wp = g.Wp(), chw = g.C * g.H * g.W;
-  const int64_t Mpad = SK::round_up(g.OH * Wp);
+  const int64_t K = g.K(), O = g.O, L = g.L(), Wh = g.Wh(), chw = g.C * g.H * g.W;
+  const int64_t Mpad = SK::round_up(g.OH * Wh);
   const int64_t wsz = conv_round(K * O);
-  const int64_t xsz = conv_round(g.C * Hp * Wp + shifted_slack<T>(g.kw, g.dw));
+  const int64_t xsz = conv_round(g.phases() * g.C * g.Hh() * Wh + shifted_slack<T>(g.kw, g.dw));
   const int64_t per_thread = xsz + conv_round(O * Mpad);
   const bool parallel = g.N * K * L > parallel_threshold;
   const int threads = parallel ? get_num_threads() : 1;
@@ -208,67 +289,62 @@ void conv2d_shifted_forward(const Tensor<T>& x, const Tensor<T>& w, const T* bia
   for (int64_t n = 0; n < g.N; ++n) {
     T* xp = scratch.data() + wsz + omp_thread() * per_thread;
     T* yb = xp + xsz;
-    copy_into_padded(xd + n * chw, g.C, g.H, g.W, xp, Hp, Wp, g.ph, g.pw);
+    copy_into_phases(xd + n * chw, xp, g);
     shifted_conv(wt, O, off, K, xp, Mpad, yb, Mpad);
     T* yn = yd + n * O * L;
     for (int64_t o = 0; o < O; ++o) {
       const T bo = bias ? bias[o] : T(0);
       for (int64_t p = 0; p < g.OH; ++p)
-        copy_row_plus(yb + o * Mpad + p * Wp, g.OW, bo, yn + (o * g.OH + p) * g.OW);
+        copy_row_plus(yb + o * Mpad + p * Wh, g.OW, bo, yn + (o * g.OH + p) * g.OW);
     }
   }
 }
 
-// One thread's scratch of the padded-image backward, in this order (absent parts take no
-// room): for dW the padded x and dy in x's padded-row numbering (zero in the wrap columns and
-// the tail); for dx the padded dy and dx in padded-row numbering. All but the last are zeroed
-// once per call; images then rewrite only their interiors.
+// One thread's scratch of the padded-image backward, which handles `images` images at a time,
+// in this order (absent parts take no room): for dW, per image, the phase planes of x, then per
+// image dy in the planes' position numbering (zero in the wrap columns and the tail); for dx
+// the padded dy and dx in its position numbering. All but the last are zeroed once per call;
+// images then rewrite only their interiors.
+inline constexpr int64_t conv_wgrad_images = 4;
 struct ConvShiftedScratch {
-  int64_t xp = 0, g = 0, dp = 0, dx = 0;  // sizes
-  int64_t zeroed() const { return xp + g + dp; }
-  int64_t total() const { return xp + g + dp + dx; }
+  int64_t xp = 0, g = 0, dp = 0, dx = 0;  // sizes, per image for xp and g
+  int64_t images = 1;
+  int64_t zeroed() const { return images * (xp + g) + dp; }
+  int64_t total() const { return zeroed() + dx; }
 };
 template <class T>
 ConvShiftedScratch conv_shifted_scratch(const Conv2dGeometry& g, bool need_w, bool need_x) {
   using SK = ShiftedKernel<T>;
   const int64_t slack = shifted_slack<T>(g.kw, g.dw);
   ConvShiftedScratch s;
+  // Several images per weight-gradient call only for small images: each call ends in
+  // horizontal sums (worth ~15 FMA steps per block), but more images per call no longer keep
+  // dy's rows in L1. Measured (16->16 at 28x28: 1 image; 32->32 at 14x14: 4, backward -18 %).
+  const int64_t positions = SK::round_up(g.OH * g.Wh());
+  s.images = std::clamp<int64_t>(1024 / positions, 1, std::min(conv_wgrad_images, g.N));
   if (need_w) {
-    s.xp = conv_round(g.C * g.Hp() * g.Wp() + slack);
-    s.g = conv_round(g.O * SK::round_up(g.OH * g.Wp()));
+    s.xp = conv_round(g.phases() * g.C * g.Hh() * g.Wh() + slack);
+    s.g = conv_round(g.O * SK::round_up(g.OH * g.Wh()));
   }
   if (need_x) {
     s.dp = conv_round(g.O * g.Hq() * g.Wq() + slack);
-    s.dx = conv_round(g.C * SK::round_up(g.H * g.Wq()));
+    s.dx = conv_round(g.C * SK::round_up(g.Mdx()));
   }
   return s;
 }
 
-// The per-image part of the padded-image backward: adds this image's dW into dw_part [O, K]
-// (when given) and writes its input gradient into dxn [C, H, W] (when given; assigned or
-// added, per assign_dx). wflip: [O·kh·kw, C], the kernel flipped with in/out channels swapped.
+// Input gradient of one image on the padded-image path into dxn [C, H, W] (assigned or added,
+// per assign_dx); dp and dxb: the thread's padded-dy and output buffers.
 template <class T>
-void conv2d_shifted_backward_image(const Conv2dGeometry& g, const ConvShiftedScratch& sz,
-                                   const int64_t* off, const T* xn, const T* dyn, const T* wflip,
-                                   T* dw_part, T* dxn, bool assign_dx, T* scratch) {
+void conv2d_shifted_dx_image(const Conv2dGeometry& g, const int64_t* dx_off, const T* dyn,
+                             const T* wflip, T* dxn, bool assign_dx, T* dp, T* dxb) {
   using SK = ShiftedKernel<T>;
-  const int64_t K = g.K(), O = g.O, C = g.C, Hp = g.Hp(), Wp = g.Wp(), Hq = g.Hq(), Wq = g.Wq();
-  const int64_t Mpad = SK::round_up(g.OH * Wp), Mpad2 = SK::round_up(g.H * Wq);
-  T* xp = scratch;
-  T* gb = xp + sz.xp;
-  T* dp = gb + sz.g;
-  T* dxb = dp + sz.dp;
-  if (dw_part) {
-    copy_into_padded(xn, C, g.H, g.W, xp, Hp, Wp, g.ph, g.pw);
-    for (int64_t o = 0; o < O; ++o)
-      for (int64_t p = 0; p < g.OH; ++p)
-        copy_row(dyn + (o * g.OH + p) * g.OW, g.OW, gb + o * Mpad + p * Wp);
-    shifted_wgrad(gb, Mpad, O, off, K, xp, Mpad, dw_part, K);
-  }
-  if (dxn) {
+  const int64_t O = g.O, C = g.C, Hq = g.Hq(), Wq = g.Wq();
+  const int64_t Mpad2 = SK::round_up(g.Mdx());
+  if (g.unit_stride()) {
     copy_into_padded(dyn, O, g.OH, g.OW, dp, Hq, Wq, g.dh * (g.kh - 1) - g.ph,
                      g.dw * (g.kw - 1) - g.pw);
-    shifted_conv(wflip, C, off + K, O * g.kh * g.kw, dp, Mpad2, dxb, Mpad2);
+    shifted_conv(wflip, C, dx_off, O * g.kh * g.kw, dp, Mpad2, dxb, Mpad2);
     for (int64_t c = 0; c < C; ++c)
       for (int64_t h = 0; h < g.H; ++h) {
         const T* src = dxb + c * Mpad2 + h * Wq;
@@ -278,7 +354,65 @@ void conv2d_shifted_backward_image(const Conv2dGeometry& g, const ConvShiftedScr
         else
           add_row(src, g.W, dst);
       }
+    return;
   }
+  // Strided: dx's phase plane (a, b) (pixels h + ph ≡ a mod sh, w + pw ≡ b mod sw) is a stride-1
+  // transposed convolution of dy with the taps of that phase; a plane without taps is zero.
+  copy_into_padded(dyn, O, g.OH, g.OW, dp, Hq, Wq, g.U(), g.V());
+  const int64_t Hh = g.Hh();
+  for (int64_t a = 0; a < g.sh; ++a)
+    for (int64_t b = 0; b < g.sw; ++b) {
+      const int64_t taps = *dx_off++;
+      if (taps > 0) shifted_conv(wflip, C, dx_off, taps, dp, Mpad2, dxb, Mpad2);
+      if (taps == 0 && !assign_dx) continue;
+      int64_t v0, v1;
+      conv_phase_columns(g, b, v0, v1);
+      for (int64_t c = 0; c < C; ++c)
+        for (int64_t u = 0; u < Hh; ++u) {
+          const int64_t h = u * g.sh + a - g.ph;
+          if (h < 0 || h >= g.H) continue;
+          T* dst = dxn + (c * g.H + h) * g.W + (v0 * g.sw + b - g.pw);
+          const T* src = dxb + c * Mpad2 + u * Wq;
+          for (int64_t v = v0; v < v1; ++v) {
+            const T d = taps > 0 ? src[v] : T(0);
+            T& e = dst[(v - v0) * g.sw];
+            e = assign_dx ? d : e + d;
+          }
+        }
+      dx_off += taps;
+      wflip += taps * C;
+    }
+}
+
+// The padded-image backward of `images` consecutive images (x, dy, dx at their first): adds
+// their dW into dw_part [O, K] (when given) and writes their input gradients into dx (when
+// given; assigned or added, per assign_dx). wflip: the dx taps' weights in the order of their
+// offsets, [taps, C]: at stride 1 the kernel flipped with in/out channels swapped, strided
+// phase after phase.
+template <class T>
+void conv2d_shifted_backward_images(const Conv2dGeometry& g, const ConvShiftedScratch& sz,
+                                    const int64_t* off, const T* x, const T* dy, int64_t images,
+                                    const T* wflip, T* dw_part, T* dx, bool assign_dx, T* scratch) {
+  using SK = ShiftedKernel<T>;
+  const int64_t K = g.K(), O = g.O, Wh = g.Wh();
+  const int64_t chw = g.C * g.H * g.W, ohw = O * g.OH * g.OW;
+  const int64_t Mpad = SK::round_up(g.OH * Wh);
+  T* xp = scratch;
+  T* gb = xp + sz.images * sz.xp;
+  T* dp = gb + sz.images * sz.g;
+  T* dxb = dp + sz.dp;
+  if (dw_part) {
+    for (int64_t i = 0; i < images; ++i) {
+      copy_into_phases(x + i * chw, xp + i * sz.xp, g);
+      for (int64_t o = 0; o < O; ++o)
+        for (int64_t p = 0; p < g.OH; ++p)
+          copy_row(dy + i * ohw + (o * g.OH + p) * g.OW, g.OW, gb + i * sz.g + o * Mpad + p * Wh);
+    }
+    shifted_wgrad(gb, Mpad, O, off, K, xp, Mpad, dw_part, K, images, sz.g, sz.xp);
+  }
+  if (!dx) return;
+  for (int64_t i = 0; i < images; ++i)
+    conv2d_shifted_dx_image(g, off + K, dy + i * ohw, wflip, dx + i * chw, assign_dx, dp, dxb);
 }
 
 }  // namespace detail
@@ -400,29 +534,43 @@ void conv2d_backward(OpContext<T>& c) {
     Tensor<T>& scratch = c.saved(1);
     scratch.resize(Shape{wsz + threads * sz.total()});
     T* wflip = scratch.data();
-    if (need_x) {  // wflip[(o, i', j'), c] = W[o, c, kh−1−i', kw−1−j']
-      const T* wd = c.input(1).data();
+    const T* wd = c.input(1).data();
+    if (need_x && g.unit_stride()) {  // wflip[(o, i', j'), c] = W[o, c, kh−1−i', kw−1−j']
       for (int64_t o = 0; o < g.O; ++o)
         for (int64_t ci = 0; ci < g.C; ++ci)
           for (int64_t i = 0; i < g.kh; ++i)
             for (int64_t j = 0; j < g.kw; ++j)
               wflip[(o * KK + (g.kh - 1 - i) * g.kw + (g.kw - 1 - j)) * g.C + ci] =
                   wd[((o * g.C + ci) * g.kh + i) * g.kw + j];
+    } else if (need_x) {  // phase after phase, taps (o, i, j) in order: W[o, c, i, j]
+      T* wp = wflip;
+      for (int64_t a = 0; a < g.sh; ++a)
+        for (int64_t b = 0; b < g.sw; ++b)
+          for (int64_t o = 0; o < g.O; ++o)
+            for (int64_t i = 0; i < g.kh; ++i)
+              for (int64_t j = 0; j < g.kw; ++j) {
+                if (!conv_tap_in_phase(g, i, j, a, b)) continue;
+                for (int64_t ci = 0; ci < g.C; ++ci)
+                  wp[ci] = wd[((o * g.C + ci) * g.kh + i) * g.kw + j];
+                wp += g.C;
+              }
     }
     for (int t = 0; t < threads; ++t) std::fill_n(wflip + wsz + t * sz.total(), sz.zeroed(), T(0));
     const int64_t* off = c.node().ints.data() + conv_offsets_at;
     const T* xd = c.input(0).data();
+    const int64_t chunks = (g.N + sz.images - 1) / sz.images;
 #pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t n = 0; n < g.N; ++n) {
+    for (int64_t ch = 0; ch < chunks; ++ch) {
       const int t = omp_thread();
       T* pt = part.data() + t * (OK + g.O);
-      const T* dyn = dy + n * g.O * L;
-      conv2d_shifted_backward_image(g, sz, off, xd + n * chw, dyn, wflip, need_w ? pt : nullptr,
-                                    need_x ? dx + n * chw : nullptr, assign_dx,
-                                    scratch.data() + wsz + t * sz.total());
+      const int64_t n0 = ch * sz.images, images = std::min(sz.images, g.N - n0);
+      conv2d_shifted_backward_images(g, sz, off, xd + n0 * chw, dy + n0 * g.O * L, images, wflip,
+                                     need_w ? pt : nullptr, need_x ? dx + n0 * chw : nullptr,
+                                     assign_dx, scratch.data() + wsz + t * sz.total());
       if (need_b)
-        Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(pt + OK, g.O) +=
-            ConstRowMajorMap<T>(dyn, g.O, L).rowwise().sum();
+        for (int64_t n = n0; n < n0 + images; ++n)
+          Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(pt + OK, g.O) +=
+              ConstRowMajorMap<T>(dy + n * g.O * L, g.O, L).rowwise().sum();
     }
   } else {
     const T* cols = direct ? c.input(0).data() : c.saved(0).data();

@@ -157,31 +157,34 @@ void shifted_conv(const T* wt, int64_t OC, const int64_t* off, int64_t K, const 
 
 template <class T, int GOn, int GKn>
 inline void shifted_wgrad_block(const T* g, int64_t ldg, int64_t o0, const int64_t* off, int64_t k0,
-                                const T* in, int64_t M, T* dw, int64_t ldw) {
+                                const T* in, int64_t M, int64_t images, int64_t g_stride,
+                                int64_t in_stride, T* dw, int64_t ldw) {
   using SK = ShiftedKernel<T>;
   using P = typename SK::Packet;
   namespace ei = Eigen::internal;
   constexpr int64_t PS = SK::PS;
   P acc[GOn][GKn];
-  const T* xs[GKn];
-  const T* gs[GOn];
 #pragma GCC unroll 8
-  for (int o = 0; o < GOn; ++o) {
-    gs[o] = g + (o0 + o) * ldg;
+  for (int o = 0; o < GOn; ++o)
 #pragma GCC unroll 8
     for (int k = 0; k < GKn; ++k) acc[o][k] = ei::pset1<P>(T(0));
-  }
+  for (int64_t img = 0; img < images; ++img) {
+    const T* xs[GKn];
+    const T* gs[GOn];
 #pragma GCC unroll 8
-  for (int k = 0; k < GKn; ++k) xs[k] = in + off[k0 + k];
-  for (int64_t m = 0; m < M; m += PS) {
-    P xv[GKn];
+    for (int o = 0; o < GOn; ++o) gs[o] = g + img * g_stride + (o0 + o) * ldg;
 #pragma GCC unroll 8
-    for (int k = 0; k < GKn; ++k) xv[k] = ei::ploadu<P>(xs[k] + m);
+    for (int k = 0; k < GKn; ++k) xs[k] = in + img * in_stride + off[k0 + k];
+    for (int64_t m = 0; m < M; m += PS) {
+      P xv[GKn];
 #pragma GCC unroll 8
-    for (int o = 0; o < GOn; ++o) {
-      const P gv = ei::ploadu<P>(gs[o] + m);
+      for (int k = 0; k < GKn; ++k) xv[k] = ei::ploadu<P>(xs[k] + m);
 #pragma GCC unroll 8
-      for (int k = 0; k < GKn; ++k) acc[o][k] = ei::pmadd(gv, xv[k], acc[o][k]);
+      for (int o = 0; o < GOn; ++o) {
+        const P gv = ei::ploadu<P>(gs[o] + m);
+#pragma GCC unroll 8
+        for (int k = 0; k < GKn; ++k) acc[o][k] = ei::pmadd(gv, xv[k], acc[o][k]);
+      }
     }
   }
 #pragma GCC unroll 8
@@ -192,23 +195,31 @@ inline void shifted_wgrad_block(const T* g, int64_t ldg, int64_t o0, const int64
 
 template <class T, int GOn>
 inline void shifted_wgrad_rows(const T* g, int64_t ldg, int64_t o0, const int64_t* off, int64_t K,
-                               const T* in, int64_t M, T* dw, int64_t ldw) {
+                               const T* in, int64_t M, int64_t images, int64_t g_stride,
+                               int64_t in_stride, T* dw, int64_t ldw) {
   constexpr int GK = ShiftedKernel<T>::GK;
   int64_t k0 = 0;
   for (; k0 + GK <= K; k0 += GK)
-    shifted_wgrad_block<T, GOn, GK>(g, ldg, o0, off, k0, in, M, dw, ldw);
-  for (; k0 < K; ++k0) shifted_wgrad_block<T, GOn, 1>(g, ldg, o0, off, k0, in, M, dw, ldw);
+    shifted_wgrad_block<T, GOn, GK>(g, ldg, o0, off, k0, in, M, images, g_stride, in_stride, dw,
+                                    ldw);
+  for (; k0 < K; ++k0)
+    shifted_wgrad_block<T, GOn, 1>(g, ldg, o0, off, k0, in, M, images, g_stride, in_stride, dw,
+                                   ldw);
 }
 
-// dw[o·ldw + k] += Σ_{m<M} g[o·ldg + m] · in[off[k] + m] for o < O, k < K; M a multiple of
-// the packet size.
+// dw[o·ldw + k] += Σ_{i<images} Σ_{m<M} g[i·g_stride + o·ldg + m] · in[i·in_stride + off[k] + m]
+// for o < O, k < K; M a multiple of the packet size. Several images per call share each
+// block's final horizontal sums (they cost as much as a few dozen FMA steps).
 template <class T>
 void shifted_wgrad(const T* g, int64_t ldg, int64_t O, const int64_t* off, int64_t K, const T* in,
-                   int64_t M, T* dw, int64_t ldw) {
+                   int64_t M, T* dw, int64_t ldw, int64_t images = 1, int64_t g_stride = 0,
+                   int64_t in_stride = 0) {
   constexpr int GO = ShiftedKernel<T>::GO;
   int64_t o0 = 0;
-  for (; o0 + GO <= O; o0 += GO) shifted_wgrad_rows<T, GO>(g, ldg, o0, off, K, in, M, dw, ldw);
-  for (; o0 < O; ++o0) shifted_wgrad_rows<T, 1>(g, ldg, o0, off, K, in, M, dw, ldw);
+  for (; o0 + GO <= O; o0 += GO)
+    shifted_wgrad_rows<T, GO>(g, ldg, o0, off, K, in, M, images, g_stride, in_stride, dw, ldw);
+  for (; o0 < O; ++o0)
+    shifted_wgrad_rows<T, 1>(g, ldg, o0, off, K, in, M, images, g_stride, in_stride, dw, ldw);
 }
 
 }  // namespace tapegrad::detail
