@@ -8,7 +8,7 @@
 # with --blas: TAPEGRAD_USE_BLAS=ON), finds or builds peer_bench, then for every round, thread
 # count and workload runs tapegrad and the peer one after the other (alternating which goes
 # first), so both see the same machine load. Each figure is the median over the rounds of each
-# run's median (tapegrad: of 5 Google Benchmark repetitions; LibTorch: of its steps), in ms per
+# run's median (tapegrad: of 15 short Google Benchmark repetitions; LibTorch: of its steps), in ms per
 # training step, GFLOP/s for gemm, µs per op for op-overhead; ratio = tapegrad / LibTorch.
 #
 # Environment: PEER_BENCH=path/to/peer_bench (else build-peer/peer_bench, ../build-peer/peer_bench,
@@ -123,7 +123,9 @@ run_tapegrad() {  # $1 = workload, $2 = threads
     op-overhead) bin=$bench_core; filter="^BM_TapeOverhead" ;;
     *) bin=$bench_workloads; filter="^step/$1/threads:$2/" ;;
   esac
-  "$bin" --benchmark_filter="$filter" --benchmark_repetitions=5 --benchmark_min_time=0.2 \
+  # Many short repetitions (one to a few steps each): their median is, like the peer's, a
+  # median of single steps, which a preempted step does not move.
+  "$bin" --benchmark_filter="$filter" --benchmark_repetitions=15 --benchmark_min_time=0.05 \
     --benchmark_report_aggregates_only=true --benchmark_format=json >"$json" 2>/dev/null
   gb_extract "$1" "$2" "$json" >>"$results"
 }
