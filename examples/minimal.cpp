@@ -11,6 +11,7 @@ int main() {
   tg::optim::Adam<float> opt(model.named_parameters(), {.lr = 1e-3});
   opt.set_clip_grad_norm(1.0);  // applied inside step(), before the update
   tg::diag::GradientMonitor<float> monitor(model);
+  monitor.set_clipping(opt);  // the diagnosis then knows the clipping is on
   tg::io::DataLoader<float> loader(train.images, train.labels,
                                    tg::io::DataLoaderOptions(128).shuffle(true));
   tg::Tape<float> tape;

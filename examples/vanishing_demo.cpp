@@ -263,6 +263,7 @@ Result run(const Config& c, const io::FashionMNIST& train, io::DataLoader<float>
   diag::MonitorOptions mo;
   mo.history = std::max<int64_t>(steps, 1);
   diag::GradientMonitor<float> monitor(*model, mo);
+  monitor.set_clipping(*sgd);  // so its diagnosis knows what the clipping already does
 
   // Same seed, same batches in the same order for every configuration.
   io::DataLoader<float> loader(

@@ -12,6 +12,7 @@
 #include "tapegrad/nn/dense.hpp"
 #include "tapegrad/nn/sequential.hpp"
 #include "tapegrad/ops/loss.hpp"
+#include "tapegrad/optim/sgd.hpp"
 #include "test_util.hpp"
 
 namespace tg = tapegrad;
@@ -78,6 +79,19 @@ void set_norms(MonStack& m, double a, double b, double c) {
 
 bool contains(const std::string& s, const std::string& part) {
   return s.find(part) != std::string::npos;
+}
+// The diagnosis as one line: its wrapping (newline and indent) turned back into single spaces.
+std::string unwrapped(const std::string& s) {
+  std::string out;
+  for (size_t i = 0; i < s.size(); ++i) {
+    if (s[i] != '\n') {
+      out += s[i];
+      continue;
+    }
+    out += ' ';
+    while (i + 1 < s.size() && s[i + 1] == ' ') ++i;
+  }
+  return out;
 }
 
 TEST(GradientMonitor, GroupsParametersIntoLayersAndComputesL2Norms) {
@@ -341,6 +355,111 @@ TEST(GradientMonitor, DiagnosisNamesCauseAndRemedies) {
     mon.set_activation(diag::Activation::Tanh);
     EXPECT_TRUE(contains(mon.diagnosis(), "saturating Tanh")) << mon.diagnosis();
   }
+}
+
+// Dense(2, 2) "0", a normalisation layer "1" (gamma and beta: vectors only), and a large
+// Dense(2, 50) output "2", named as in a Sequential.
+class MonNorm : public tg::nn::Module<double> {
+ public:
+  MonNorm() {
+    weight = register_parameter("weight", tg::Tensor<double>::zeros({2}));
+    bias = register_parameter("bias", tg::Tensor<double>::zeros({2}));
+  }
+  tg::Var<double> forward(const tg::Var<double>& x) override { return x; }
+  std::string name() const override { return "BatchNorm1d(2)"; }
+  tg::Parameter<double> weight, bias;
+};
+
+class MonNormStack : public tg::nn::Module<double> {
+ public:
+  MonNormStack() {
+    first = register_module("0", std::make_shared<MonDense>(2, 2));
+    norm = register_module("1", std::make_shared<MonNorm>());
+    last = register_module("2", std::make_shared<MonDense>(2, 50));
+  }
+  tg::Var<double> forward(const tg::Var<double>& x) override { return x; }
+  std::string name() const override { return "Sequential"; }
+  std::shared_ptr<MonDense> first, last;
+  std::shared_ptr<MonNorm> norm;
+};
+
+TEST(GradientMonitor, NormalisationLayersAreJudgedByTheThresholdsNotTheRatio) {
+  MonNormStack m;
+  diag::GradientMonitor<double> mon(m);
+  m.first->bias.grad()[0] = 0.5;
+  m.norm->bias.grad()[0] = 1e-3;  // 1e-3 of the output layer: small by count, not vanishing
+  m.last->bias.grad()[0] = 1.0;
+  mon.record(0);
+  auto f = mon.flags();
+  EXPECT_FALSE(f.any()) << mon.report();
+  EXPECT_TRUE(f.layers[0].weight_layer);
+  EXPECT_FALSE(f.layers[1].weight_layer);
+  EXPECT_DOUBLE_EQ(f.layers[1].ratio_to_last, 1e-3);  // still reported
+  EXPECT_DOUBLE_EQ(f.first_last_ratio, 0.5);
+
+  // The same ratio on a weight layer is vanishing; a normalisation layer below the absolute
+  // threshold is too.
+  m.first->bias.grad()[0] = 1e-3;
+  mon.record(1);
+  f = mon.flags();
+  EXPECT_TRUE(f.layers[0].vanishing);
+  EXPECT_FALSE(f.layers[1].vanishing);
+  m.first->bias.grad()[0] = 0.5;
+  m.norm->bias.grad()[0] = 1e-9;
+  mon.record(2);
+  f = mon.flags();
+  EXPECT_FALSE(f.layers[0].vanishing);
+  EXPECT_TRUE(f.layers[1].vanishing);
+}
+
+// Dense "0", Dense "1", then a normalisation layer "2" nearest the loss.
+class MonTrailingNorm : public tg::nn::Module<double> {
+ public:
+  MonTrailingNorm() {
+    a = register_module("0", std::make_shared<MonDense>(2, 2));
+    b = register_module("1", std::make_shared<MonDense>(2, 2));
+    n = register_module("2", std::make_shared<MonNorm>());
+  }
+  tg::Var<double> forward(const tg::Var<double>& x) override { return x; }
+  std::string name() const override { return "Sequential"; }
+  std::shared_ptr<MonDense> a, b;
+  std::shared_ptr<MonNorm> n;
+};
+
+TEST(GradientMonitor, RatiosCompareWithTheLastWeightLayer) {
+  MonTrailingNorm m;
+  diag::GradientMonitor<double> mon(m);
+  m.a->bias.grad()[0] = 0.25;
+  m.b->bias.grad()[0] = 2.0;
+  m.n->bias.grad()[0] = 100.0;
+  mon.record(0);
+  const auto f = mon.flags();
+  EXPECT_DOUBLE_EQ(f.first_last_ratio, 0.125);  // 0.25 / 2, not 0.25 / 100
+  EXPECT_DOUBLE_EQ(f.layers[2].ratio_to_last, 50.0);
+  EXPECT_FALSE(f.any()) << mon.report();
+}
+
+TEST(GradientMonitor, DiagnosisKnowsTheClippingAlreadyOn) {
+  MonStack m("ReLU()");
+  diag::GradientMonitor<double> mon(m);
+  set_norms(m, 3000, 40, 1);  // total norm sqrt(9e6 + 1600 + 1) = 3000.27
+  mon.record(0);
+  EXPECT_TRUE(contains(unwrapped(mon.diagnosis()), "Remedies: clip gradients by global norm"))
+      << mon.diagnosis();
+
+  tg::optim::SGD<double> sgd(m.named_parameters(), {.lr = 0.1});
+  sgd.set_clip_grad_norm(2.0).set_clip_grad_value(0.5);
+  mon.set_clipping(sgd);
+  const std::string d = unwrapped(mon.diagnosis());
+  EXPECT_FALSE(contains(d, "Remedies: clip gradients")) << d;
+  EXPECT_TRUE(contains(d, "already on: clipping by global norm to 2.00e+00")) << d;
+  EXPECT_TRUE(contains(d, "scales this step's gradient by 6.67e-04")) << d;  // 2 / 3000.27
+  EXPECT_TRUE(contains(d, "clipping each value to +-5.00e-01")) << d;
+  EXPECT_TRUE(contains(d, "smaller learning rate")) << d;
+
+  sgd.clear_clipping();
+  mon.set_clipping(sgd);
+  EXPECT_TRUE(contains(unwrapped(mon.diagnosis()), "Remedies: clip gradients by global norm"));
 }
 
 TEST(GradientMonitor, WorksOnFloatModels) {

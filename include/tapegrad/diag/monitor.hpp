@@ -9,18 +9,22 @@
 // Layers are the parameters grouped by their name up to the last '.', in model order:
 // "0.weight" and "0.bias" are layer "0", "block1.bn1.weight" is layer "block1.bn1". A layer's
 // norm is the L2 norm of all its parameters' gradients together, computed in double
-// (sqrt(sum g^2), rescaled when the squares would overflow). The first/last ratio compares the
-// layer nearest the input with the one nearest the loss: in a deep sigmoid network the
-// gradient shrinks by up to 4x per layer on its way back (sigma' <= 1/4), so that ratio falls
-// geometrically with depth (Glorot & Bengio 2010; He et al. 2015).
+// (sqrt(sum g^2), rescaled when the squares would overflow). Ratios compare a layer with the
+// last *weight layer* (one with a matrix or kernel: Dense, Conv2D, ...), and the first/last
+// ratio the weight layer nearest the input with the one nearest the loss: in a deep sigmoid
+// network the gradient shrinks by up to 4x per layer on its way back (sigma' <= 1/4), so that
+// ratio falls geometrically with depth (Glorot & Bengio 2010; He et al. 2015).
 //
 // Flags, for the latest record:
-//   vanishing   a layer's norm below vanishing_threshold, or its ratio to the last layer below
-//               vanishing_ratio
-//   exploding   a layer's norm above exploding_threshold, its ratio to the last layer above
-//               exploding_ratio, or "growing": over the last growth_window records the norm
-//               rose at least 3 times in 4 and grew at least growth_factor-fold
+//   vanishing   a layer's norm below vanishing_threshold, or (weight layers only) its ratio to
+//               the last weight layer below vanishing_ratio
+//   exploding   a layer's norm above exploding_threshold, (weight layers only) its ratio to the
+//               last weight layer above exploding_ratio, or "growing": over the last
+//               growth_window records the norm rose at least 3 times in 4 and grew at least
+//               growth_factor-fold
 //   non_finite  a NaN or Inf in a layer's gradient
+// Normalisation layers (only vectors: gamma, beta) are judged by the thresholds alone: their
+// few parameters have a small norm next to a large output layer's by count, not by vanishing.
 // History is a ring buffer of `history` records: memory stays bounded over any run length, and
 // recording allocates nothing.
 
@@ -38,6 +42,7 @@
 #include "tapegrad/error.hpp"
 #include "tapegrad/io/atomic_file.hpp"
 #include "tapegrad/nn/module.hpp"
+#include "tapegrad/optim/optimizer.hpp"
 #include "tapegrad/parameter.hpp"
 
 namespace tapegrad::diag {
@@ -71,10 +76,11 @@ struct MonitorOptions {
 };
 
 struct LayerStatus {
-  std::string layer;         // the name prefix, e.g. "0" or "block1.bn1"
-  std::string module;        // the module's name() when known, e.g. "Dense(784, 256)"
-  double norm = 0;           // L2 norm of the layer's gradients
-  double ratio_to_last = 0;  // norm / last layer's norm (NaN when that is 0 or not finite)
+  std::string layer;          // the name prefix, e.g. "0" or "block1.bn1"
+  std::string module;         // the module's name() when known, e.g. "Dense(784, 256)"
+  double norm = 0;            // L2 norm of the layer's gradients
+  double ratio_to_last = 0;   // norm / last weight layer's norm (NaN when that is 0 or not finite)
+  bool weight_layer = false;  // has a matrix or kernel (the ratio rules apply to it)
   bool vanishing = false, exploding = false, growing = false, non_finite = false;
 
   std::string flag() const {
@@ -89,7 +95,7 @@ struct LayerStatus {
 struct GradientFlags {
   int64_t step = -1;  // the step of the latest record, -1 before any
   std::vector<LayerStatus> layers;
-  double first_last_ratio = 0;  // first layer's norm / last layer's norm
+  double first_last_ratio = 0;  // first weight layer's norm / last weight layer's norm
   double total_norm = 0;        // L2 norm over all layers (what clip_grad_norm_ sees)
   bool vanishing = false, exploding = false, growing = false, non_finite = false;
 
@@ -121,6 +127,16 @@ class GradientMonitor {
   void set_activation(Activation a) { activation_ = a; }
   Activation activation() const { return activation_; }
   const MonitorOptions& options() const { return opt_; }
+
+  // Tells the diagnosis which clipping the optimizer applies (read now, not kept in sync), so
+  // it does not prescribe what is already on and says what the clipping does to this step.
+  void set_clipping(const optim::Optimizer<T>& optimizer) {
+    const auto& n = optimizer.clip_grad_norm();
+    const auto& v = optimizer.clip_grad_value();
+    clip_max_norm_ = n ? n->max_norm : NAN;
+    clip_norm_type_ = n ? n->norm_type : 2.0;
+    clip_value_ = v ? v->clip_value : NAN;
+  }
 
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
   std::vector<std::string> layer_names() const {
@@ -170,22 +186,24 @@ class GradientMonitor {
     const auto n = latest();
     f.step = step_at(size() - 1);
     f.total_norm = combine(n);
-    const double last = n.back();
+    const double last = n[last_weight_];
     const bool ratio_ok = last > 0 && std::isfinite(last);
-    f.first_last_ratio = ratio_ok ? n.front() / last : std::nan("");
+    f.first_last_ratio = ratio_ok ? n[first_weight_] / last : std::nan("");
     for (size_t i = 0; i < layers_.size(); ++i) {
       LayerStatus s;
       s.layer = layers_[i].name;
       s.module = layers_[i].module;
+      s.weight_layer = layers_[i].weight_layer;
       s.norm = n[i];
       s.ratio_to_last = ratio_ok ? n[i] / last : std::nan("");
       s.non_finite = !std::isfinite(n[i]);
       if (!s.non_finite) {
+        const bool by_ratio = ratio_ok && s.weight_layer;
         s.vanishing =
-            n[i] < opt_.vanishing_threshold || (ratio_ok && s.ratio_to_last < opt_.vanishing_ratio);
+            n[i] < opt_.vanishing_threshold || (by_ratio && s.ratio_to_last < opt_.vanishing_ratio);
         s.growing = growing(i);
         s.exploding = n[i] > opt_.exploding_threshold ||
-                      (ratio_ok && s.ratio_to_last > opt_.exploding_ratio) || s.growing;
+                      (by_ratio && s.ratio_to_last > opt_.exploding_ratio) || s.growing;
         if (s.exploding) s.vanishing = false;
       }
       f.vanishing |= s.vanishing;
@@ -214,7 +232,8 @@ class GradientMonitor {
       if (s.size() > w) s = s.substr(0, w - 1) + "~";
       return s + std::string(w - s.size() + 2, ' ');
     };
-    os << "Gradient L2 norm per layer at step " << f.step << " (ratio = layer / last layer)\n";
+    os << "Gradient L2 norm per layer at step " << f.step
+       << " (ratio = layer / last weight layer)\n";
     std::string head = "  " + pad("layer", wl) + (modules ? pad("module", wm) : "") +
                        pad("grad norm", 10) + pad("ratio", 10) + "flag\n";
     os << head << "  " << std::string(head.size() - 3, '-') << "\n";
@@ -251,6 +270,22 @@ class GradientMonitor {
     };
     const std::string act = activation_name(activation_);
     const bool saturating = activation_ == Activation::Sigmoid || activation_ == Activation::Tanh;
+    const bool clips_norm = !std::isnan(clip_max_norm_), clips_value = !std::isnan(clip_value_);
+    // "clip gradients by global norm" as a remedy, or what the clipping already on does.
+    const auto clipping_remedy = [&] {
+      if (!clips_norm && !clips_value) return std::string("clip gradients by global norm");
+      std::ostringstream c;
+      c << "(already on: ";
+      if (clips_norm) {
+        c << "clipping by global norm to " << sci(clip_max_norm_);
+        if (clip_norm_type_ == 2.0 && f.total_norm > clip_max_norm_ && std::isfinite(f.total_norm))
+          c << ", which scales this step's gradient by " << sci(clip_max_norm_ / f.total_norm);
+      }
+      if (clips_norm && clips_value) c << "; ";
+      if (clips_value) c << "clipping each value to +-" << sci(clip_value_);
+      c << ": it bounds the update, it does not cure the network below)";
+      return c.str();
+    };
 
     if (f.non_finite) {
       const auto bad = flagged([](const LayerStatus& s) { return s.non_finite; });
@@ -258,9 +293,10 @@ class GradientMonitor {
          << f.layers.size() << " layers (first: " << bad.front() << ").\n"
          << "  Likely cause: the forward pass or the loss overflowed: a learning rate too large, "
             "gradients that exploded in earlier steps, or a log/division of 0 in the loss.\n"
-         << "  Remedies: a smaller learning rate; clip gradients by global norm; check the "
-            "inputs and the loss for NaN; a variance-preserving initialisation (He for ReLU, "
-            "Xavier for tanh/sigmoid); the optimizer's non-finite policy can skip such steps.\n";
+         << "  Remedies: a smaller learning rate; " << clipping_remedy()
+         << "; check the inputs and the loss for NaN; a variance-preserving initialisation (He "
+            "for ReLU, Xavier for tanh/sigmoid); the optimizer's non-finite policy can skip such "
+            "steps.\n";
     }
     if (f.exploding) {
       os << "Exploding gradients at step " << f.step << ": ";
@@ -282,8 +318,8 @@ class GradientMonitor {
       else
         os << "weights initialised too large for the depth (e.g. N(0, 1) instead of He or "
               "Xavier scaling), so each layer multiplies the gradient by more than 1.\n";
-      os << "  Remedies: clip gradients by global norm; a smaller learning rate; He (ReLU) or "
-            "Xavier (tanh, sigmoid) initialisation";
+      os << "  Remedies: " << clipping_remedy()
+         << "; a smaller learning rate; He (ReLU) or Xavier (tanh, sigmoid) initialisation";
       if (!has_batchnorm_) os << "; BatchNorm or LayerNorm";
       if (has_residual_) os << "; scale each residual branch's last layer by ~1/sqrt(depth)";
       os << ".\n";
@@ -351,6 +387,7 @@ class GradientMonitor {
   struct Layer {
     std::string name, module;
     std::vector<Parameter<T>> params;
+    bool weight_layer = false;  // a parameter of rank >= 2: a matrix or a kernel
   };
 
   void setup(const std::vector<std::pair<std::string, Parameter<T>>>& named) {
@@ -364,13 +401,23 @@ class GradientMonitor {
       const std::string prefix = dot == std::string::npos ? "(root)" : name.substr(0, dot);
       auto it = std::find_if(layers_.begin(), layers_.end(),
                              [&](const Layer& l) { return l.name == prefix; });
-      if (it == layers_.end())
-        layers_.push_back({prefix, "", {p}});
-      else
-        it->params.push_back(p);
+      if (it == layers_.end()) it = layers_.insert(layers_.end(), Layer{prefix, "", {}});
+      it->params.push_back(p);
+      it->weight_layer |= p.value().rank() >= 2;
     }
     if (layers_.empty())
       tapegrad::detail::fail<ValueError>("GradientMonitor: the model has no trainable parameters");
+    // The ratios' reference layers; a model without any matrix compares its first and last.
+    first_weight_ = 0;
+    last_weight_ = layers_.size() - 1;
+    const auto is_weight = [](const Layer& l) { return l.weight_layer; };
+    const auto first = std::find_if(layers_.begin(), layers_.end(), is_weight);
+    if (first != layers_.end()) {
+      first_weight_ = static_cast<size_t>(first - layers_.begin());
+      last_weight_ = layers_.size() - 1 -
+                     static_cast<size_t>(std::find_if(layers_.rbegin(), layers_.rend(), is_weight) -
+                                         layers_.rbegin());
+    }
     norms_.assign(static_cast<size_t>(opt_.history) * layers_.size(), 0.0);
     steps_.assign(static_cast<size_t>(opt_.history), 0);
   }
@@ -509,6 +556,8 @@ class GradientMonitor {
   std::vector<std::pair<std::string, std::string>> module_names_;  // (prefix, name())
   Activation activation_ = Activation::Unknown;
   bool has_batchnorm_ = false, has_residual_ = false;
+  size_t first_weight_ = 0, last_weight_ = 0;  // indices of the first and last weight layers
+  double clip_max_norm_ = NAN, clip_norm_type_ = 2.0, clip_value_ = NAN;  // NaN: not clipping
   std::vector<double> norms_;  // history x layers, a ring buffer
   std::vector<int64_t> steps_;
   size_t start_ = 0, count_ = 0;
