@@ -1,7 +1,7 @@
 // Training-step benchmarks of the speed issue (see workloads.hpp), at 1 and 2 threads.
 // Each benchmark's name is "<workload>/threads:<n>"; the time is one full training step.
-//   build/release/benchmarks/bench_workloads --benchmark_repetitions=5 \
-//       --benchmark_report_aggregates_only=true
+//   build/release/benchmarks/bench_workloads --benchmark_repetitions=5
+//       --benchmark_report_aggregates_only=true   (one command line)
 #include "workloads.hpp"
 
 #include <benchmark/benchmark.h>

@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstdio>
@@ -29,11 +30,11 @@ std::vector<uint8_t> st_read(const std::string& path) { return io::read_file_byt
 // A file made by hand: 8-byte little-endian length, the header text as given (no padding
 // added), then data.
 std::vector<uint8_t> st_file(const std::string& header, const std::vector<uint8_t>& data) {
-  std::vector<uint8_t> b(8);
+  std::vector<uint8_t> b(8 + header.size() + data.size());
   for (int i = 0; i < 8; ++i)
     b[static_cast<size_t>(i)] = static_cast<uint8_t>(header.size() >> (8 * i));
-  b.insert(b.end(), header.begin(), header.end());
-  b.insert(b.end(), data.begin(), data.end());
+  std::copy(header.begin(), header.end(), b.begin() + 8);
+  std::copy(data.begin(), data.end(), b.begin() + 8 + static_cast<std::ptrdiff_t>(header.size()));
   return b;
 }
 
