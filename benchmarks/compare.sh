@@ -16,7 +16,10 @@
 # it only tapegrad's figures are printed). Both programs run with glibc's malloc thresholds pinned,
 # as the peer's README asks, and with OPENBLAS_CORETYPE set when OpenBLAS does not recognise the
 # CPU (it then falls back to its slowest kernels, "Prescott"; LibTorch's GEMMs go through it).
-# Raw results: build/compare*/results.tsv. Needs only bash, cmake and awk.
+# The hand-written Eigen step of the MLP workloads (../shared/peers/eigen_mlp.cpp, no autograd;
+# with --blas built with EIGEN_USE_BLAS like tapegrad) runs in the same rounds when its source
+# is there: column "hand", and tapegrad's cost over it (target <= 1.05).
+# Raw results: build/compare*/results.tsv. Needs only bash, cmake, awk (and g++ for the hand step).
 set -euo pipefail
 
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -30,7 +33,7 @@ while [ $# -gt 0 ]; do
     --threads) threads=$2; shift 2 ;;
     --only) only=$2; shift 2 ;;
     --blas) blas=ON; shift ;;
-    -h | --help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,24p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -75,6 +78,19 @@ if [ -z "$peer" ]; then
   else
     echo "== LibTorch peer skipped: libtorch-dev is not installed (apt-get install libtorch-dev" \
       "libopenblas0-openmp) or $peer_src is missing; printing tapegrad's figures only"
+  fi
+fi
+
+# ---- the hand-written Eigen step, built with tapegrad's flags and GEMM back end ----
+hand=
+hand_src=$root/../shared/peers/eigen_mlp.cpp
+if [ -f "$hand_src" ]; then
+  hand=$build/eigen_mlp
+  hand_flags=(-O3 -march=native -DNDEBUG -fopenmp -I/usr/include/eigen3)
+  [ "$blas" = ON ] && hand_flags+=(-DEIGEN_USE_BLAS -lopenblas)
+  if ! g++ "$hand_src" -o "$hand" "${hand_flags[@]}" >"$build/eigen_mlp.log" 2>&1; then
+    echo "== hand-written Eigen step skipped: it did not build (log: $build/eigen_mlp.log)"
+    hand=
   fi
 fi
 
@@ -142,9 +158,16 @@ run_peer() {  # $1 = workload, $2 = threads
     }' >>"$results"
 }
 
+run_hand() {  # $1 = threads: the three MLP workloads eigen_mlp.cpp times
+  [ -n "$hand" ] || return 0
+  "$hand" "$1" | awk '/^eigen-hand / {
+      split($3, t, "="); split($4, m, "="); print "hand", $2, t[2], "ms", m[2] }' >>"$results"
+}
+
 for ((r = 1; r <= rounds; ++r)); do
   echo "== round $r/$rounds ($(cut -d' ' -f1 /proc/loadavg) load)"
   for t in "${thread_list[@]}"; do
+    run_hand "$t"
     for w in "${workload_list[@]}"; do
       # op-overhead: tapegrad's benchmark runs on one thread (tiny tensors never go parallel).
       if [ "$w" = op-overhead ] && [ "$t" != 1 ]; then continue; fi
@@ -182,8 +205,8 @@ awk -v workloads="$only" -v threads="$threads" '
     if ($4 != "others_cores") metric[$2] = $4
   }
   END {
-    printf "%-19s %7s %14s %14s %6s %7s %5s %7s\n", "workload", "threads", "tapegrad", \
-      "LibTorch", "ratio", "target", "met?", "others"
+    printf "%-19s %7s %14s %14s %6s %7s %5s %7s %10s %8s\n", "workload", "threads", "tapegrad", \
+      "LibTorch", "ratio", "target", "met?", "others", "hand", "tg/hand"
     nw = split(workloads, W, ","); nt = split(threads, TH, ",")
     for (i = 1; i <= nw; ++i) for (j = 1; j <= nt; ++j) {
       w = W[i]; t = TH[j]; m = metric[w]
@@ -201,8 +224,12 @@ awk -v workloads="$only" -v threads="$threads" '
         r = tg / lt; ratio = sprintf("%.2f", r)
         met = (w == "gemm" ? r >= 0.95 : r <= substr(target, 4) + 0) ? "yes" : "NO"
       }
-      printf "%-19s %7s %14s %14s %6s %7s %5s %7s\n", w, t, fmt(tg, m), fmt(lt, m), ratio, \
-        target, met, oc == "" ? "-" : oc
+      hd = median("hand" SUBSEP w SUBSEP t SUBSEP m)
+      over = "-"
+      if (tg != "" && hd != "" && hd > 0)
+        over = sprintf("%.2f%s", tg / hd, tg / hd <= 1.05 ? "" : " NO")
+      printf "%-19s %7s %14s %14s %6s %7s %5s %7s %10s %8s\n", w, t, fmt(tg, m), fmt(lt, m), ratio, \
+        target, met, oc == "" ? "-" : oc, hd == "" ? "-" : sprintf("%.2f ms", hd), over
     }
     # Scaling target: 2 threads at least 1.7x faster than 1 on wide-mlp and small-resnet.
     for (k = 1; k <= 2; ++k) {
@@ -213,4 +240,5 @@ awk -v workloads="$only" -v threads="$threads" '
     }
     print "ratio = tapegrad / LibTorch (gemm: GFLOP/s, higher is better); medians over the rounds;"
     print "others = cores used by other processes during the LibTorch run (above ~0.2: noisy)"
+    print "hand = the hand-written Eigen step (no autograd, same GEMM back end); tg/hand target <= 1.05"
   }' "$results"
