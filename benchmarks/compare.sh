@@ -160,7 +160,8 @@ run_peer() {  # $1 = workload, $2 = threads
 
 run_hand() {  # $1 = threads: the three MLP workloads eigen_mlp.cpp times
   [ -n "$hand" ] || return 0
-  "$hand" "$1" | awk '/^eigen-hand / {
+  # OpenBLAS (with --blas) takes its thread count from OpenMP, not from Eigen::setNbThreads.
+  OMP_NUM_THREADS=$1 "$hand" "$1" | awk '/^eigen-hand / {
       split($3, t, "="); split($4, m, "="); print "hand", $2, t[2], "ms", m[2] }' >>"$results"
 }
 
