@@ -317,6 +317,17 @@ TEST(GradientMonitor, DiagnosisNamesCauseAndRemedies) {
     EXPECT_TRUE(contains(d, "saturating Tanh")) << d;
     EXPECT_FALSE(contains(d, "BatchNorm")) << d;
   }
+  {  // sigmoid with LayerNorm only: BatchNorm still suggested, LayerNorm named as not enough
+    MonStack m("Sigmoid()", "LayerNorm([2])");
+    diag::GradientMonitor<double> mon(m);
+    set_norms(m, 1e-8, 1e-4, 1);
+    mon.record(0);
+    const std::string d = unwrapped(mon.diagnosis());
+    EXPECT_TRUE(contains(d,
+                         "BatchNorm after each linear layer (the LayerNorm layers here do not "
+                         "prevent it)"))
+        << d;
+  }
   {  // exploding: clipping, smaller learning rate, better init
     MonStack m("ReLU()");
     diag::GradientMonitor<double> mon(m);

@@ -320,7 +320,7 @@ class GradientMonitor {
               "Xavier scaling), so each layer multiplies the gradient by more than 1.\n";
       os << "  Remedies: " << clipping_remedy()
          << "; a smaller learning rate; He (ReLU) or Xavier (tanh, sigmoid) initialisation";
-      if (!has_batchnorm_) os << "; BatchNorm or LayerNorm";
+      if (!has_batchnorm_ && !has_layernorm_) os << "; BatchNorm or LayerNorm";
       if (has_residual_) os << "; scale each residual branch's last layer by ~1/sqrt(depth)";
       os << ".\n";
     }
@@ -338,7 +338,12 @@ class GradientMonitor {
                                                   : "tanh'(z) <= 1 (much less once saturated)")
            << ", so it shrinks geometrically on its way back to the first layers.\n";
         os << "  Remedies: ReLU activations with He (Kaiming) initialisation";
-        if (!has_batchnorm_) os << "; BatchNorm (or LayerNorm) after each linear layer";
+        // BatchNorm, not LayerNorm: per-sample statistics leave a deep sigmoid network's
+        // gradient vanishing (measured in examples/vanishing_demo.cpp: ratio 1.5e-8 at depth 20).
+        if (!has_batchnorm_) {
+          os << "; BatchNorm after each linear layer";
+          if (has_layernorm_) os << " (the LayerNorm layers here do not prevent it)";
+        }
         if (!has_residual_) os << "; residual connections";
         os << "; at least Xavier (Glorot) initialisation if you keep " << act << ".\n";
       } else if (activation_ == Activation::ReLU) {
@@ -439,8 +444,8 @@ class GradientMonitor {
       tanh |= s.find("tanh") != std::string::npos;
       relu |= s.find("relu") != std::string::npos || s.find("gelu") != std::string::npos ||
               s.find("elu") != std::string::npos;
-      has_batchnorm_ |=
-          s.find("batchnorm") != std::string::npos || s.find("layernorm") != std::string::npos;
+      has_batchnorm_ |= s.find("batchnorm") != std::string::npos;
+      has_layernorm_ |= s.find("layernorm") != std::string::npos;
       has_residual_ |=
           s.find("residual") != std::string::npos || s.find("basicblock") != std::string::npos ||
           s.find("preactblock") != std::string::npos || s.find("bottleneck") != std::string::npos;
@@ -555,7 +560,7 @@ class GradientMonitor {
   std::vector<Layer> layers_;
   std::vector<std::pair<std::string, std::string>> module_names_;  // (prefix, name())
   Activation activation_ = Activation::Unknown;
-  bool has_batchnorm_ = false, has_residual_ = false;
+  bool has_batchnorm_ = false, has_layernorm_ = false, has_residual_ = false;
   size_t first_weight_ = 0, last_weight_ = 0;  // indices of the first and last weight layers
   double clip_max_norm_ = NAN, clip_norm_type_ = 2.0, clip_value_ = NAN;  // NaN: not clipping
   std::vector<double> norms_;  // history x layers, a ring buffer
