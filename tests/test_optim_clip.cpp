@@ -196,3 +196,29 @@ TEST(OptimClip, InOptimizerStepClipsOverAllParamsBeforeTheUpdate) {
   sgd.set_track_grad_norm(false);
   EXPECT_TRUE(std::isnan(sgd.step()));
 }
+
+// A gradient above parallel_threshold is summed in fixed blocks, so its norm and the clipped
+// values are the same bits at 1 and 2 threads, and the norm matches the formula.
+TEST(OptimClip, LargeGradientSameBitsAtOneAndTwoThreads) {
+  const int64_t n = 3 * tg::parallel_threshold + 17;
+  std::vector<float> g(static_cast<size_t>(n));
+  double exact = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    g[static_cast<size_t>(i)] = static_cast<float>((i % 7) - 3) * 0.25f;  // -0.75 .. 0.75
+    exact += double(g[static_cast<size_t>(i)]) * double(g[static_cast<size_t>(i)]);
+  }
+  exact = std::sqrt(exact);
+  std::vector<double> totals;
+  std::vector<tg::Parameter<float>> clipped;
+  for (int threads : {1, 2}) {
+    tg::set_num_threads(threads);
+    auto p = with_grad(g);
+    totals.push_back(opt::clip_grad_norm(std::vector<tg::Parameter<float>>{p}, 1.0));
+    clipped.push_back(p);
+  }
+  tg::set_num_threads(1);
+  EXPECT_NEAR(totals[0], exact, 1e-6 * exact);
+  EXPECT_EQ(totals[0], totals[1]);
+  EXPECT_NEAR(l2(clipped[0]), 1.0, 1e-5);
+  for (int64_t i = 0; i < n; ++i) ASSERT_EQ(clipped[0].grad()[i], clipped[1].grad()[i]) << i;
+}

@@ -2,6 +2,8 @@
 // One switch for both thread pools: Eigen's GEMM and our own OpenMP loops.
 
 #include <Eigen/Core>
+#include <algorithm>
+#include <cstdint>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -28,5 +30,17 @@ inline int get_num_threads() {
 // Elementwise loops go parallel only above this many elements: below it, waking threads
 // costs more than the loop.
 inline constexpr int64_t parallel_threshold = 1 << 15;
+
+namespace detail {
+// Runs f(offset, length) over [0, n) in pieces of `chunk` elements, on every thread when n is
+// above parallel_threshold. Each piece is one call on one thread, so what f computes per piece
+// does not depend on the thread count.
+template <class F>
+void for_each_chunk(int64_t n, int64_t chunk, F&& f) {
+  const int64_t pieces = (n + chunk - 1) / chunk;
+#pragma omp parallel for schedule(static) if (n > parallel_threshold)
+  for (int64_t i = 0; i < pieces; ++i) f(i * chunk, std::min(chunk, n - i * chunk));
+}
+}  // namespace detail
 
 }  // namespace tapegrad

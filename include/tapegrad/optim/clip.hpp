@@ -20,12 +20,15 @@
 // The free functions take the parameters a user's own loop trains; Optimizer::step() runs the
 // same code through GradNormClip / GradValueClip.
 
+#include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <span>
 #include <vector>
 
 #include "tapegrad/parameter.hpp"
+#include "tapegrad/threads.hpp"
 
 namespace tapegrad::optim {
 
@@ -68,17 +71,38 @@ class PowerSum {
   bool nan_ = false, inf_ = false;
 };
 
+// Σ|x|^p summed in T; a large tensor in at most 64 blocks whose size depends on its size only
+// (summed in parallel, combined in double), so that the result does not depend on the thread
+// count.
+template <class T>
+double plain_power_sum(const Tensor<T>& t, double p) {
+  const auto sum_of = [&t, p](int64_t off, int64_t n) -> T {
+    const auto a = t.array().segment(off, n);
+    return p == 2 ? a.square().sum() : p == 1 ? a.abs().sum() : a.abs().pow(T(p)).sum();
+  };
+  const int64_t n = t.numel();
+  if (n <= parallel_threshold) return sum_of(0, n);
+  constexpr int64_t blocks = 64;
+  std::array<double, blocks> partial{};
+  const int64_t len = std::max<int64_t>(1 << 14, (n + blocks - 1) / blocks);
+  tapegrad::detail::for_each_chunk(n, len, [&](int64_t off, int64_t m) {
+    partial[static_cast<size_t>(off / len)] = sum_of(off, m);
+  });
+  double s = 0;
+  for (double v : partial) s += v;
+  return s;
+}
+
 // Σ|x|^p of one tensor (p finite) into acc, overflow- and underflow-free.
 template <class T>
 void accumulate_power_sum(const Tensor<T>& t, double p, PowerSum& acc) {
   if (t.numel() == 0) return;
   const auto a = t.array();
   // Fast path: the plain sum in T. A finite sum well above the underflow range is exact enough.
-  const T s = p == 2 ? a.square().sum() : p == 1 ? a.abs().sum() : a.abs().pow(T(p)).sum();
+  const double s = plain_power_sum(t, p);
   constexpr T tiny = std::numeric_limits<T>::min() / std::numeric_limits<T>::epsilon();
   if (std::isfinite(s) && s >= tiny) {
-    const double sd = s;
-    acc.add(p == 2 ? std::sqrt(sd) : p == 1 ? sd : std::pow(sd, 1 / p), 1.0);
+    acc.add(p == 2 ? std::sqrt(s) : p == 1 ? s : std::pow(s, 1 / p), 1.0);
     return;
   }
   const T m = a.abs().template maxCoeff<Eigen::PropagateNaN>();
@@ -125,12 +149,15 @@ void check_grad_shape(const char* who, const Parameter<T>& p) {
 template <class T>
 void scale_grads(std::span<const Parameter<T>> params, double coef) {
   const T c = static_cast<T>(coef);
-  if (coef > 0 && c < std::numeric_limits<T>::min()) {
-    const T r = static_cast<T>(std::sqrt(coef));
-    for (const auto& p : params) p.grad().array() *= r, p.grad().array() *= r;
-    return;
+  const bool twice = coef > 0 && c < std::numeric_limits<T>::min();
+  const T r = twice ? static_cast<T>(std::sqrt(coef)) : c;
+  for (const auto& p : params) {
+    auto g = p.grad().array();
+    tapegrad::detail::for_each_chunk(g.size(), 4096, [&](int64_t off, int64_t n) {
+      g.segment(off, n) *= r;
+      if (twice) g.segment(off, n) *= r;
+    });
   }
-  for (const auto& p : params) p.grad().array() *= c;
 }
 
 }  // namespace detail

@@ -42,6 +42,7 @@
 #include "tapegrad/optim/constraint.hpp"
 #include "tapegrad/optim/penalty.hpp"
 #include "tapegrad/parameter.hpp"
+#include "tapegrad/threads.hpp"
 
 namespace tapegrad::optim {
 
@@ -399,11 +400,11 @@ class Optimizer {
   }
 
   // Runs f(offset, length) over [0, n) in cache-sized pieces, so that a rule's several
-  // Eigen statements over the same elements read them from cache, not memory.
+  // Eigen statements over the same elements read them from cache, not memory; pieces of a large
+  // parameter are shared among the threads.
   template <class F>
   static void for_chunks(int64_t n, F&& f) {
-    constexpr int64_t chunk = 2048;
-    for (int64_t off = 0; off < n; off += chunk) f(off, std::min(chunk, n - off));
+    tapegrad::detail::for_each_chunk(n, 2048, f);
   }
 
  private:
