@@ -204,3 +204,44 @@ TEST(Gradcheck, PassesForCorrectOpAndFailsForWrongOne) {
 }
 
 }  // namespace
+
+// zero_grad() only marks the gradient as zero: reading it fills in the zeros, and the next
+// backward overwrites the stale buffer instead of adding into it, even when the parameter is
+// used twice in the graph or is the output itself.
+TEST(Tape, ZeroGradIsLazyAndReadsAsZero) {
+  tg::Parameter<double> p(tg::Tensor<double>::from({1.0, -2.0}));
+  tg::Tape<double> tape;
+  const auto ones = tg::Tensor<double>::ones({2});
+  auto backward_square = [&] {
+    tape.clear();
+    tape.backward(square(tape.param(p)), ones);
+  };
+  backward_square();
+  backward_square();  // accumulates: 4 x
+  p.zero_grad();
+  backward_square();  // overwrites the stale 4 x: 2 x
+  EXPECT_DOUBLE_EQ(p.grad()[0], 2.0);
+  EXPECT_DOUBLE_EQ(p.grad()[1], -4.0);
+
+  p.zero_grad();
+  EXPECT_DOUBLE_EQ(p.grad()[0], 0.0);  // read before any backward: zeros filled in
+  EXPECT_DOUBLE_EQ(p.grad()[1], 0.0);
+  backward_square();
+  EXPECT_DOUBLE_EQ(p.grad()[1], -4.0);
+
+  p.zero_grad();
+  tape.clear();
+  auto w = tape.param(p);
+  tape.backward(times(w, w), ones);  // the first write assigns, the second adds: 2 x
+  EXPECT_DOUBLE_EQ(p.grad()[0], 2.0);
+  EXPECT_DOUBLE_EQ(p.grad()[1], -4.0);
+  EXPECT_DOUBLE_EQ(w.grad()[1], -4.0);
+
+  p.zero_grad();
+  tape.clear();
+  w = tape.param(p);
+  EXPECT_DOUBLE_EQ(w.grad()[0], 0.0);                      // through the tape, too
+  tape.backward(w, tg::Tensor<double>::from({5.0, 6.0}));  // the parameter is the output
+  EXPECT_DOUBLE_EQ(p.grad()[0], 5.0);
+  EXPECT_DOUBLE_EQ(p.grad()[1], 6.0);
+}

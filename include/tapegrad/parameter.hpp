@@ -2,6 +2,11 @@
 // Parameter<T>: a trainable tensor and its gradient, living outside any tape.
 // A Parameter is a handle: copies refer to the same value and grad (like a torch parameter),
 // so a module, its optimizer and a monitor can all hold it. Update values in place.
+//
+// zero_grad() is lazy, in the spirit of PyTorch's zero_grad(set_to_none=True): it only marks
+// the gradient as zero. The next backward then overwrites the buffer instead of adding into it,
+// which saves a pass over every gradient per training step; reading grad() before that fills
+// in the zeros, so the gradient always reads as zero after zero_grad().
 
 #include <memory>
 
@@ -14,16 +19,34 @@ class Parameter {
  public:
   Parameter() = default;  // undefined, like an empty torch::Tensor
   explicit Parameter(Tensor<T> value)
-      : state_(std::make_shared<State>(State{value, Tensor<T>::zeros(value.shape()), true})) {}
+      : state_(std::make_shared<State>(
+            State{value, Tensor<T>::zeros(value.shape()), true, /*grad_is_zero=*/false})) {}
 
   bool defined() const { return state_ != nullptr; }
   Tensor<T>& value() const { return state().value; }
-  Tensor<T>& grad() const { return state().grad; }
+  Tensor<T>& grad() const {
+    State& s = state();
+    if (s.grad_is_zero) {
+      s.grad.zero_();
+      s.grad_is_zero = false;
+    }
+    return s.grad;
+  }
   const Shape& shape() const { return state().value.shape(); }
   int64_t numel() const { return state().value.numel(); }
   bool requires_grad() const { return state().requires_grad; }
   void set_requires_grad(bool on) const { state().requires_grad = on; }
-  void zero_grad() const { state().grad.zero_(); }
+  void zero_grad() const { state().grad_is_zero = true; }
+
+  // For the tape: the gradient buffer as it is (its zeros possibly not filled in yet), and,
+  // once after zero_grad(), true: the first backward write must assign, not add.
+  Tensor<T>& grad_buffer() const { return state().grad; }
+  bool take_pending_zero() const {
+    State& s = state();
+    const bool pending = s.grad_is_zero;
+    s.grad_is_zero = false;
+    return pending;
+  }
 
   // Identity of the underlying parameter (the same for every copy of the handle).
   const void* key() const { return state_.get(); }
@@ -34,6 +57,7 @@ class Parameter {
     Tensor<T> value;
     Tensor<T> grad;
     bool requires_grad;
+    bool grad_is_zero;  // zero_grad() ran and the buffer holds stale values
   };
   State& state() const {
     if (!state_) detail::fail<ValueError>("Parameter: use of an undefined parameter");

@@ -63,8 +63,10 @@ struct Node {
   bool requires_grad = false;
   bool grad_ready = false;  // grad holds a gradient written in this sweep (or call, for leaves)
   bool is_leaf = false;
-  bool is_param = false;           // grad aliases Parameter::grad: always accumulate, never reset
-  bool borrowed = false;           // value shares storage owned elsewhere (a leaf's tensor, a view)
+  bool is_param = false;  // grad aliases param's gradient: add into it, or assign once after
+                          // its zero_grad(); never reset
+  Parameter<T> param;     // the parameter of an is_param leaf
+  bool borrowed = false;  // value shares storage owned elsewhere (a leaf's tensor, a view)
   std::array<Tensor<T>, 3> saved;  // op-specific buffers for backward, reused across steps
   std::array<double, 4> scalars{};
   std::vector<int64_t> ints;
@@ -123,9 +125,10 @@ class Tape {
     Var<T> v = leaf("parameter", p.value(), track);
     if (track) {
       Node<T>& n = nodes_[v.id_];
-      if (!(p.grad().shape() == p.value().shape())) p.grad() = Tensor<T>::zeros(p.shape());
-      n.grad = p.grad();
+      if (!(p.grad_buffer().shape() == p.value().shape())) p.grad() = Tensor<T>::zeros(p.shape());
+      n.grad = p.grad_buffer();
       n.is_param = true;
+      n.param = p;
     }
     return v;
   }
@@ -228,6 +231,7 @@ class Tape {
     if (n.is_param) {  // the slot held a parameter's grad: never write into it again
       n.grad = Tensor<T>();
       n.is_param = false;
+      n.param = Parameter<T>();
     }
     return n;
   }
@@ -243,7 +247,7 @@ class Tape {
       if (!nodes_[i].is_leaf) nodes_[i].grad_ready = false;
     Node<T>& o = nodes_[last];
     if (!o.requires_grad) return;  // nothing upstream needs a gradient
-    if (!o.is_param) {
+    if (!o.is_param || o.param.take_pending_zero()) {
       o.grad.resize(o.value.shape());
       if (seed)
         o.grad.copy_(*seed);
@@ -326,7 +330,8 @@ class OpContext {
   Node<T>& in(int k) const { return tape_.node(node_.inputs[static_cast<size_t>(k)]); }
   // True (and the buffer sized but not initialised) when n's gradient is not yet written.
   static bool fresh(Node<T>& n) {
-    if (n.grad_ready || n.is_param) return false;
+    if (n.is_param) return n.param.take_pending_zero();
+    if (n.grad_ready) return false;
     n.grad.resize(n.value.shape());
     n.grad_ready = true;
     return true;
@@ -353,7 +358,8 @@ Node<T>& Var<T>::node() const {
 template <class T>
 Tensor<T> Var<T>::grad() const {
   const Node<T>& n = node();
-  if (!n.grad_ready && !n.is_param) return Tensor<T>::zeros(n.value.shape());
+  if (n.is_param) return n.param.grad();  // fills in pending zeros
+  if (!n.grad_ready) return Tensor<T>::zeros(n.value.shape());
   return n.grad;
 }
 

@@ -67,7 +67,9 @@ void grad_norms_through_time(std::span<const Var<T>> steps, std::vector<double>&
   norms.resize(steps.size());
   for (size_t t = 0; t < steps.size(); ++t) {
     const Node<T>& n = steps[t].node();
-    norms[t] = (n.grad_ready || n.is_param) ? detail::scaled_l2_norm(n.grad) : 0.0;
+    norms[t] = n.is_param     ? detail::scaled_l2_norm(n.param.grad())
+               : n.grad_ready ? detail::scaled_l2_norm(n.grad)
+                              : 0.0;
   }
 }
 template <class T>
