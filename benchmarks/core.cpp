@@ -1,6 +1,10 @@
 // Core op speed: GEMM throughput and the tape's per-op overhead.
 //
 //   BM_GemmFloat/<threads>  1024x1024x1024 tg::matmul in float; GFLOPS = 2 n^3 / wall time.
+//   BM_GemmSplit/<m>/<k>/<n>/<split>  dst[m,n] = a[m,k] b[n,k]^T in float at 2 threads, the
+//                           shapes of the MLP workloads; split 1 is detail::gemm's row split
+//                           (each thread one block of rows, Eigen single-threaded inside),
+//                           split 0 Eigen's own parallel GEMM, which it replaced.
 //   BM_TapeOverhead         on a Tape<float>: x = tanh(x * w + b) 1000 times on [16] vectors
 //                           (3000 ops), then backward, then tape.clear(); us_per_op = wall time
 //                           of one iteration / 3000 (forward + backward per op). Tiny tensors,
@@ -14,6 +18,7 @@
 
 #include "tapegrad/ops/activation.hpp"
 #include "tapegrad/ops/elementwise.hpp"
+#include "tapegrad/gemm.hpp"
 #include "tapegrad/ops/linalg.hpp"
 #include "tapegrad/parameter.hpp"
 #include "tapegrad/random.hpp"
@@ -41,6 +46,34 @@ static void BM_GemmFloat(benchmark::State& state) {
   tg::set_num_threads(1);
 }
 BENCHMARK(BM_GemmFloat)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+
+static void BM_GemmSplit(benchmark::State& state) {
+  tg::set_num_threads(2);
+  const int64_t m = state.range(0), k = state.range(1), n = state.range(2);
+  tg::Generator gen(3);
+  const auto a = tg::Tensor<float>::randn({m, k}, gen);
+  const auto b = tg::Tensor<float>::randn({n, k}, gen);
+  tg::Tensor<float> y({m, n});
+  for (auto _ : state) {
+    if (state.range(3))
+      tg::detail::gemm(y.matrix(), a.matrix(), b.matrix().transpose(), false);
+    else
+      y.matrix().noalias() = a.matrix() * b.matrix().transpose();
+    benchmark::DoNotOptimize(y.data());
+    benchmark::ClobberMemory();
+  }
+  state.counters["GFLOPS"] =
+      benchmark::Counter(static_cast<double>(state.iterations()) * 2.0 * double(m * k * n) * 1e-9,
+                         benchmark::Counter::kIsRate);
+  tg::set_num_threads(1);
+}
+BENCHMARK(BM_GemmSplit)
+    ->ArgsProduct({{128}, {256}, {256}, {0, 1}})
+    ->ArgsProduct({{256}, {784}, {1024}, {0, 1}})
+    ->ArgsProduct({{256}, {1024}, {1024}, {0, 1}})
+    ->ArgsProduct({{1024}, {1024}, {1024}, {0, 1}})
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 static void BM_TapeOverhead(benchmark::State& state) {
   tg::set_num_threads(1);

@@ -138,6 +138,19 @@ TEST(NoAllocation, ConvNetStepWithBatchNormAndResidualAndAdam) {
   EXPECT_EQ(allocations_after_warmup([&] { t.step(); }), 0);
 }
 
+// At 2 threads, with layers large enough for the parallel paths (GEMM, update, clipping norm).
+TEST(NoAllocation, LargeMlpStepAtTwoThreads) {
+  auto model = std::make_shared<nn::Sequential<float>>();
+  model->push_back(std::make_shared<nn::Dense<float>>(300, 256));
+  model->push_back(std::make_shared<nn::ReLU<float>>());
+  model->push_back(std::make_shared<nn::Dense<float>>(256, 4));
+  Training t(model, {128, 300}, false);
+  tg::set_num_threads(2);
+  const long n = allocations_after_warmup([&] { t.step(); });
+  tg::set_num_threads(1);
+  EXPECT_EQ(n, 0);
+}
+
 // The counter itself works: a step on a fresh tape does allocate.
 TEST(NoAllocation, CounterSeesTheFirstStep) {
   auto model = std::make_shared<nn::Dense<float>>(4, 4);

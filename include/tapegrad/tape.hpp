@@ -22,6 +22,7 @@
 #include <span>
 #include <vector>
 
+#include "tapegrad/gemm.hpp"
 #include "tapegrad/parameter.hpp"
 #include "tapegrad/tensor.hpp"
 
@@ -308,6 +309,14 @@ class OpContext {
       n.grad.matrix(rows, cols).noalias() = e;
     else
       n.grad.matrix(rows, cols).noalias() += e;
+  }
+  // Same for the product lhs · rhs, through detail::gemm (split among the threads when large).
+  template <class Lhs, class Rhs>
+  void add_grad_product(int k, int64_t rows, int64_t cols, const Lhs& lhs, const Rhs& rhs) {
+    Node<T>& n = in(k);
+    if (!n.requires_grad) return;
+    const bool assign = fresh(n);
+    detail::gemm(n.grad.matrix(rows, cols), lhs, rhs, !assign);
   }
   // Input k's gradient buffer, zeroed if this sweep has not written it yet; for ops that
   // scatter into it (max, slice, pooling).

@@ -12,12 +12,13 @@
 // (Eigen's GEMM zero-fills its destination before accumulating, so starting from b instead
 // costs nothing), and in backward two GEMMs that write straight into the gradients (a
 // parameter's gradient accumulates in place) plus one vectorised column sum.
-// Every GEMM is Eigen's, multithreaded through OpenMP above Eigen's size threshold
-// (tapegrad::set_num_threads).
+// Every GEMM goes through detail::gemm (gemm.hpp): Eigen's, split by rows among the threads
+// above a size threshold (tapegrad::set_num_threads).
 
 #include <Eigen/Core>
 
 #include "tapegrad/error.hpp"
+#include "tapegrad/gemm.hpp"
 #include "tapegrad/tape.hpp"
 
 namespace tapegrad {
@@ -46,11 +47,11 @@ Var<T> matmul(const Var<T>& a, const Var<T>& b) {
     const Tensor<T>& B = c.input(1);
     const int64_t m = detail::leading_rows(A.shape()), k = B.shape()[0], n = B.shape()[1];
     const auto G = c.grad_out().matrix(m, n);
-    c.add_grad_matrix(0, m, k, G * B.matrix(k, n).transpose());
-    c.add_grad_matrix(1, k, n, A.matrix(m, k).transpose() * G);
+    c.add_grad_product(0, m, k, G, B.matrix(k, n).transpose());
+    c.add_grad_product(1, k, n, A.matrix(m, k).transpose(), G);
   });
   const int64_t m = detail::leading_rows(sa), k = sb[0], n = sb[1];
-  y.value().matrix(m, n).noalias() = a.value().matrix(m, k) * b.value().matrix(k, n);
+  detail::gemm(y.value().matrix(m, n), a.value().matrix(m, k), b.value().matrix(k, n), false);
   return y;
 }
 
@@ -90,8 +91,8 @@ void linear_backward(OpContext<T>& c) {
   const Tensor<T>& W = c.input(1);
   const int64_t rows = leading_rows(X.shape()), in = W.shape()[1], out = W.shape()[0];
   const auto G = c.grad_out().matrix(rows, out);
-  c.add_grad_matrix(0, rows, in, G * W.matrix(out, in));
-  c.add_grad_matrix(1, out, in, G.transpose() * X.matrix(rows, in));
+  c.add_grad_product(0, rows, in, G, W.matrix(out, in));
+  c.add_grad_product(1, out, in, G.transpose(), X.matrix(rows, in));
   if (c.node().inputs.size() > 2) c.add_grad(2, G.colwise().sum().transpose().array());
 }
 }  // namespace detail
@@ -105,7 +106,7 @@ Var<T> linear(const Var<T>& x, const Var<T>& w, const Var<T>& b) {
   const int64_t rows = detail::leading_rows(sx), in = sw[1], nout = sw[0];
   auto Y = y.value().matrix(rows, nout);
   Y.rowwise() = b.value().matrix(1, nout).row(0);
-  Y.noalias() += x.value().matrix(rows, in) * w.value().matrix(nout, in).transpose();
+  detail::gemm(Y, x.value().matrix(rows, in), w.value().matrix(nout, in).transpose(), true);
   return y;
 }
 
@@ -116,8 +117,8 @@ Var<T> linear(const Var<T>& x, const Var<T>& w) {
   const Shape out = detail::linear_shape(sx, sw, nullptr);
   Var<T> y = x.tape().record("linear", out, {x, w}, &detail::linear_backward<T>);
   const int64_t rows = detail::leading_rows(sx), in = sw[1], nout = sw[0];
-  y.value().matrix(rows, nout).noalias() =
-      x.value().matrix(rows, in) * w.value().matrix(nout, in).transpose();
+  detail::gemm(y.value().matrix(rows, nout), x.value().matrix(rows, in),
+               w.value().matrix(nout, in).transpose(), false);
   return y;
 }
 

@@ -187,7 +187,7 @@ void cell_preactivation(OpContext<T>& c, const CellLayout& l, Tensor<T>& pre, bo
     P = step_rows(c.input(0), l);
   if (l.b >= 0) P.rowwise() += c.input(l.b).matrix(1, gh).row(0);
   if (l.hi >= 0)
-    P.noalias() += c.input(l.hi).matrix(l.n, l.h) * c.input(1).matrix(gh, l.h).transpose();
+    gemm(P, c.input(l.hi).matrix(l.n, l.h), c.input(1).matrix(gh, l.h).transpose(), true);
 }
 
 // Adds D (the gates' pre-activation gradient, [N, G*H]) to the gradients of W_hh, b_hh and h.
@@ -196,8 +196,8 @@ void cell_weight_grads(OpContext<T>& c, const CellLayout& l, const Tensor<T>& D)
   const int64_t gh = l.gates * l.h;
   const auto Dm = D.matrix(l.n, gh);
   if (l.hi >= 0) {
-    c.add_grad_matrix(1, gh, l.h, Dm.transpose() * c.input(l.hi).matrix(l.n, l.h));
-    c.add_grad_matrix(l.hi, l.n, l.h, Dm * c.input(1).matrix(gh, l.h));
+    c.add_grad_product(1, gh, l.h, Dm.transpose(), c.input(l.hi).matrix(l.n, l.h));
+    c.add_grad_product(l.hi, l.n, l.h, Dm, c.input(1).matrix(gh, l.h));
   }
   if (l.b >= 0) c.add_grad(l.b, Dm.colwise().sum().transpose().array());
 }
