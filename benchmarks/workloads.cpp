@@ -1,5 +1,6 @@
 // Training-step benchmarks of the speed issue (see workloads.hpp), at 1 and 2 threads.
-// Each benchmark's name is "<workload>/threads:<n>"; the time is one full training step.
+// Each benchmark's name is "<workload>/threads:<n>"; the time is one full training step, and
+// tape_MB the memory the tape keeps for it (values, gradients, saved tensors).
 //   build/release/benchmarks/bench_workloads --benchmark_repetitions=5
 //       --benchmark_report_aggregates_only=true   (one command line)
 #include "workloads.hpp"
@@ -16,6 +17,7 @@ void run_step(benchmark::State& state, const std::string& name, bool full_step) 
     float loss = full_step ? trainer.step() : trainer.forward_backward();
     benchmark::DoNotOptimize(loss);
   }
+  state.counters["tape_MB"] = trainer.tape_bytes() * 1e-6;
 }
 
 void register_all() {

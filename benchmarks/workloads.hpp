@@ -106,6 +106,18 @@ class Trainer {
     opt_.step();
     return loss.item();
   }
+  // Bytes of the buffers the tape keeps between steps: the values it owns, the gradients of
+  // its non-leaf nodes, the ops' saved tensors (parameters and optimizer state not included).
+  double tape_bytes() {
+    double bytes = 0;
+    for (size_t i = 0; i < tape_.size(); ++i) {
+      const auto& n = tape_.node(static_cast<int32_t>(i));
+      if (!n.borrowed) bytes += static_cast<double>(n.value.numel());
+      if (!n.is_leaf) bytes += static_cast<double>(n.grad.numel());
+      for (const auto& t : n.saved) bytes += static_cast<double>(t.numel());
+    }
+    return bytes * sizeof(float);
+  }
   // Forward and backward only (the layers issue's benchmark).
   float forward_backward() {
     tape_.clear();
