@@ -33,8 +33,8 @@ void gemm_rows(Dst& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
 // dst must be a writable Eigen expression (a Map or a Block) of lhs.rows() x rhs.cols().
 template <class Dst, class Lhs, class Rhs>
 void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
-  const int64_t m = dst.rows();
 #if defined(_OPENMP) && !defined(EIGEN_USE_BLAS)
+  const int64_t m = dst.rows();
   const int threads = get_num_threads();
   if (threads > 1 && m >= 32 && m * dst.cols() * lhs.cols() >= gemm_split_min_macs) {
 #pragma omp parallel num_threads(threads)
