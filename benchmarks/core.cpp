@@ -16,9 +16,9 @@
 
 #include <chrono>
 
+#include "tapegrad/gemm.hpp"
 #include "tapegrad/ops/activation.hpp"
 #include "tapegrad/ops/elementwise.hpp"
-#include "tapegrad/gemm.hpp"
 #include "tapegrad/ops/linalg.hpp"
 #include "tapegrad/parameter.hpp"
 #include "tapegrad/random.hpp"
