@@ -126,7 +126,8 @@ class Tape {
     Var<T> v = leaf("parameter", p.value(), track);
     if (track) {
       Node<T>& n = nodes_[v.id_];
-      if (!(p.grad_buffer().shape() == p.value().shape())) p.grad() = Tensor<T>::zeros(p.shape());
+      if (!(p.grad_buffer().shape() == p.value().shape()))
+        p.grad_buffer() = Tensor<T>::zeros(p.shape());
       n.grad = p.grad_buffer();
       n.is_param = true;
       n.param = p;
