@@ -10,6 +10,7 @@
 #include "layer_check.hpp"
 #include "tapegrad/nn/batch_norm.hpp"
 #include "tapegrad/nn/layer_norm.hpp"
+#include "tapegrad/ops/reduce.hpp"
 #include "test_util.hpp"
 
 namespace tg = tapegrad;
@@ -251,6 +252,26 @@ TEST(BatchNormLayer, Errors) {
                                           {"BatchNorm(3)", "[6]"});
   expect_error_containing<tg::ValueError>([] { tg::nn::BatchNorm2d<double> bad(0); },
                                           {"BatchNorm2d", "num_features", "0"});
+}
+
+// An empty batch, as PyTorch 1.13 treats it (BatchNorm2d(2)(torch.empty(0, 2, 3, 3))): an empty
+// output, running statistics untouched, num_batches_tracked still counted by the module.
+TEST(BatchNormLayer, EmptyBatchLeavesRunningStatsAndCountsTheCall) {
+  tg::nn::BatchNorm2d<double> bn(2);
+  bn.running_mean.copy_(TD::from({0.5, -0.5}));
+  bn.running_var.copy_(TD::from({2.0, 3.0}));
+  tg::Tape<double> tape;
+  auto x = tape.input(TD::zeros({0, 2, 3, 3}));
+  auto y = bn(x);
+  EXPECT_EQ(y.shape(), (tg::Shape{0, 2, 3, 3}));
+  tape.backward(tg::sum(y));
+  tapegrad::testing::expect_values(bn.running_mean, {0.5, -0.5}, {2}, 0);
+  tapegrad::testing::expect_values(bn.running_var, {2.0, 3.0}, {2}, 0);
+  EXPECT_EQ(bn.num_batches_tracked.item(), 1.0);
+  tapegrad::testing::expect_values(bn.weight.grad(), {0.0, 0.0}, {2}, 0);
+  tapegrad::testing::expect_values(bn.bias.grad(), {0.0, 0.0}, {2}, 0);
+  // One value per channel is still PyTorch's error.
+  EXPECT_THROW(bn(tape.constant(TD::ones({1, 2, 1, 1}))), tg::ValueError);
 }
 
 // ---------------------------------------------------------------- LayerNorm

@@ -288,6 +288,30 @@ TEST(RNNLayers, GradcheckRnnAndGruTwoLayersBatchFirst) {
   EXPECT_TRUE(rl) << rl;
 }
 
+// An empty batch (N = 0, sequence-first and batch-first): outputs and states of batch 0, zero
+// weight gradients.
+TEST(RNNLayers, EmptyBatchForwardAndBackward) {
+  tg::Generator gen(8);
+  for (bool bf : {false, true}) {
+    nn::LSTM<double> lstm(3, 4, {.num_layers = 2, .batch_first = bf}, gen);
+    nn::GRU<double> gru(3, 4, {.batch_first = bf}, gen);
+    nn::RNN<double> rnn(3, 4, {.batch_first = bf}, gen);
+    for (nn::RNNBase<double>* m : std::initializer_list<nn::RNNBase<double>*>{&lstm, &gru, &rnn}) {
+      m->zero_grad();
+      tg::Tape<double> tape;
+      auto x = tape.input(bf ? TD::zeros({0, 5, 3}) : TD::zeros({5, 0, 3}));
+      const auto out = m->forward(x, nn::RNNState<double>{});
+      EXPECT_EQ(out.output.shape(), bf ? (tg::Shape{0, 5, 4}) : (tg::Shape{5, 0, 4})) << m->name();
+      EXPECT_EQ(out.state.h.shape().dim(1), 0) << m->name();
+      tape.backward(tg::sum(flat(out)));
+      EXPECT_EQ(x.grad().shape(), x.shape());
+      for (const auto& [n, p] : m->named_parameters())
+        for (int64_t i = 0; i < p.numel(); ++i)
+          ASSERT_EQ(p.grad()[i], 0.0) << m->name() << " " << n;
+    }
+  }
+}
+
 // ---------------------------------------------------------------- sequence semantics
 
 // A 2-layer LSTM equals its cells stepped by hand with the same weights (layer 1 reading

@@ -183,6 +183,33 @@ TEST(Conv2d, GradientOnlyForWhatNeedsIt) {
   }
 }
 
+// Batch 0 (it died with SIGFPE in the weight gradient: a division by the 0 images): empty
+// output and input gradient, zero weight and bias gradients, on every kernel path.
+TEST(Conv2d, EmptyBatchForwardAndBackward) {
+  for (int64_t stride : {1, 2})
+    for (int64_t C : {1, 3})
+      for (bool as_float : {false, true}) {
+        auto run = [&](auto zero) {
+          using T = decltype(zero);
+          tg::Parameter<T> w(tg::Tensor<T>::ones({2, C, 3, 3}));
+          tg::Parameter<T> b(tg::Tensor<T>::ones({2}));
+          tg::Tape<T> tape;
+          auto x = tape.input(tg::Tensor<T>::zeros({0, C, 5, 5}));
+          auto y = tg::conv2d(x, tape.param(w), tape.param(b), stride, 1);
+          const int64_t out = stride == 1 ? 5 : 3;
+          EXPECT_EQ(y.shape(), (tg::Shape{0, 2, out, out}));
+          tape.backward(y, tg::Tensor<T>::ones(y.shape()));
+          EXPECT_EQ(x.grad().shape(), (tg::Shape{0, C, 5, 5}));
+          for (int64_t i = 0; i < w.numel(); ++i) EXPECT_EQ(w.grad()[i], T(0));
+          for (int64_t i = 0; i < b.numel(); ++i) EXPECT_EQ(b.grad()[i], T(0));
+        };
+        if (as_float)
+          run(0.0f);
+        else
+          run(0.0);
+      }
+}
+
 TEST(Conv2d, SteadyStateReusesColumnBuffer) {
   tg::Generator gen(5);
   auto x = tg::Tensor<float>::randn({2, 3, 6, 6}, gen);

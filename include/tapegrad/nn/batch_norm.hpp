@@ -49,7 +49,7 @@ class BatchNorm : public Module<T> {
     const bool use_batch_stats = this->is_training() || !track_running_stats_;
     int64_t per_channel = s[0];
     for (int d = 2; d < s.rank(); ++d) per_channel *= s[d];
-    if (use_batch_stats && per_channel <= 1)
+    if (use_batch_stats && per_channel == 1)  // an empty batch (0) passes, as in PyTorch
       tapegrad::detail::fail<ValueError>(
           name(), ": Expected more than 1 value per channel when training, got input size ", s);
     Tape<T>& tape = x.tape();

@@ -321,7 +321,9 @@ ConvShiftedScratch conv_shifted_scratch(const Conv2dGeometry& g, bool need_w, bo
   // horizontal sums (worth ~15 FMA steps per block), but more images per call no longer keep
   // dy's rows in L1. Measured (16->16 at 28x28: 1 image; 32->32 at 14x14: 4, backward -18 %).
   const int64_t positions = SK::round_up(g.OH * g.Wh());
-  s.images = std::clamp<int64_t>(1024 / positions, 1, std::min(conv_wgrad_images, g.N));
+  // At least one image per call, also for an empty batch (then no call is made).
+  const int64_t most = std::max<int64_t>(1, std::min(conv_wgrad_images, g.N));
+  s.images = std::clamp<int64_t>(1024 / positions, 1, most);
   if (need_w) {
     s.xp = conv_round(g.phases() * g.C * g.Hh() * g.Wh() + slack);
     s.g = conv_round(g.O * SK::round_up(g.OH * g.Wh()));

@@ -24,6 +24,7 @@
 // Optional operands: an empty Var (`{}`) means no γ / no β; an empty Tensor (`Tensor<T>()`,
 // zero elements) means no running statistics / no batch counter.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
@@ -263,7 +264,7 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
     detail::fail<ValueError>("batch_norm: input ", xs,
                              ": eval mode needs running_mean and running_var");
   if (!(eps >= 0)) detail::fail<ValueError>("batch_norm: eps must be >= 0, got ", eps);
-  if (training && N * S <= 1)  // the unbiased variance n/(n−1) needs two values
+  if (training && N * S == 1)  // the unbiased variance n/(n−1) needs two values
     detail::fail<ValueError>(
         "batch_norm: Expected more than 1 value per channel when training, got input size ", xs);
   const bool update = training && has_running;
@@ -297,6 +298,11 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
     if (!momentum) m = 1.0 / static_cast<double>(num_batches_tracked[0]);
   }
   const int64_t n = N * S;
+  if (n == 0) {  // an empty batch, as PyTorch: empty output, running statistics unchanged
+    std::fill_n(mean, C, T(0));
+    std::fill_n(rstd, C, T(1));
+    return out;
+  }
   const double unbias = n > 1 ? static_cast<double>(n) / static_cast<double>(n - 1) : 1.0;
   T* rm = update ? running_mean.data() : nullptr;
   T* rv = update ? running_var.data() : nullptr;
