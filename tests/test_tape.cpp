@@ -3,6 +3,7 @@
 
 #include "tapegrad/diag/gradcheck.hpp"
 #include "tapegrad/tape.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 
@@ -52,6 +53,54 @@ TEST(Tape, ParameterGradAccumulatesAcrossCalls) {
   EXPECT_DOUBLE_EQ(p.grad()[1], -8.0);  // 2 * (2 * -2)
   p.zero_grad();
   EXPECT_DOUBLE_EQ(p.grad()[1], 0.0);
+}
+
+// As in PyTorch, one recording is differentiated once: a second backward would add the same
+// gradients into the parameters again (it used to, silently: 4 became 8).
+TEST(Tape, SecondBackwardOfOneRecordingThrowsUnlessRetained) {
+  tg::Parameter<double> p(tg::Tensor<double>::from({2.0}));
+  tg::Tape<double> tape;
+  auto loss = square(tape.param(p));
+  tape.backward(loss, tg::Tensor<double>::ones({1}));
+  EXPECT_DOUBLE_EQ(p.grad()[0], 4.0);
+  const std::string msg = tapegrad::testing::error_message<tg::TapeError>(
+      [&] { tape.backward(loss, tg::Tensor<double>::ones({1})); });
+  EXPECT_NE(msg.find("backward: the recording from this output back was already differentiated"),
+            std::string::npos)
+      << msg;
+  EXPECT_NE(msg.find("record each forward anew"), std::string::npos) << msg;
+  EXPECT_DOUBLE_EQ(p.grad()[0], 4.0);  // unchanged
+
+  // retain_graph = true, as PyTorch's: the next backward adds (4 + 4).
+  tape.clear();
+  p.zero_grad();
+  loss = square(tape.param(p));
+  tape.backward(loss, tg::Tensor<double>::ones({1}), /*retain_graph=*/true);
+  tape.backward(loss, tg::Tensor<double>::ones({1}));
+  EXPECT_DOUBLE_EQ(p.grad()[0], 8.0);
+  EXPECT_THROW(tape.backward(loss, tg::Tensor<double>::ones({1})), tg::TapeError);
+
+  // After clear(), a new recording is differentiated again.
+  tape.clear();
+  tape.backward(square(tape.param(p)), tg::Tensor<double>::ones({1}));
+  EXPECT_DOUBLE_EQ(p.grad()[0], 12.0);
+
+  // Two outputs of disjoint parts of one recording: each may be swept (PyTorch allows it too);
+  // two losses sharing a trunk may not, and the refused one changes nothing.
+  tape.clear();
+  p.zero_grad();
+  auto a = tape.input(tg::Tensor<double>::scalar(3.0));
+  auto b = tape.input(tg::Tensor<double>::scalar(5.0));
+  tape.backward(square(a));
+  tape.backward(square(b));
+  EXPECT_DOUBLE_EQ(a.grad().item(), 6.0);
+  EXPECT_DOUBLE_EQ(b.grad().item(), 10.0);
+  auto trunk = square(tape.param(p));
+  auto loss1 = square(trunk), loss2 = times(trunk, trunk);
+  tape.backward(loss1, tg::Tensor<double>::ones({1}));
+  EXPECT_DOUBLE_EQ(p.grad()[0], 32.0);  // d(p^4)/dp = 4 p^3
+  EXPECT_THROW(tape.backward(loss2, tg::Tensor<double>::ones({1})), tg::TapeError);
+  EXPECT_DOUBLE_EQ(p.grad()[0], 32.0);
 }
 
 TEST(Tape, SeedGradientForNonScalar) {

@@ -66,6 +66,8 @@ struct Node {
   bool is_leaf = false;
   bool is_param = false;  // grad aliases param's gradient: add into it, or assign once after
                           // its zero_grad(); never reset
+  bool swept = false;     // its backward ran in a sweep without retain_graph
+  bool reached = false;   // scratch of Tape::check_not_swept
   Parameter<T> param;     // the parameter of an is_param leaf
   bool borrowed = false;  // value shares storage owned elsewhere (a leaf's tensor, a view)
   std::array<Tensor<T>, 3> saved;  // op-specific buffers for backward, reused across steps
@@ -152,21 +154,25 @@ class Tape {
                        backward);
   }
 
-  // Reverse sweep from a scalar loss (seed 1).
-  void backward(const Var<T>& loss) {
+  // Reverse sweep from a scalar loss (seed 1). Each op is differentiated once, as in PyTorch: a
+  // backward() that would run the backward of an op an earlier backward() already ran (the
+  // same loss twice, or two losses sharing a trunk) throws TapeError before changing anything,
+  // since it would add the same gradients into the parameters again; unless the earlier one
+  // passed retain_graph = true. Outputs of disjoint parts of a recording may each be swept.
+  void backward(const Var<T>& loss, bool retain_graph = false) {
     check_own(loss, "backward");
     if (loss.numel() != 1)
       detail::fail<TapeError>("backward: the loss has shape ", loss.shape(),
                               "; pass a seed gradient of that shape for a non-scalar output");
-    sweep(loss, nullptr);
+    sweep(loss, nullptr, retain_graph);
   }
   // Reverse sweep from any output, seeded with d(objective)/d(output).
-  void backward(const Var<T>& out, const Tensor<T>& seed) {
+  void backward(const Var<T>& out, const Tensor<T>& seed, bool retain_graph = false) {
     check_own(out, "backward");
     if (!(seed.shape() == out.shape()))
       detail::fail<ShapeError>("backward: seed of shape ", seed.shape(), " for an output of shape ",
                                out.shape());
-    sweep(out, &seed);
+    sweep(out, &seed, retain_graph);
   }
 
   // Forgets every node (their Vars become stale) but keeps the buffers for reuse. Borrowed
@@ -176,6 +182,7 @@ class Tape {
       if (nodes_[i].borrowed) nodes_[i].value = Tensor<T>();
     size_ = 0;
     ++generation_;
+    swept_any_ = false;
   }
   size_t size() const { return size_; }
 
@@ -228,6 +235,7 @@ class Tape {
     n.ints.clear();
     n.backward = nullptr;
     n.grad_ready = false;
+    n.swept = false;
     n.is_leaf = false;
     n.borrowed = false;
     if (n.is_param) {  // the slot held a parameter's grad: never write into it again
@@ -243,8 +251,30 @@ class Tape {
     if (v.tape_ != this) detail::fail<TapeError>(what, ": the Var belongs to another tape");
   }
 
-  void sweep(const Var<T>& out, const Tensor<T>* seed) {
+  // Throws if the sweep from node `last` would run a backward that ran already.
+  void check_not_swept(size_t last) {
+    for (size_t i = 0; i <= last; ++i) nodes_[i].reached = false;
+    nodes_[last].reached = true;
+    for (size_t i = last + 1; i-- > 0;) {
+      Node<T>& n = nodes_[i];
+      if (!n.reached || n.backward == nullptr) continue;
+      if (n.swept)
+        detail::fail<TapeError>(
+            "backward: the recording from this output back was already differentiated at node ", i,
+            " (", n.op,
+            "); a second backward would add the same gradients again. To accumulate gradients "
+            "over several batches, record each forward anew (tape.clear(), forward, backward) "
+            "without zero_grad() in between; to differentiate one recording twice, pass "
+            "retain_graph = true to the first backward");
+      for (int32_t k : n.inputs)
+        if (nodes_[static_cast<size_t>(k)].requires_grad)
+          nodes_[static_cast<size_t>(k)].reached = true;
+    }
+  }
+
+  void sweep(const Var<T>& out, const Tensor<T>* seed, bool retain_graph) {
     const auto last = static_cast<size_t>(out.id_);
+    if (swept_any_) check_not_swept(last);  // only after a first sweep: it costs a pass
     for (size_t i = 0; i <= last; ++i)
       if (!nodes_[i].is_leaf) nodes_[i].grad_ready = false;
     Node<T>& o = nodes_[last];
@@ -267,12 +297,15 @@ class Tape {
       if (!n.grad_ready || n.backward == nullptr) continue;
       OpContext<T> c(*this, n);
       n.backward(c);
+      n.swept = !retain_graph;
     }
+    swept_any_ = swept_any_ || !retain_graph;
   }
 
   std::vector<Node<T>> nodes_;
   size_t size_ = 0;
   uint64_t generation_ = 0;
+  bool swept_any_ = false;  // a backward without retain_graph ran since clear()
 };
 
 // What a backward function sees: its node's output, its output gradient, its inputs, and the
