@@ -1,11 +1,13 @@
 // After its first step, a training step allocates nothing: the tape reuses its nodes' buffers,
 // the optimizer its state, the loss its label storage. Proven by counting every call of the
-// global operator new (replaced below for the whole test program; it only counts).
+// global operator new (replaced below for the whole test program; it counts calls, and the bytes
+// held and their peak, which other tests read through test_util.hpp's heap_* functions).
 //
 // The models are small on purpose: Eigen's own GEMM takes its packing workspace from the stack
 // below EIGEN_STACK_ALLOCATION_LIMIT (128 KiB) and from the heap above it, and that workspace
 // is Eigen's, not ours. The speed benchmarks report what the large workloads allocate.
 #include <gtest/gtest.h>
+#include <malloc.h>
 
 #include <atomic>
 #include <cstdlib>
@@ -15,6 +17,8 @@
 
 namespace {
 std::atomic<long> allocations{0};
+// Bytes held through operator new (as malloc_usable_size counts them), and their peak.
+std::atomic<long long> heap_now{0}, heap_max{0};
 
 void* counted(std::size_t n, std::size_t align) {
   allocations.fetch_add(1, std::memory_order_relaxed);
@@ -23,9 +27,23 @@ void* counted(std::size_t n, std::size_t align) {
                 ? std::malloc(n)
                 : std::aligned_alloc(align, (n + align - 1) / align * align);
   if (!p) throw std::bad_alloc();
+  const long long now = heap_now.fetch_add(static_cast<long long>(malloc_usable_size(p))) +
+                        static_cast<long long>(malloc_usable_size(p));
+  for (long long m = heap_max.load(); now > m && !heap_max.compare_exchange_weak(m, now);) {
+  }
   return p;
 }
+void release(void* p) {
+  if (p) heap_now.fetch_sub(static_cast<long long>(malloc_usable_size(p)));
+  std::free(p);
+}
 }  // namespace
+
+namespace tapegrad::testing {
+void reset_heap_peak() { heap_max.store(heap_now.load()); }
+long long heap_bytes() { return heap_now.load(); }
+long long heap_peak() { return heap_max.load(); }
+}  // namespace tapegrad::testing
 
 void* operator new(std::size_t n) { return counted(n, 0); }
 void* operator new[](std::size_t n) { return counted(n, 0); }
@@ -57,18 +75,18 @@ void* operator new(std::size_t n, std::align_val_t a, const std::nothrow_t&) noe
 void* operator new[](std::size_t n, std::align_val_t a, const std::nothrow_t& tag) noexcept {
   return operator new(n, a, tag);
 }
-void operator delete(void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { std::free(p); }
-void operator delete(void* p) noexcept { std::free(p); }
-void operator delete[](void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t) noexcept { std::free(p); }
-void operator delete(void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::align_val_t) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
-void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { std::free(p); }
+void operator delete(void* p, const std::nothrow_t&) noexcept { release(p); }
+void operator delete[](void* p, const std::nothrow_t&) noexcept { release(p); }
+void operator delete(void* p, std::align_val_t, const std::nothrow_t&) noexcept { release(p); }
+void operator delete[](void* p, std::align_val_t, const std::nothrow_t&) noexcept { release(p); }
+void operator delete(void* p) noexcept { release(p); }
+void operator delete[](void* p) noexcept { release(p); }
+void operator delete(void* p, std::size_t) noexcept { release(p); }
+void operator delete[](void* p, std::size_t) noexcept { release(p); }
+void operator delete(void* p, std::align_val_t) noexcept { release(p); }
+void operator delete[](void* p, std::align_val_t) noexcept { release(p); }
+void operator delete(void* p, std::size_t, std::align_val_t) noexcept { release(p); }
+void operator delete[](void* p, std::size_t, std::align_val_t) noexcept { release(p); }
 
 namespace {
 

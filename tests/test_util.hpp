@@ -20,6 +20,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <exception>
 #include <fstream>
 #include <sstream>
@@ -140,6 +141,21 @@ std::string error_message(F f) {
   }
   return "";
 }
+
+// Same shape and the same bytes (NaN payloads and -0 included).
+template <class T>
+bool same_bits(const Tensor<T>& a, const Tensor<T>& b) {
+  return a.shape() == b.shape() &&
+         std::memcmp(a.data(), b.data(), sizeof(T) * static_cast<size_t>(a.numel())) == 0;
+}
+
+// ---------------------------------------------------------------- heap
+
+// Bytes held through operator new, counted by the replacement in test_no_alloc.cpp (the whole
+// test program's). To measure a peak: reset_heap_peak(), run, heap_peak() - the bytes before.
+void reset_heap_peak();
+long long heap_bytes();
+long long heap_peak();
 
 // ---------------------------------------------------------------- files
 

@@ -3,6 +3,7 @@
 // is defined for brevity.
 
 // Core: tensors, the tape, parameters.
+#include "tapegrad/any_tensor.hpp"
 #include "tapegrad/error.hpp"
 #include "tapegrad/parameter.hpp"
 #include "tapegrad/random.hpp"

@@ -1,5 +1,7 @@
 #pragma once
-// Tensor<T>: a contiguous row-major array of float or double with a Shape.
+// Tensor<T>: a contiguous row-major array of float or double with a Shape. Tensor<int64_t>
+// holds integer state (optimizer step counts) for checkpoints: it has the storage and shape
+// functions, no arithmetic, and no op takes it.
 // Copies share storage (like torch.Tensor); clone() copies the data. Compute goes through
 // Eigen maps of the storage (matrix(), array()), so kernels are Eigen expressions or GEMMs.
 
@@ -23,8 +25,8 @@ namespace tapegrad {
 
 template <class T>
 class Tensor {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
-                "tapegrad::Tensor<T>: T must be float or double");
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, int64_t>,
+                "tapegrad::Tensor<T>: T must be float or double (or int64_t for integer state)");
 
  public:
   using Scalar = T;

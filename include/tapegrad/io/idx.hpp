@@ -126,10 +126,18 @@ inline IdxData parse_idx(std::span<const uint8_t> bytes, const std::string& name
     fail<IOError>(name, ": truncated: header sizes ", out.shape(),
                   " describe more than 2^62 data bytes, file has ", src.count_rest(), after);
 
-  // Never allocate more than the input could possibly hold.
+  // Memory follows the data actually there, not the header's claim: the buffer grows by at most
+  // doubling as bytes arrive (a gzip stream may decompress to 1032 times its size).
+  uint64_t have = 0;
   const uint64_t cap = std::min(expected, src.max_size());
-  out.data.resize(static_cast<size_t>(cap));
-  const size_t have = src.read(out.data.data(), out.data.size());
+  while (have < cap) {
+    const uint64_t want = std::min(cap - have, std::max<uint64_t>(have, uint64_t{1} << 20));
+    out.data.resize(static_cast<size_t>(have + want));
+    const size_t got = src.read(out.data.data() + have, static_cast<size_t>(want));
+    have += got;
+    if (got < want) break;
+  }
+  out.data.resize(static_cast<size_t>(have));
   if (have < expected) {
     const uint64_t total = have + src.count_rest();
     fail<IOError>(name, ": truncated: header says ", expected, " data bytes, file has ", total,

@@ -1,55 +1,75 @@
 #pragma once
-// A small strict JSON reader (RFC 8259) for file headers, with no dependency. It accepts exactly
-// JSON: no comments, no trailing commas, no NaN, no leading zeros, no control characters or
-// invalid UTF-8 in strings, no lone surrogates, no duplicate keys in an object. Nesting is
-// limited (64 levels) so hostile input cannot exhaust the stack. Every failure is an IOError
-// "<file>: JSON syntax error at byte <offset>: <what>", the offset counted in the whole file.
+// JsonReader: a small strict JSON reader (RFC 8259) for file headers, with no dependency. It is
+// a pull parser: the caller walks the document it expects (begin_object, next_member, string,
+// number, ...) and keeps only what it needs, so memory follows the caller's result, never the
+// size of the text; a value of the wrong kind is reported where it starts, without reading
+// further. It accepts exactly JSON: no comments, no trailing commas, no NaN, no leading zeros,
+// no control characters or invalid UTF-8 in strings, no lone surrogates. Nesting is limited
+// (64 levels). Duplicate keys are for the caller to reject (it knows which keys it keeps).
+// Every failure is an IOError "<file>: JSON syntax error at byte <offset>: <what>", the offset
+// counted in the whole file.
 //
-// Numbers are kept as their text; as_u64() reads a non-negative integer without fraction or
-// exponent, which is all the safetensors header needs.
+//   JsonReader r(text, 8, path);
+//   r.begin_object();
+//   for (std::string key; r.next_member(key);)
+//     if (r.peek() == JsonReader::Kind::String) use(key, r.string()); else r.skip_value();
+//   r.end();
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <string>
 #include <string_view>
-#include <unordered_set>
 #include <utility>
-#include <vector>
 
 #include "tapegrad/error.hpp"
 
 namespace tapegrad::io {
 
-struct JsonMember;
-
-struct JsonValue {
+class JsonReader {
+ public:
   enum class Kind { Null, Bool, Number, String, Array, Object };
-  Kind kind = Kind::Null;
-  bool boolean = false;
-  std::string text;  // a string's decoded UTF-8, or a number's literal text
-  std::vector<JsonValue> items;
-  std::vector<JsonMember> members;  // an object's members, in document order
-  size_t offset = 0;                // byte offset of the value's first character in the file
+  static constexpr int max_depth = 64;
 
-  bool is_object() const { return kind == Kind::Object; }
-  bool is_array() const { return kind == Kind::Array; }
-  bool is_string() const { return kind == Kind::String; }
-  bool is_number() const { return kind == Kind::Number; }
+  // text: the JSON; base: the file offset of text[0] (for messages); name: the file name.
+  JsonReader(std::string_view text, size_t base, std::string name)
+      : t_(text), base_(base), name_(std::move(name)), available_(text.size()) {}
 
-  // The number as a uint64_t, if it is a non-negative integer literal that fits; else false.
-  bool as_u64(uint64_t& out) const {
-    if (kind != Kind::Number || text.empty()) return false;
-    uint64_t v = 0;
-    for (char c : text) {
-      if (c < '0' || c > '9') return false;  // sign, fraction or exponent
-      const uint64_t d = static_cast<uint64_t>(c - '0');
-      if (v > (UINT64_MAX - d) / 10) return false;
-      v = v * 10 + d;
-    }
-    out = v;
-    return true;
+  // For text still arriving (a file read in pieces): only text[0, available) is there yet, and
+  // before the reader looks at a byte beyond it, it calls fill(context, end), which must make
+  // text[0, end) valid (at least; end <= text.size()) and return how much now is. So a file is
+  // read only as far as the reader gets: a problem at byte 70 of a 94 MB header costs one piece.
+  using Fill = size_t (*)(void* context, size_t end);
+  void set_source(Fill fill, void* context, size_t available) {
+    fill_ = fill;
+    context_ = context;
+    available_ = available;
   }
 
+  // File offset of the next unread byte.
+  size_t offset() const { return base_ + pos_; }
+
+  // The kind of the value starting at the next non-whitespace byte (fails where none can).
+  Kind peek() {
+    skip_ws();
+    if (pos_ >= t_.size()) fail("expected a value, found end of the header");
+    switch (ch(pos_)) {
+      case '{':
+        return Kind::Object;
+      case '[':
+        return Kind::Array;
+      case '"':
+        return Kind::String;
+      case 't':
+      case 'f':
+        return Kind::Bool;
+      case 'n':
+        return Kind::Null;
+      default:
+        if (ch(pos_) == '-' || (ch(pos_) >= '0' && ch(pos_) <= '9')) return Kind::Number;
+        fail("expected a value, found ", describe());
+    }
+  }
   static const char* kind_name(Kind k) {
     switch (k) {
       case Kind::Null:
@@ -67,161 +87,64 @@ struct JsonValue {
     }
     return "?";
   }
-};
 
-struct JsonMember {
-  std::string key;
-  JsonValue value;
-};
-
-class JsonParser {
- public:
-  static constexpr int max_depth = 64;
-
-  // Parses text as one JSON value followed only by whitespace. base is the file offset of
-  // text[0] (for messages); name is the file name.
-  static JsonValue parse(std::string_view text, size_t base, const std::string& name) {
-    JsonParser p(text, base, name);
-    p.skip_ws();
-    JsonValue v = p.value(0);
-    p.skip_ws();
-    if (p.pos_ != text.size()) p.fail("unexpected ", p.describe(), " after the JSON value");
-    return v;
+  // ---- containers ----
+  // begin_* consumes the opening bracket. next_member / next_item return true while another
+  // element follows (next_member has read its key and the ':'), false once they have consumed
+  // the closing bracket.
+  void begin_object() { open('{', "an object"); }
+  bool next_member(std::string& key) {
+    if (!next('}', "in an object")) return false;
+    skip_ws();
+    if (!at('"')) fail("expected a string key, found ", describe());
+    key_offset_ = offset();
+    key = string();
+    skip_ws();
+    expect(':', "after an object key");
+    return true;
   }
+  // File offset of the key next_member read last.
+  size_t key_offset() const { return key_offset_; }
+  void begin_array() { open('[', "an array"); }
+  bool next_item() { return next(']', "in an array"); }
 
- private:
-  JsonParser(std::string_view t, size_t base, const std::string& name)
-      : t_(t), base_(base), name_(name) {}
-
-  template <class... Parts>
-  [[noreturn]] void fail(Parts&&... parts) const {
-    tapegrad::detail::fail<IOError>(name_, ": JSON syntax error at byte ", base_ + pos_, ": ",
-                                    std::forward<Parts>(parts)...);
-  }
-  // What is at the current position, for messages.
-  std::string describe() const {
-    if (pos_ >= t_.size()) return "end of the header";
-    const auto c = static_cast<unsigned char>(t_[pos_]);
-    if (c >= 0x21 && c < 0x7f) return std::string("'") + static_cast<char>(c) + "'";
-    char hex[16];
-    std::snprintf(hex, sizeof hex, "byte 0x%02x", c);
-    return hex;
-  }
-
-  void skip_ws() {
-    while (pos_ < t_.size() &&
-           (t_[pos_] == ' ' || t_[pos_] == '\t' || t_[pos_] == '\n' || t_[pos_] == '\r'))
-      ++pos_;
-  }
-  bool at(char c) const { return pos_ < t_.size() && t_[pos_] == c; }
-  void expect(char c, const char* context) {
-    if (!at(c)) fail("expected '", c, "' ", context, ", found ", describe());
+  // ---- scalars ----
+  // A string value, decoded to UTF-8.
+  std::string string() {
+    skip_ws();
+    if (!at('"')) fail("expected a string, found ", describe());
     ++pos_;
-  }
-
-  JsonValue value(int depth) {
-    if (depth >= max_depth) fail("nesting deeper than ", max_depth, " levels");
-    if (pos_ >= t_.size()) fail("expected a value, found end of the header");
-    JsonValue v;
-    v.offset = base_ + pos_;
-    switch (t_[pos_]) {
-      case '{':
-        object(v, depth);
-        break;
-      case '[':
-        array(v, depth);
-        break;
-      case '"':
-        v.kind = JsonValue::Kind::String;
-        v.text = string();
-        break;
-      case 't':
-        literal("true", v, JsonValue::Kind::Bool, true);
-        break;
-      case 'f':
-        literal("false", v, JsonValue::Kind::Bool, false);
-        break;
-      case 'n':
-        literal("null", v, JsonValue::Kind::Null, false);
-        break;
-      default:
-        if (t_[pos_] == '-' || (t_[pos_] >= '0' && t_[pos_] <= '9')) {
-          v.kind = JsonValue::Kind::Number;
-          v.text = number();
-        } else {
-          fail("expected a value, found ", describe());
-        }
-    }
-    return v;
-  }
-
-  void literal(std::string_view word, JsonValue& v, JsonValue::Kind kind, bool b) {
-    if (t_.substr(pos_, word.size()) != word) fail("invalid literal, expected ", word);
-    pos_ += word.size();
-    v.kind = kind;
-    v.boolean = b;
-  }
-
-  void object(JsonValue& v, int depth) {
-    v.kind = JsonValue::Kind::Object;
-    ++pos_;  // '{'
-    skip_ws();
-    if (at('}')) {
-      ++pos_;
-      return;
-    }
-    std::unordered_set<std::string> keys;
+    std::string s;
     for (;;) {
-      skip_ws();
-      if (!at('"')) fail("expected a string key, found ", describe());
-      const size_t key_pos = pos_;
-      std::string key = string();
-      if (!keys.insert(key).second) {
-        pos_ = key_pos;
-        fail("duplicate key \"", key, "\"");
-      }
-      skip_ws();
-      expect(':', "after an object key");
-      skip_ws();
-      JsonValue item = value(depth + 1);
-      v.members.push_back({std::move(key), std::move(item)});
-      skip_ws();
-      if (at(',')) {
+      if (pos_ >= t_.size()) fail("unterminated string");
+      const auto c = static_cast<unsigned char>(ch(pos_));
+      if (c == '"') {
         ++pos_;
+        return s;
+      }
+      if (c < 0x20) fail("control character ", describe(), " in a string");
+      if (c >= 0x80) {
+        const size_t n = utf8_length();
+        if (n == 0) fail("invalid UTF-8 (", describe(), ") in a string");
+        s.append(t_.substr(pos_, n));  // utf8_length read these
+        pos_ += n;
         continue;
       }
-      expect('}', "or ',' in an object");
-      return;
-    }
-  }
-
-  void array(JsonValue& v, int depth) {
-    v.kind = JsonValue::Kind::Array;
-    ++pos_;  // '['
-    skip_ws();
-    if (at(']')) {
       ++pos_;
-      return;
-    }
-    for (;;) {
-      skip_ws();
-      v.items.push_back(value(depth + 1));
-      skip_ws();
-      if (at(',')) {
-        ++pos_;
-        continue;
-      }
-      expect(']', "or ',' in an array");
-      return;
+      if (c == '\\')
+        escape(s);
+      else
+        s += static_cast<char>(c);
     }
   }
-
-  std::string number() {
+  // A number's literal text, checked against JSON's grammar.
+  std::string_view number() {
+    skip_ws();
     const size_t start = pos_;
     if (at('-')) ++pos_;
     if (at('0')) {
       ++pos_;
-    } else if (pos_ < t_.size() && t_[pos_] >= '1' && t_[pos_] <= '9') {
+    } else if (pos_ < t_.size() && ch(pos_) >= '1' && ch(pos_) <= '9') {
       digits();
     } else {
       fail("expected a digit in a number, found ", describe());
@@ -235,19 +158,181 @@ class JsonParser {
       if (at('+') || at('-')) ++pos_;
       if (!digits()) fail("expected a digit in an exponent, found ", describe());
     }
-    return std::string(t_.substr(start, pos_ - start));
+    return t_.substr(start, pos_ - start);
   }
+  // A number literal as a uint64_t, if it is a non-negative integer (no sign, fraction or
+  // exponent) that fits; else false.
+  static bool to_u64(std::string_view literal, uint64_t& out) {
+    if (literal.empty()) return false;
+    uint64_t v = 0;
+    for (char c : literal) {
+      if (c < '0' || c > '9') return false;
+      const auto d = static_cast<uint64_t>(c - '0');
+      if (v > (UINT64_MAX - d) / 10) return false;
+      v = v * 10 + d;
+    }
+    out = v;
+    return true;
+  }
+  // true, false or null; returns the boolean (false for null).
+  bool literal() {
+    skip_ws();
+    need(pos_ + 5);
+    for (std::string_view word : {"true", "false", "null"})
+      if (t_.substr(pos_, word.size()) == word) {
+        pos_ += word.size();
+        return word == "true";
+      }
+    fail("invalid literal, expected true, false or null");
+  }
+  // Reads and checks one whole value of any kind, keeping nothing.
+  void skip_value() {
+    switch (peek()) {
+      case Kind::Object: {
+        begin_object();
+        for (std::string key; next_member(key);) skip_value();
+        return;
+      }
+      case Kind::Array:
+        begin_array();
+        while (next_item()) skip_value();
+        return;
+      case Kind::String:
+        string();
+        return;
+      case Kind::Number:
+        number();
+        return;
+      default:
+        literal();
+    }
+  }
+
+  // Only whitespace may follow the document.
+  void end() {
+    skip_ws();
+    if (pos_ != t_.size()) fail("unexpected ", describe(), " after the JSON value");
+  }
+
+  template <class... Parts>
+  [[noreturn]] void fail(Parts&&... parts) const {
+    tapegrad::detail::fail<IOError>(name_, ": JSON syntax error at byte ", base_ + pos_, ": ",
+                                    std::forward<Parts>(parts)...);
+  }
+
+ private:
+  // Makes text[0, end) readable (end clamped to the text).
+  void need(size_t end) const {
+    if (end > available_ && available_ < t_.size())
+      available_ = fill_(context_, std::min(end, t_.size()));
+  }
+  char ch(size_t i) const {
+    need(i + 1);
+    return t_[i];
+  }
+
+  void skip_ws() {
+    for (; pos_ < t_.size(); ++pos_) {
+      const char c = ch(pos_);
+      if (c != ' ' && c != '\t' && c != '\n' && c != '\r') return;
+    }
+  }
+  bool at(char c) const { return pos_ < t_.size() && ch(pos_) == c; }
+  void expect(char c, const char* context) {
+    if (!at(c)) fail("expected '", c, "' ", context, ", found ", describe());
+    ++pos_;
+  }
+  // What is at the current position, for messages.
+  std::string describe() const {
+    if (pos_ >= t_.size()) return "end of the header";
+    const auto c = static_cast<unsigned char>(ch(pos_));
+    if (c >= 0x21 && c < 0x7f) return std::string("'") + static_cast<char>(c) + "'";
+    char hex[16];
+    std::snprintf(hex, sizeof hex, "byte 0x%02x", c);
+    return hex;
+  }
+
+  // One bit per open container: set while it has had no element yet.
+  void open(char bracket, const char* what) {
+    skip_ws();
+    if (!at(bracket)) fail("expected ", what, ", found ", describe());
+    if (depth_ >= max_depth) fail("nesting deeper than ", max_depth, " levels");
+    ++pos_;
+    first_ |= uint64_t{1} << depth_++;
+  }
+  bool next(char close, const char* context) {
+    skip_ws();
+    const uint64_t bit = uint64_t{1} << (depth_ - 1);
+    if (first_ & bit) {
+      first_ &= ~bit;
+      if (!at(close)) return true;
+    } else if (at(',')) {
+      ++pos_;
+      return true;
+    } else if (!at(close)) {
+      fail("expected '", close, "' or ',' ", context, ", found ", describe());
+    }
+    ++pos_;
+    --depth_;
+    return false;
+  }
+
   bool digits() {
     const size_t start = pos_;
-    while (pos_ < t_.size() && t_[pos_] >= '0' && t_[pos_] <= '9') ++pos_;
+    while (pos_ < t_.size() && ch(pos_) >= '0' && ch(pos_) <= '9') ++pos_;
     return pos_ > start;
   }
 
+  // After a backslash.
+  void escape(std::string& s) {
+    if (pos_ >= t_.size()) fail("unterminated escape");
+    const char e = ch(pos_++);
+    switch (e) {
+      case '"':
+      case '\\':
+      case '/':
+        s += e;
+        return;
+      case 'b':
+        s += '\b';
+        return;
+      case 'f':
+        s += '\f';
+        return;
+      case 'n':
+        s += '\n';
+        return;
+      case 'r':
+        s += '\r';
+        return;
+      case 't':
+        s += '\t';
+        return;
+      case 'u': {
+        unsigned cp = hex4();
+        if (cp >= 0xDC00 && cp <= 0xDFFF) fail("lone low surrogate in a \\u escape");
+        if (cp >= 0xD800 && cp <= 0xDBFF) {
+          need(pos_ + 2);
+          if (t_.substr(pos_, 2) != "\\u") fail("high surrogate without a low surrogate");
+          pos_ += 2;
+          const unsigned lo = hex4();
+          if (lo < 0xDC00 || lo > 0xDFFF) fail("high surrogate without a low surrogate");
+          cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+        }
+        append_utf8(s, cp);
+        return;
+      }
+      default:
+        --pos_;
+        fail("invalid escape \\", describe());
+    }
+  }
   unsigned hex4() {
     if (pos_ + 4 > t_.size()) fail("truncated \\u escape");
+    need(pos_ + 4);
     unsigned v = 0;
     for (int i = 0; i < 4; ++i) {
-      const char c = t_[pos_];
+      const char c = ch(pos_);
       unsigned d;
       if (c >= '0' && c <= '9')
         d = static_cast<unsigned>(c - '0');
@@ -279,11 +364,10 @@ class JsonParser {
       s += static_cast<char>(0x80 | (cp & 0x3F));
     }
   }
-
   // Length of the valid UTF-8 sequence starting at pos_ (lead byte >= 0x80), or 0.
   size_t utf8_length() const {
     auto b = [&](size_t i) {
-      return pos_ + i < t_.size() ? static_cast<unsigned char>(t_[pos_ + i]) : 0u;
+      return pos_ + i < t_.size() ? static_cast<unsigned char>(ch(pos_ + i)) : 0u;
     };
     const unsigned c0 = b(0);
     auto cont = [&](size_t i) { return (b(i) & 0xC0) == 0x80; };
@@ -303,81 +387,16 @@ class JsonParser {
     return 0;
   }
 
-  std::string string() {
-    ++pos_;  // opening quote
-    std::string s;
-    for (;;) {
-      if (pos_ >= t_.size()) fail("unterminated string");
-      const auto c = static_cast<unsigned char>(t_[pos_]);
-      if (c == '"') {
-        ++pos_;
-        return s;
-      }
-      if (c < 0x20) fail("control character ", describe(), " in a string");
-      if (c >= 0x80) {
-        const size_t n = utf8_length();
-        if (n == 0) fail("invalid UTF-8 (", describe(), ") in a string");
-        s.append(t_.substr(pos_, n));
-        pos_ += n;
-        continue;
-      }
-      if (c != '\\') {
-        s += static_cast<char>(c);
-        ++pos_;
-        continue;
-      }
-      ++pos_;
-      if (pos_ >= t_.size()) fail("unterminated escape");
-      const char e = t_[pos_++];
-      switch (e) {
-        case '"':
-          s += '"';
-          break;
-        case '\\':
-          s += '\\';
-          break;
-        case '/':
-          s += '/';
-          break;
-        case 'b':
-          s += '\b';
-          break;
-        case 'f':
-          s += '\f';
-          break;
-        case 'n':
-          s += '\n';
-          break;
-        case 'r':
-          s += '\r';
-          break;
-        case 't':
-          s += '\t';
-          break;
-        case 'u': {
-          unsigned cp = hex4();
-          if (cp >= 0xDC00 && cp <= 0xDFFF) fail("lone low surrogate in a \\u escape");
-          if (cp >= 0xD800 && cp <= 0xDBFF) {
-            if (t_.substr(pos_, 2) != "\\u") fail("high surrogate without a low surrogate");
-            pos_ += 2;
-            const unsigned lo = hex4();
-            if (lo < 0xDC00 || lo > 0xDFFF) fail("high surrogate without a low surrogate");
-            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
-          }
-          append_utf8(s, cp);
-          break;
-        }
-        default:
-          --pos_;
-          fail("invalid escape \\", describe());
-      }
-    }
-  }
-
   std::string_view t_;
   size_t base_;
-  const std::string& name_;
+  std::string name_;
   size_t pos_ = 0;
+  mutable size_t available_;
+  Fill fill_ = nullptr;
+  void* context_ = nullptr;
+  int depth_ = 0;
+  uint64_t first_ = 0;
+  size_t key_offset_ = 0;
 };
 
 // Appends s to out as a JSON string literal (quotes, backslashes and control characters
@@ -406,7 +425,8 @@ inline bool is_valid_utf8(std::string_view s) {
   try {
     std::string quoted;
     json_append_string(quoted, s);
-    JsonParser::parse(quoted, 0, "");
+    JsonReader r(quoted, 0, "");
+    r.string();
     return true;
   } catch (const IOError&) {
     return false;
