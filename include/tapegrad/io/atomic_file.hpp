@@ -1,9 +1,13 @@
 #pragma once
 // AtomicFile: writes a file so that readers see either the old content or the complete new
-// one, never a half-written file. Data goes to "<path>.tmp"; commit() flushes it to disk
-// (fsync), renames it over <path> (atomic on POSIX) and syncs the directory so the rename
-// itself survives a power cut. Destroying an uncommitted AtomicFile (an exception while
-// writing) removes the temporary file and leaves <path> as it was.
+// one, never a half-written file, also when several processes save to the same path. Data goes
+// to a temporary file of its own in the same directory, "<path>.tmp-<pid>-<random>", created
+// with O_EXCL (never someone else's file); commit() flushes it to disk (fsync), renames it over
+// <path> (atomic on POSIX: the last rename wins) and syncs the directory so the rename itself
+// survives a power cut. Destroying an uncommitted AtomicFile (an exception while writing)
+// removes the temporary file and leaves <path> as it was. A process killed while writing
+// (SIGKILL, power loss) leaves its temporary file behind: files matching "<path>.tmp-*" are
+// such leftovers and may be deleted when no save is running.
 //
 //   io::AtomicFile f(path);
 //   f.write(header.data(), header.size());
@@ -13,7 +17,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <cstring>
@@ -33,10 +39,18 @@ inline thread_local void (*before_rename_hook)(const std::string& tmp_path) = nu
 
 class AtomicFile {
  public:
-  explicit AtomicFile(std::string path) : path_(std::move(path)), tmp_(path_ + ".tmp") {
-    // O_TRUNC: a temporary file left by an earlier crash is simply overwritten.
-    fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
-    if (fd_ < 0) fail_errno("cannot create the temporary file " + tmp_);
+  explicit AtomicFile(std::string path) : path_(std::move(path)) {
+    if (path_.empty()) tapegrad::detail::fail<IOError>("cannot write a file: the path is empty");
+    struct stat st;
+    if (path_.back() == '/' || (::stat(path_.c_str(), &st) == 0 && S_ISDIR(st.st_mode)))
+      tapegrad::detail::fail<IOError>(path_, ": is a directory; give the path of a file");
+    // A fresh name per attempt: another process may be saving to the same path right now.
+    for (int attempt = 0; fd_ < 0; ++attempt) {
+      tmp_ = path_ + ".tmp-" + std::to_string(::getpid()) + "-" + random_suffix();
+      fd_ = ::open(tmp_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+      if (fd_ < 0 && (errno != EEXIST || attempt == 100))
+        fail_errno("cannot create the temporary file " + tmp_);
+    }
   }
   AtomicFile(const AtomicFile&) = delete;
   AtomicFile& operator=(const AtomicFile&) = delete;
@@ -76,6 +90,19 @@ class AtomicFile {
   }
 
  private:
+  // 8 hex digits, different for every call in every process.
+  static std::string random_suffix() {
+    static std::atomic<uint64_t> counter{0};
+    uint64_t x =
+        static_cast<uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count()) ^
+        (counter.fetch_add(1) * 0x9e3779b97f4a7c15ULL) ^ (static_cast<uint64_t>(::getpid()) << 32);
+    x ^= x >> 31;
+    x *= 0xbf58476d1ce4e5b9ULL;
+    x ^= x >> 29;
+    char buf[9];
+    std::snprintf(buf, sizeof buf, "%08x", static_cast<unsigned>(x & 0xffffffffu));
+    return buf;
+  }
   [[noreturn]] void fail_errno(const std::string& what) const {
     const int e = errno;
     tapegrad::detail::fail<IOError>(path_, ": ", what, ": ", std::strerror(e));
