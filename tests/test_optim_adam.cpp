@@ -129,12 +129,12 @@ TEST(OptimAdam, StepCountIsPerParameter) {
   const auto sd = opt.state_dict();
   ASSERT_EQ(sd.size(), 6u);
   EXPECT_EQ(sd[0].first, "state.0.step");
-  EXPECT_EQ(sd[0].second.item(), 3.0);
-  EXPECT_EQ(sd[0].second.rank(), 0);
+  EXPECT_EQ(std::get<tg::Tensor<int64_t>>(sd[0].second).item(), 3);
+  EXPECT_EQ(tg::shape_of(sd[0].second).rank(), 0);
   EXPECT_EQ(sd[1].first, "state.0.exp_avg");
   EXPECT_EQ(sd[2].first, "state.0.exp_avg_sq");
   EXPECT_EQ(sd[3].first, "state.1.step");
-  EXPECT_EQ(sd[3].second.item(), 2.0);
+  EXPECT_EQ(std::get<tg::Tensor<int64_t>>(sd[3].second).item(), 2);
 }
 
 TEST(OptimAdam, InvalidOptionsRaise) {

@@ -6,6 +6,7 @@
 
 #include "tapegrad/optim/adam.hpp"
 #include "tapegrad/optim/sgd.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 namespace opt = tapegrad::optim;
@@ -50,14 +51,22 @@ void expect_same(const std::vector<tg::Tensor<double>>& a,
     }
 }
 
-void expect_same(const opt::StateDict<double>& a, const opt::StateDict<double>& b) {
+void expect_same(const opt::StateDict& a, const opt::StateDict& b) {
   ASSERT_EQ(a.size(), b.size());
   for (size_t k = 0; k < a.size(); ++k) {
     EXPECT_EQ(a[k].first, b[k].first);
-    EXPECT_TRUE(a[k].second.shape() == b[k].second.shape());
-    for (int64_t i = 0; i < a[k].second.numel(); ++i) EXPECT_EQ(a[k].second[i], b[k].second[i]);
+    ASSERT_EQ(a[k].second.index(), b[k].second.index()) << a[k].first;
+    std::visit(
+        [&](const auto& x) {
+          const auto& y = std::get<std::decay_t<decltype(x)>>(b[k].second);
+          EXPECT_TRUE(x.shape() == y.shape());
+          for (int64_t i = 0; i < x.numel(); ++i) EXPECT_EQ(x[i], y[i]);
+        },
+        a[k].second);
   }
 }
+// The step count of a state_dict entry.
+int64_t step_of(const tg::AnyTensor& t) { return std::get<tg::Tensor<int64_t>>(t).item(); }
 
 }  // namespace
 
@@ -139,7 +148,7 @@ TEST(OptimNonFinite, SkipStepChangesNothingAndCounts) {
     EXPECT_TRUE(std::isfinite(adam.step()));
     EXPECT_EQ(adam.skipped_steps(), 1);
     EXPECT_NE(m[0].second.value()[0], values[0][0]);
-    EXPECT_EQ(adam.state_dict()[0].second.item(), 2.0);  // state.0.step
+    EXPECT_EQ(step_of(adam.state_dict()[0].second), 2);  // state.0.step
   }
 }
 
@@ -205,6 +214,32 @@ TEST(OptimGroups, InvalidGroupsRaise) {
   EXPECT_THROW(sgd.set_lr(-1.0), tg::ValueError);
 }
 
+// param_group(i) hands out its fields: a NaN or negative value set there is caught by the next
+// step(), before any weight changes (it used to turn every weight into NaN).
+TEST(OptimGroups, InvalidValuesSetThroughParamGroupRaiseAtStep) {
+  for (const char* field : {"lr", "weight_decay", "l1", "l2"})
+    for (double bad : {std::nan(""), -1.0, inf}) {
+      auto m = named_model();
+      opt::Adam<double> adam(m, {.lr = 0.1});
+      adam.add_param_group(opt::ParamGroup<double>{});  // an empty second group, indexed 1
+      auto& g = adam.param_group(1);
+      const std::string f = field;
+      if (f == "lr") g.lr = bad;
+      if (f == "weight_decay") g.weight_decay = bad;
+      if (f == "l1") g.l1 = bad;
+      if (f == "l2") g.l2 = bad;
+      const auto values = snapshot(m, false);
+      const std::string msg =
+          tapegrad::testing::error_message<tg::ValueError>([&] { adam.step(); });
+      EXPECT_NE(msg.find("Adam.step: parameter group 1 has an invalid"), std::string::npos)
+          << field << " = " << bad << ": " << msg;
+      EXPECT_NE(msg.find("nothing was updated"), std::string::npos) << msg;
+      expect_same(values, snapshot(m, false));
+      g.lr = 0.1, g.weight_decay = 0.0, g.l1 = 0.0, g.l2 = 0.0;
+      EXPECT_NO_THROW(adam.step());
+    }
+}
+
 TEST(OptimGroups, FrozenParametersAreSkippedAndZeroGradClearsAll) {
   auto m = named_model();
   opt::Adam<double> adam(m, {.lr = 0.1});
@@ -237,7 +272,7 @@ TEST(OptimState, RoundTripResumesExactly) {
   second.step();
   expect_same(snapshot(a, false), snapshot(b, false));
   // The saved tensors are copies: stepping did not change sd.
-  EXPECT_EQ(sd[0].second.item(), 2.0);
+  EXPECT_EQ(step_of(sd[0].second), 2);
 
   // SGD's momentum buffer round trip.
   auto c = named_model(), d = named_model();
@@ -256,7 +291,7 @@ TEST(OptimState, LoadValidatesNamesAndShapesAndChangesNothingOnError) {
   opt::Adam<double> adam(m, {.lr = 0.05});
   adam.step();
   const auto good = adam.state_dict();
-  auto expect_error = [&](opt::StateDict<double> sd, bool shape_error, const std::string& part) {
+  auto expect_error = [&](opt::StateDict sd, bool shape_error, const std::string& part) {
     try {
       adam.load_state_dict(sd);
       ADD_FAILURE() << "no exception for " << part;
@@ -292,6 +327,9 @@ TEST(OptimState, LoadValidatesNamesAndShapesAndChangesNothingOnError) {
   auto wrong_shape = good;
   wrong_shape[1].second = tg::Tensor<double>::zeros({2, 3});
   expect_error(wrong_shape, true, "[2,3]");
+  auto wrong_dtype = good;
+  wrong_dtype[1].second = tg::Tensor<float>::zeros({3, 2});
+  expect_error(wrong_dtype, false, "'state.0.exp_avg' is F32, the optimizer's is F64");
   auto vector_step = good;
   vector_step[0].second = tg::Tensor<double>::ones({1});
   expect_error(vector_step, true, "state.0.step");
@@ -299,8 +337,14 @@ TEST(OptimState, LoadValidatesNamesAndShapesAndChangesNothingOnError) {
   fractional[0].second = tg::Tensor<double>::scalar(1.5);
   expect_error(fractional, false, "step count");
   auto negative = good;
-  negative[0].second = tg::Tensor<double>::scalar(-1);
+  negative[0].second = tg::Tensor<int64_t>::scalar(-1);
   expect_error(negative, false, "step count");
+  auto negative_float = good;
+  negative_float[0].second = tg::Tensor<float>::scalar(-1);
+  expect_error(negative_float, false, "step count");
+  auto nan_step = good;
+  nan_step[0].second = tg::Tensor<double>::scalar(std::nan(""));
+  expect_error(nan_step, false, "step count");
   // An empty dict is valid: every parameter starts afresh.
   adam.load_state_dict({});
   EXPECT_TRUE(adam.state_dict().empty());

@@ -67,7 +67,7 @@ TEST(OptimSGD, StateIsTheMomentumBufferOnly) {
   ASSERT_EQ(sd.size(), 2u);
   EXPECT_EQ(sd[0].first, "state.0.momentum_buffer");
   EXPECT_EQ(sd[1].first, "state.1.momentum_buffer");
-  EXPECT_EQ(sd[0].second.shape(), (tg::Shape{2, 3}));
+  EXPECT_EQ(std::get<tg::Tensor<double>>(sd[0].second).shape(), (tg::Shape{2, 3}));
 }
 
 TEST(OptimSGD, InvalidOptionsRaise) {

@@ -22,10 +22,11 @@
 //   skip_step  nothing is modified (parameters, state, gradients), skipped_steps() += 1.
 //
 // State: state_dict() gives the per-parameter state as named tensors, PyTorch's names with the
-// parameter's index across all groups in order: "state.3.step" (a 0-d tensor), "state.3.exp_avg",
-// "state.3.momentum_buffer", ... load_state_dict() checks every name and shape before it
-// changes anything. Hyperparameters (lr, betas, ...) are configuration, not state: they are
-// not saved (a scheduler recomputes lr from its epoch).
+// parameter's index across all groups in order: "state.3.step" (a 0-d int64 tensor, exact to
+// 2^63 steps; load_state_dict also takes the float step PyTorch writes), "state.3.exp_avg",
+// "state.3.momentum_buffer", ... (tensors of T). load_state_dict() checks every name, dtype and
+// shape before it changes anything. Hyperparameters (lr, betas, ...) are configuration, not state:
+// they are not saved (a scheduler recomputes lr from its epoch).
 
 #include <algorithm>
 #include <array>
@@ -36,8 +37,10 @@
 #include <span>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
+#include "tapegrad/any_tensor.hpp"
 #include "tapegrad/optim/clip.hpp"
 #include "tapegrad/optim/constraint.hpp"
 #include "tapegrad/optim/penalty.hpp"
@@ -51,8 +54,8 @@ enum class NonFinitePolicy { propagate, raise, skip_step };
 template <class T>
 using NamedParameters = std::vector<std::pair<std::string, Parameter<T>>>;
 
-template <class T>
-using StateDict = std::vector<std::pair<std::string, Tensor<T>>>;
+// Named tensors of any dtype: the buffers are Tensor<T>, the step counts Tensor<int64_t>.
+using StateDict = NamedTensors;
 
 // A set of parameters sharing hyperparameters (torch.optim param_groups).
 template <class T>
@@ -119,6 +122,7 @@ class Optimizer {
   // norm_type when clipping by norm, else 2), after the penalties; NaN when norm tracking is off
   // and no norm clipping is set, and for a step skipped before the norm was known.
   double step() {
+    check_groups();
     collect_active();
     const bool penalties = any_penalty();
     const bool need_norm = clip_norm_.has_value() || track_norm_;
@@ -290,15 +294,14 @@ class Optimizer {
   int64_t skipped_steps() const { return skipped_; }
 
   // ---- state ----
-  StateDict<T> state_dict() const {
-    StateDict<T> out;
+  StateDict state_dict() const {
+    StateDict out;
     const auto names = buffer_names();
     for (size_t i = 0; i < slots_.size(); ++i) {
       const ParamState& s = slots_[i].state;
       if (!s.initialized) continue;
       const std::string prefix = "state." + std::to_string(i) + ".";
-      if (has_step_count())
-        out.emplace_back(prefix + "step", Tensor<T>::scalar(static_cast<T>(s.step)));
+      if (has_step_count()) out.emplace_back(prefix + "step", Tensor<int64_t>::scalar(s.step));
       for (size_t k = 0; k < names.size(); ++k)
         if (names[k]) out.emplace_back(prefix + names[k], s.buf[k].clone());
     }
@@ -306,14 +309,16 @@ class Optimizer {
   }
 
   // Replaces the whole state (parameters absent from `state` start afresh). Throws ValueError
-  // for an unknown or duplicate name, an index beyond num_params(), a missing partner entry or
-  // a step that is not a non-negative integer, ShapeError for a tensor whose shape differs from
-  // its parameter's; on error the current state is unchanged.
-  void load_state_dict(const StateDict<T>& state) {
+  // for an unknown or duplicate name, an index beyond num_params(), a missing partner entry, a
+  // buffer whose dtype is not T or a step that is not a non-negative integer (int64, or float
+  // as PyTorch saves it), ShapeError for a tensor whose shape differs from its parameter's; on
+  // error the current state is unchanged.
+  void load_state_dict(const StateDict& state) {
     const auto names = buffer_names();
     const std::string who = name_ + ".load_state_dict";
     constexpr size_t fields = 4;  // step + up to 3 buffers
-    std::vector<std::array<const Tensor<T>*, fields>> found(slots_.size());
+    std::vector<std::array<const AnyTensor*, fields>> found(slots_.size());
+    std::vector<int64_t> steps(slots_.size(), 0);
     for (auto& f : found) f.fill(nullptr);
     for (const auto& [key, t] : state) {
       size_t index = 0, field = 0;
@@ -322,14 +327,15 @@ class Optimizer {
         tapegrad::detail::fail<ValueError>(who, ": duplicate entry '", key, "'");
       const Parameter<T>& p = slots_[index].param;
       if (field == 0) {
-        if (t.rank() != 0)
-          tapegrad::detail::fail<ShapeError>(who, ": '", key, "' has shape ", t.shape(),
+        if (shape_of(t).rank() != 0)
+          tapegrad::detail::fail<ShapeError>(who, ": '", key, "' has shape ", shape_of(t),
                                              ", expected a scalar []");
-        const double v = t[0];
-        if (!(v >= 0) || v != std::floor(v) || std::isinf(v))
-          tapegrad::detail::fail<ValueError>(who, ": '", key, "' = ", v, " is not a step count");
-      } else if (!(t.shape() == p.shape())) {
-        tapegrad::detail::fail<ShapeError>(who, ": '", key, "' has shape ", t.shape(),
+        steps[index] = step_count(who, key, t);
+      } else if (!std::holds_alternative<Tensor<T>>(t)) {
+        tapegrad::detail::fail<ValueError>(who, ": '", key, "' is ", dtype_name(t),
+                                           ", the optimizer's is ", dtype_name<T>());
+      } else if (!(shape_of(t) == p.shape())) {
+        tapegrad::detail::fail<ShapeError>(who, ": '", key, "' has shape ", shape_of(t),
                                            " but parameter ", index, " ('", slots_[index].name,
                                            "') has shape ", p.shape());
       }
@@ -354,9 +360,9 @@ class Optimizer {
       if (std::none_of(found[i].begin(), found[i].end(), [](auto* t) { return t != nullptr; }))
         continue;
       s.initialized = true;
-      if (found[i][0]) s.step = static_cast<int64_t>((*found[i][0])[0]);
+      s.step = steps[i];
       for (size_t k = 0; k < names.size(); ++k)
-        if (found[i][k + 1]) s.buf[k] = found[i][k + 1]->clone();
+        if (found[i][k + 1]) s.buf[k] = std::get<Tensor<T>>(*found[i][k + 1]).clone();
     }
   }
 
@@ -430,6 +436,21 @@ class Optimizer {
       active_params_.push_back(p);
     }
   }
+  // param_group(i) hands out its fields for writing, so the values the constructor and
+  // set_lr checked are checked again here (a NaN lr would turn every weight into NaN).
+  // (No allocation unless one is wrong: step() allocates nothing.)
+  void check_groups() const {
+    auto ok = [](const std::optional<double>& v) { return v && *v >= 0 && !std::isinf(*v); };
+    for (size_t i = 0; i < groups_.size(); ++i) {
+      const ParamGroup<T>& g = groups_[i];
+      if (ok(g.lr) && ok(g.weight_decay) && ok(g.l1) && ok(g.l2)) continue;
+      const char* what = !ok(g.lr) ? "lr" : !ok(g.weight_decay) ? "weight_decay" : "penalty";
+      tapegrad::detail::fail<ValueError>(name_, ".step: parameter group ", i, " has an invalid ",
+                                         what, " (lr ", g.lr.value_or(NAN), ", weight_decay ",
+                                         g.weight_decay.value_or(NAN), ", l1 ", g.l1, ", l2 ", g.l2,
+                                         "; all must be finite and >= 0); nothing was updated");
+    }
+  }
   bool any_penalty() const {
     for (const auto& g : groups_)
       if (!g.exempt_from_penalties && (g.l1 != 0 || g.l2 != 0)) return true;
@@ -440,6 +461,19 @@ class Optimizer {
     for (size_t k = 0; k < active_.size(); ++k)
       if (!detail::all_finite(active_params_[k].grad())) return static_cast<int64_t>(k);
     return -1;
+  }
+  // A step entry's value: an int64, or a float holding a non-negative integer.
+  static int64_t step_count(const std::string& who, const std::string& key, const AnyTensor& t) {
+    if (const auto* i = std::get_if<Tensor<int64_t>>(&t)) {
+      if ((*i)[0] < 0)
+        tapegrad::detail::fail<ValueError>(who, ": '", key, "' = ", (*i)[0],
+                                           " is not a step count");
+      return (*i)[0];
+    }
+    const double v = std::visit([](const auto& x) { return static_cast<double>(x[0]); }, t);
+    if (!(v >= 0) || v != std::floor(v) || !(v < 0x1p63))
+      tapegrad::detail::fail<ValueError>(who, ": '", key, "' = ", v, " is not a step count");
+    return static_cast<int64_t>(v);
   }
   bool field_active(const std::array<const char*, 3>& names, size_t f) const {
     return f == 0 ? has_step_count() : names[f - 1] != nullptr;
