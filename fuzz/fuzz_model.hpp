@@ -5,8 +5,10 @@
 #include <memory>
 #include <string>
 #include <utility>
+#include <variant>
 #include <vector>
 
+#include "tapegrad/any_tensor.hpp"
 #include "tapegrad/nn/module.hpp"
 
 namespace fuzz {
@@ -37,13 +39,16 @@ class FuzzNet : public tg::nn::Module<float> {
   std::string name() const override { return "FuzzNet"; }
 };
 
-// Accepts any state whose entries are "step" (a scalar) or "exp_avg.<k>" of any shape.
+// Accepts any state whose entries are "step" (a scalar of any dtype) or "exp_avg.<k>" (float,
+// of any shape).
 struct FuzzOptimizer {
-  std::vector<std::pair<std::string, tg::Tensor<float>>> state;
-  std::vector<std::pair<std::string, tg::Tensor<float>>> state_dict() const { return state; }
-  void load_state_dict(const std::vector<std::pair<std::string, tg::Tensor<float>>>& s) {
+  tg::NamedTensors state;
+  tg::NamedTensors state_dict() const { return state; }
+  void load_state_dict(const tg::NamedTensors& s) {
     for (const auto& [n, t] : s)
-      if (n == "step" ? t.numel() != 1 : n.rfind("exp_avg.", 0) != 0)
+      if (n == "step"
+              ? tg::shape_of(t).numel() != 1
+              : n.rfind("exp_avg.", 0) != 0 || !std::holds_alternative<tg::Tensor<float>>(t))
         throw tg::ValueError("FuzzOptimizer: unexpected state " + n);
     state = s;
   }

@@ -49,12 +49,13 @@ int main(int argc, char** argv) {
 
   fuzz::FuzzNet model;
   fuzz::FuzzOptimizer opt;
-  opt.state = {{"step", tapegrad::Tensor<float>::scalar(3)},
+  opt.state = {{"step", tapegrad::Tensor<int64_t>::scalar(3)},
                {"exp_avg.0", tapegrad::Tensor<float>::zeros({2, 3})}};
   tapegrad::io::save_checkpoint(ckpt_dir + "/model.safetensors", model);
   tapegrad::io::save_checkpoint(ckpt_dir + "/model_opt.safetensors", model, opt, {{"epoch", "2"}});
   tapegrad::io::NamedTensors mixed = {{"a", tapegrad::Tensor<double>::from({1.0, 2.0})},
-                                      {"b", tapegrad::Tensor<float>::zeros({0, 2})}};
+                                      {"b", tapegrad::Tensor<float>::zeros({0, 2})},
+                                      {"c", tapegrad::Tensor<int64_t>::from({-1, 7})}};
   tapegrad::io::save_safetensors(ckpt_dir + "/mixed.safetensors", mixed);
   return 0;
 }

@@ -9,9 +9,13 @@
 //   - a program that builds the same model gets the same masks every run;
 //   - reset_rng() rewinds the counter: the next calls repeat the same masks (gradcheck uses
 //     it, see tests/layer_check.hpp); manual_seed(s) sets the seed and rewinds;
-//   - nn::reset_rng(model) rewinds every Dropout inside a model (Sequential, blocks, ...).
+//   - nn::reset_rng(model) rewinds every Dropout inside a model (Sequential, blocks, ...);
+//   - the seed and the counter are the layer's extra state ("seed 123 calls 45"), which
+//     checkpoints save, so a resumed run draws the masks the uninterrupted one would have.
 
+#include <cinttypes>
 #include <cstdint>
+#include <cstdio>
 #include <sstream>
 #include <string>
 
@@ -48,6 +52,21 @@ class Dropout : public Module<T> {
   void manual_seed(uint64_t seed) {
     seed_ = seed;
     calls_ = 0;
+  }
+
+  std::string get_extra_state() const override {
+    return "seed " + std::to_string(seed_) + " calls " + std::to_string(calls_);
+  }
+  void set_extra_state(const std::string& state) override {
+    uint64_t seed = 0, calls = 0;
+    char tail = 0;
+    if (std::sscanf(state.c_str(), "seed %" SCNu64 " calls %" SCNu64 "%c", &seed, &calls, &tail) !=
+            2 ||
+        state != "seed " + std::to_string(seed) + " calls " + std::to_string(calls))
+      tapegrad::detail::fail<ValueError>(name(), ".set_extra_state: \"", state,
+                                         "\" is not \"seed <n> calls <n>\"");
+    seed_ = seed;
+    calls_ = calls;
   }
 
  private:

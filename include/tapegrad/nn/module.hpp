@@ -77,6 +77,29 @@ class Module {
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& named_children() const {
     return children_;
   }
+  // This module (named "") and every module below it, depth first, by dotted name (PyTorch's
+  // named_modules()).
+  std::vector<std::pair<std::string, Module*>> named_modules() {
+    std::vector<std::pair<std::string, Module*>> out;
+    collect_modules(this, "", out);
+    return out;
+  }
+  std::vector<std::pair<std::string, const Module*>> named_modules() const {
+    std::vector<std::pair<std::string, const Module*>> out;
+    collect_modules(this, "", out);
+    return out;
+  }
+
+  // Extra state, as torch.nn.Module.get_extra_state / set_extra_state: what a module must keep
+  // beyond its parameters and buffers to continue exactly (Dropout: the position of its random
+  // stream), as a short text, "" for none. set_extra_state() takes what get_extra_state()
+  // gave, or throws ValueError and changes nothing. Checkpoints keep it in their metadata
+  // under "<module name>._extra_state", PyTorch's state_dict key.
+  virtual std::string get_extra_state() const { return {}; }
+  virtual void set_extra_state(const std::string& state) {
+    if (!state.empty())
+      tapegrad::detail::fail<ValueError>(name(), ".set_extra_state: this module has none");
+  }
   int64_t num_parameters() const {
     int64_t n = 0;
     for (auto& [name, p] : named_parameters()) n += p.numel();
@@ -158,6 +181,13 @@ class Module {
                           std::vector<std::pair<std::string, Parameter<T>>>& out) const {
     for (auto& [n, p] : params_) out.emplace_back(prefix + n, p);
     for (auto& [n, c] : children_) c->collect_parameters(prefix + n + ".", out);
+  }
+  template <class M>  // Module or const Module
+  static void collect_modules(M* m, const std::string& name,
+                              std::vector<std::pair<std::string, M*>>& out) {
+    out.emplace_back(name, m);
+    for (auto& [n, c] : m->children_)
+      collect_modules<M>(c.get(), name.empty() ? n : name + "." + n, out);
   }
   void collect_buffers(const std::string& prefix,
                        std::vector<std::pair<std::string, Tensor<T>>>& out) const {
