@@ -14,14 +14,36 @@
 //   out.value().array() = x.value().array().exp();
 // The backward is a captureless lambda (a plain function pointer: no allocation); what it
 // needs beyond the inputs and output it finds in the node: saved(k) tensors, scalar(k), ints.
+// record() also takes what the backward reads (Reads: the inputs' values, its own output,
+// both by default), so the tape knows which values must stay intact until backward.
+//
+// Memory. Values live until clear() (a training loop reuses them step after step), but
+//   - gradients of intermediate values are lent by a pool (buffer_pool.hpp) when backward first
+//     writes them and taken back once the node's own backward has read them: the sweep holds
+//     the peak of its live gradients, not one per node. Var::grad() of such a value throws;
+//     call retain_grad() on it before backward to keep it (PyTorch's rule). Inputs' and
+//     parameters' gradients are kept as before;
+//   - in-place ops (record_inplace: relu_, add_, ...) write their output over their input's
+//     value when nothing has read that value and no backward needs it, and mark the input
+//     overwritten: reading it afterwards (Var::value(), or as an op's input) throws TapeError
+//     instead of returning the new values. tape.set_inplace(false) turns this off.
+// memory_stats() reports what the tape holds and the floor backward needs.
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
+#include <cstring>
+#include <functional>
 #include <initializer_list>
+#include <iomanip>
+#include <memory>
 #include <optional>
 #include <span>
+#include <sstream>
+#include <string>
 #include <vector>
 
+#include "tapegrad/buffer_pool.hpp"
 #include "tapegrad/gemm.hpp"
 #include "tapegrad/parameter.hpp"
 #include "tapegrad/tensor.hpp"
@@ -36,9 +58,17 @@ class OpContext;
 template <class T>
 using BackwardFn = void (*)(OpContext<T>&);
 
+// What an op's backward reads besides its output gradient and its saved buffers.
+enum class Reads : uint8_t { none = 0, inputs = 1, output = 2, all = 3 };
+constexpr bool reads_inputs(Reads r) { return (static_cast<uint8_t>(r) & 1) != 0; }
+constexpr bool reads_output(Reads r) { return (static_cast<uint8_t>(r) & 2) != 0; }
+
 namespace detail {
 // Gradient recording is on unless a NoGradGuard is alive on this thread.
 inline thread_local bool grad_enabled = true;
+// True while a checkpointed segment runs again in backward (ops/checkpoint.hpp): ops with a side
+// effect (BatchNorm's running statistics) skip it the second time.
+inline thread_local bool recomputing = false;
 }  // namespace detail
 
 // While alive, ops compute values but record no backward (torch.no_grad()).
@@ -64,15 +94,70 @@ struct Node {
   bool requires_grad = false;
   bool grad_ready = false;  // grad holds a gradient written in this sweep (or call, for leaves)
   bool is_leaf = false;
-  bool is_param = false;  // grad aliases param's gradient: add into it, or assign once after
-                          // its zero_grad(); never reset
-  bool swept = false;     // its backward ran in a sweep without retain_graph
-  bool reached = false;   // scratch of Tape::check_not_swept
-  Parameter<T> param;     // the parameter of an is_param leaf
-  bool borrowed = false;  // value shares storage owned elsewhere (a leaf's tensor, a view)
+  bool is_param = false;        // grad aliases param's gradient: add into it, or assign once after
+                                // its zero_grad(); never reset
+  bool swept = false;           // its backward ran in a sweep without retain_graph
+  bool reached = false;         // scratch of Tape::check_not_swept
+  bool pooled = false;          // grad was lent by the tape's pool (given back after this backward)
+  bool retain = false;          // retain_grad(): keep the gradient of this intermediate value
+  bool value_read = false;      // a recorded backward reads this value
+  Reads reads = Reads::all;     // what this node's backward reads
+  int32_t consumers = 0;        // ops recorded with this node as an input
+  int32_t overwritten_by = -1;  // the in-place op that wrote over this value, or -1
+  int32_t storage_of = -1;      // a view or in-place output: the node whose buffer it shares
+  bool in_place = false;        // its value is its input's buffer, written over (storage_of)
+  Parameter<T> param;           // the parameter of an is_param leaf
+  bool borrowed = false;  // value shares storage owned elsewhere (a leaf's tensor, a view, the
+                          // input an in-place op wrote over)
   std::array<Tensor<T>, 3> saved;  // op-specific buffers for backward, reused across steps
   std::array<double, 4> scalars{};
   std::vector<int64_t> ints;
+  std::function<void(OpContext<T>&)> closure;  // the backward of record_closure's ops
+};
+
+// What a tape holds, in bytes (Tape::memory_stats()).
+struct TapeMemoryStats {
+  struct Op {
+    const char* op;
+    int64_t nodes = 0, values = 0, needed_values = 0, saved = 0;
+  };
+  int64_t values = 0;         // op outputs the tape owns (leaves, views, in-place outputs share)
+  int64_t needed_values = 0;  // of which a recorded backward reads
+  int64_t saved = 0;          // ops' saved buffers
+  int64_t grads = 0;          // intermediate gradients lent out now (none after a backward)
+  int64_t peak_grads = 0;     // intermediate gradients lent out at once, at most, in the last
+                              // backward
+  int64_t grad_pool = 0;      // what the gradient pool holds, lent or free
+  int64_t kept_grads = 0;     // gradients of inputs and retained values
+  int64_t param_grads = 0;    // gradients of the parameters on the tape (not those used only
+                              // inside checkpointed segments: they live on the scratch tape)
+  int64_t scratch = 0;        // the scratch tape of checkpointed segments (all of it)
+  std::vector<Op> by_op;      // per op name, most memory first
+
+  // Most held at once during the step: values and saved buffers stay all step, intermediate
+  // gradients peak during backward.
+  int64_t peak() const { return values + saved + peak_grads + kept_grads + param_grads + scratch; }
+  // What the step cannot do with less: the values backward reads, the saved buffers, the
+  // parameters' gradients and the largest set of intermediate gradients alive at once.
+  int64_t floor() const { return needed_values + saved + peak_grads + param_grads; }
+  std::string str() const {
+    std::ostringstream os;
+    auto mb = [](int64_t b) { return double(b) / (1 << 20); };
+    os << std::fixed << std::setprecision(2) << "tape memory (MB): peak " << mb(peak())
+       << ", floor " << mb(floor()) << "\n  values " << mb(values) << " (read by backward "
+       << mb(needed_values) << "), saved " << mb(saved) << ", intermediate gradients peak "
+       << mb(peak_grads) << " (pool " << mb(grad_pool) << "), kept gradients " << mb(kept_grads)
+       << ", parameter gradients " << mb(param_grads) << ", checkpoint scratch " << mb(scratch)
+       << "\n";
+    os << "  " << std::left << std::setw(20) << "op" << std::right << std::setw(7) << "nodes"
+       << std::setw(10) << "values" << std::setw(10) << "read" << std::setw(10) << "saved"
+       << "\n";
+    for (const Op& o : by_op)
+      os << "  " << std::left << std::setw(20) << o.op << std::right << std::setw(7) << o.nodes
+         << std::setw(10) << mb(o.values) << std::setw(10) << mb(o.needed_values) << std::setw(10)
+         << mb(o.saved) << "\n";
+    return os.str();
+  }
 };
 
 template <class T>
@@ -87,16 +172,24 @@ class Var {
   int32_t id() const { return id_; }
   bool defined() const { return tape_ != nullptr; }
 
-  // The op's output. Mutable so that an op can fill it right after recording.
-  Tensor<T>& value() const { return node().value; }
+  // The op's output. Mutable so that an op can fill it right after recording. Throws
+  // TapeError if an in-place op has written over it since.
+  Tensor<T>& value() const;
   const Shape& shape() const { return node().value.shape(); }
   int rank() const { return shape().rank(); }
   int64_t numel() const { return shape().numel(); }
   int64_t size(int dim) const { return shape().dim(dim); }
-  T item() const { return node().value.item(); }
+  T item() const { return value().item(); }
   bool requires_grad() const { return node().requires_grad; }
   // Gradient of the last backward() with respect to this value; zeros if none reached it.
+  // For an intermediate value (an op's output) only after retain_grad(), else TapeError.
   Tensor<T> grad() const;
+  // Keeps this intermediate value's gradient after backward (torch.Tensor.retain_grad());
+  // call it before backward. Inputs and parameters keep theirs anyway.
+  const Var& retain_grad() const {
+    node().retain = true;
+    return *this;
+  }
 
   // For op authors: the node behind this handle.
   Node<T>& node() const;
@@ -139,20 +232,73 @@ class Tape {
 
   // Records an op node with an uninitialised value of the given shape; the caller fills it.
   // The node takes part in backward only when an input requires grad and recording is on.
+  // `reads`: what its backward reads (Reads::all when in doubt).
   Var<T> record(const char* op, const Shape& shape, std::initializer_list<Var<T>> inputs,
-                BackwardFn<T> backward) {
-    return record(op, shape, std::span<const Var<T>>(inputs.begin(), inputs.size()), backward);
+                BackwardFn<T> backward, Reads reads = Reads::all) {
+    return record(op, shape, std::span<const Var<T>>(inputs.begin(), inputs.size()), backward,
+                  reads);
   }
   Var<T> record(const char* op, const Shape& shape, std::span<const Var<T>> inputs,
-                BackwardFn<T> backward) {
-    return record_impl(op, &shape, nullptr, inputs, backward);
+                BackwardFn<T> backward, Reads reads = Reads::all) {
+    return record_impl(op, &shape, nullptr, inputs, backward, reads, -1, false);
   }
   // Records an op whose value is a view sharing another tensor's storage (reshape).
   Var<T> record_view(const char* op, const Tensor<T>& view, std::initializer_list<Var<T>> inputs,
-                     BackwardFn<T> backward) {
+                     BackwardFn<T> backward, Reads reads = Reads::all) {
     return record_impl(op, nullptr, &view, std::span<const Var<T>>(inputs.begin(), inputs.size()),
-                       backward);
+                       backward, reads, inputs.begin()->id_, false);
   }
+  // Records an elementwise op whose output has input k's shape, on input k's buffer when that
+  // is safe (relu_, add_): in-place is on, input k is an op's output (not a leaf or a view;
+  // an in-place output is fine), no op has taken it as an input yet, no backward reads its
+  // buffer, and nobody else holds the buffer. Then the output shares input k's buffer and
+  // input k is marked overwritten. in_place tells which happened; either way the caller
+  // computes the output elementwise from input k's value into the output's (one buffer or
+  // two). The backward of such an op must not read its inputs (they may be gone).
+  Var<T> record_inplace(const char* op, int k, std::initializer_list<Var<T>> inputs,
+                        BackwardFn<T> backward, Reads reads, bool& in_place) {
+    if (reads_inputs(reads))
+      detail::fail<TapeError>(op, ": an in-place op's backward cannot read its inputs");
+    const Var<T>& x = inputs.begin()[k];
+    x.check();
+    in_place = inplace_ && x.tape_ == this && can_write_over(x.id_);
+    const Node<T>& xn = nodes_[static_cast<size_t>(x.id_)];
+    const std::span<const Var<T>> all(inputs.begin(), inputs.size());
+    if (!in_place)
+      return record_impl(op, &xn.value.shape(), nullptr, all, backward, reads, -1, false);
+    const int32_t target = x.id_;
+    Var<T> y = record_impl(op, nullptr, &xn.value, all, backward, reads, target, false);
+    nodes_[static_cast<size_t>(target)].overwritten_by = y.id_;
+    nodes_[static_cast<size_t>(y.id_)].in_place = true;
+    return y;
+  }
+  // Records an op whose backward is a closure that holds state (checkpoint: the segment to run
+  // again; a capture of a pointer or two is stored without allocation). It takes part in
+  // backward whenever gradients are on, whatever its inputs. Its value is empty: the caller
+  // sizes it (value().resize()) once it knows the shape.
+  Var<T> record_closure(const char* op, std::span<const Var<T>> inputs,
+                        std::function<void(OpContext<T>&)> backward, Reads reads = Reads::inputs) {
+    const Shape empty{0};
+    Var<T> y = record_impl(op, &empty, nullptr, inputs, &run_closure, reads, -1, true);
+    Node<T>& n = nodes_[static_cast<size_t>(y.id_)];
+    if (n.backward) n.closure = std::move(backward);
+    return y;
+  }
+  // The tape checkpointed segments run on (ops/checkpoint.hpp), made on first use; its buffers
+  // are kept for the next segment, like this tape's.
+  Tape& scratch() {
+    if (!scratch_) {
+      scratch_ = std::make_unique<Tape>();
+      scratch_->pool_ = pool_;  // one pool: the segment's gradients reuse this tape's buffers
+      scratch_->nested_ = true;
+      scratch_->inplace_ = inplace_;
+    }
+    return *scratch_;
+  }
+
+  // Whether in-place ops may write over their inputs (default on).
+  void set_inplace(bool on) { inplace_ = on; }
+  bool inplace() const { return inplace_; }
 
   // Reverse sweep from a scalar loss (seed 1). Each op is differentiated once, as in PyTorch: a
   // backward() that would run the backward of an op an earlier backward() already ran (the
@@ -176,10 +322,14 @@ class Tape {
   }
 
   // Forgets every node (their Vars become stale) but keeps the buffers for reuse. Borrowed
-  // values (leaves, views) are let go, so their owners' buffers are unshared again.
+  // values (leaves, views) are let go, so their owners' buffers are unshared again; the inputs'
+  // gradients go back to the pool.
   void clear() {
-    for (size_t i = 0; i < size_; ++i)
-      if (nodes_[i].borrowed) nodes_[i].value = Tensor<T>();
+    for (size_t i = 0; i < size_; ++i) {
+      Node<T>& n = nodes_[i];
+      if (n.borrowed) n.value = Tensor<T>();
+      if (n.pooled) give_back(n);
+    }
     size_ = 0;
     ++generation_;
     swept_any_ = false;
@@ -188,8 +338,59 @@ class Tape {
 
   Node<T>& node(int32_t id) { return nodes_[static_cast<size_t>(id)]; }
 
+  // What the tape holds now and held at most in its last backward (see TapeMemoryStats).
+  TapeMemoryStats memory_stats() const {
+    TapeMemoryStats m;
+    std::vector<const void*> params;
+    add_memory(m, params);
+    m.grads = pool_->in_use_bytes();
+    m.peak_grads = pool_->peak_in_use_bytes();
+    m.grad_pool = pool_->owned_bytes();
+    std::sort(m.by_op.begin(), m.by_op.end(),
+              [](const auto& x, const auto& y) { return x.values + x.saved > y.values + y.saved; });
+    return m;
+  }
+
  private:
   friend class Var<T>;
+  friend class OpContext<T>;
+
+  // Adds this tape's buffers to m, a scratch tape's to m.scratch; each parameter's gradient
+  // once (`params`). The gradient pool is the parent's, counted by memory_stats().
+  void add_memory(TapeMemoryStats& m, std::vector<const void*>& params) const {
+    constexpr int64_t b = sizeof(T);
+    int64_t& values = nested_ ? m.scratch : m.values;
+    int64_t& saved_total = nested_ ? m.scratch : m.saved;
+    int64_t& kept = nested_ ? m.scratch : m.kept_grads;
+    for (size_t i = 0; i < nodes_.size(); ++i) {
+      const Node<T>& n = nodes_[i];
+      const bool live = i < size_;
+      const int64_t value = n.borrowed ? 0 : n.value.capacity() * b;
+      int64_t saved = 0;
+      for (const auto& t : n.saved) saved += t.capacity() * b;
+      values += value;
+      saved_total += saved;
+      if (!n.pooled && !n.is_param) kept += n.grad.capacity() * b;
+      if (n.is_param && live && !nested_ &&
+          std::find(params.begin(), params.end(), n.param.key()) == params.end()) {
+        params.push_back(n.param.key());
+        m.param_grads += n.param.grad_buffer().capacity() * b;
+      }
+      if (!live) continue;
+      const int64_t needed = n.value_read && !n.borrowed && !nested_ ? n.value.numel() * b : 0;
+      m.needed_values += needed;
+      auto it = std::find_if(m.by_op.begin(), m.by_op.end(), [&](const TapeMemoryStats::Op& o) {
+        return std::strcmp(o.op, n.op) == 0;
+      });
+      if (nested_) continue;  // the scratch's nodes are not the step's ops
+      if (it == m.by_op.end()) it = m.by_op.insert(m.by_op.end(), TapeMemoryStats::Op{n.op});
+      ++it->nodes;
+      it->values += value;
+      it->needed_values += needed;
+      it->saved += saved;
+    }
+    if (scratch_) scratch_->add_memory(m, params);
+  }
 
   Var<T> leaf(const char* op, const Tensor<T>& t, bool requires_grad) {
     const Tensor<T> value = t;  // t may be a node's value, and new_node may move the nodes
@@ -201,16 +402,21 @@ class Tape {
     return Var<T>(this, static_cast<int32_t>(size_ - 1), generation_);
   }
 
+  // view: the value shares this tensor's storage, which is node `base`'s (or a leaf's) buffer.
+  // always_track: take part in backward even when no input needs a gradient (record_closure).
   Var<T> record_impl(const char* op, const Shape* shape, const Tensor<T>* view,
-                     std::span<const Var<T>> inputs, BackwardFn<T> backward) {
+                     std::span<const Var<T>> inputs, BackwardFn<T> backward, Reads reads,
+                     int32_t base, bool always_track) {
     bool track = false;
     for (const Var<T>& in : inputs) {
       in.check();
       if (in.tape_ != this)
         detail::fail<TapeError>(op, ": Vars from two different tapes in one op");
-      track = track || nodes_[in.id_].requires_grad;
+      const Node<T>& n = nodes_[static_cast<size_t>(in.id_)];
+      if (n.overwritten_by >= 0) fail_overwritten(op, in.id_);
+      track = track || n.requires_grad;
     }
-    track = track && is_grad_enabled() && backward != nullptr;
+    track = (track || always_track) && is_grad_enabled() && backward != nullptr;
     // Copies first: shape and view may refer into nodes_, which new_node can reallocate.
     const std::optional<Shape> out_shape = shape ? std::optional<Shape>(*shape) : std::nullopt;
     const Tensor<T> out_view = view ? *view : Tensor<T>();
@@ -221,8 +427,49 @@ class Tape {
     }
     n.requires_grad = track;
     n.backward = track ? backward : nullptr;
+    n.reads = reads;
+    n.storage_of = view ? base : -1;
     for (const Var<T>& in : inputs) n.inputs.push_back(in.id_);
-    return Var<T>(this, static_cast<int32_t>(size_ - 1), generation_);
+    const auto id = static_cast<int32_t>(size_ - 1);
+    for (const Var<T>& in : inputs) {
+      ++nodes_[static_cast<size_t>(in.id_)].consumers;
+      if (track && reads_inputs(reads)) mark_read(in.id_);
+    }
+    if (track && reads_output(reads)) mark_read(id);
+    return Var<T>(this, id, generation_);
+  }
+
+  static void run_closure(OpContext<T>& c) { c.node().closure(c); }
+
+  // Whether an op may write over node id's value (see record_inplace).
+  bool can_write_over(int32_t id) const {
+    const Node<T>& x = nodes_[static_cast<size_t>(id)];
+    if (x.is_leaf || (x.borrowed && !x.in_place) || x.consumers > 0 || x.retain ||
+        x.overwritten_by >= 0)
+      return false;
+    long holders = 1;  // the nodes sharing the buffer: x and the chain it was written over
+    int32_t owner = id;
+    while (nodes_[static_cast<size_t>(owner)].in_place) {
+      owner = nodes_[static_cast<size_t>(owner)].storage_of;
+      ++holders;
+    }
+    return !nodes_[static_cast<size_t>(owner)].value_read && x.value.use_count() == holders;
+  }
+
+  // A backward will read node id's value: so its buffer, wherever it lives, must stay intact.
+  void mark_read(int32_t id) {
+    for (; id >= 0; id = nodes_[static_cast<size_t>(id)].storage_of)
+      nodes_[static_cast<size_t>(id)].value_read = true;
+  }
+
+  [[noreturn]] void fail_overwritten(const char* what, int32_t id) const {
+    const Node<T>& n = nodes_[static_cast<size_t>(id)];
+    const int32_t by = n.overwritten_by;
+    detail::fail<TapeError>(
+        what, ": the value of node ", id, " (", n.op, ") was overwritten by the in-place op ",
+        nodes_[static_cast<size_t>(by)].op, " (node ", by,
+        ") to save memory; read that op's output instead, or call tape.set_inplace(false) "
+        "before recording");
   }
 
   // A node for the next id; its value is sized to *shape, reusing the slot's buffer.
@@ -238,7 +485,16 @@ class Tape {
     n.swept = false;
     n.is_leaf = false;
     n.borrowed = false;
-    if (n.is_param) {  // the slot held a parameter's grad: never write into it again
+    n.retain = false;
+    n.value_read = false;
+    n.reads = Reads::all;
+    n.consumers = 0;
+    n.overwritten_by = -1;
+    n.storage_of = -1;
+    n.in_place = false;
+    n.closure = nullptr;
+    if (n.pooled) give_back(n);  // a sweep that threw left it lent
+    if (n.is_param) {            // the slot held a parameter's grad: never write into it again
       n.grad = Tensor<T>();
       n.is_param = false;
       n.param = Parameter<T>();
@@ -275,12 +531,17 @@ class Tape {
   void sweep(const Var<T>& out, const Tensor<T>* seed, bool retain_graph) {
     const auto last = static_cast<size_t>(out.id_);
     if (swept_any_) check_not_swept(last);  // only after a first sweep: it costs a pass
-    for (size_t i = 0; i <= last; ++i)
-      if (!nodes_[i].is_leaf) nodes_[i].grad_ready = false;
+    for (size_t i = 0; i <= last; ++i) {
+      Node<T>& n = nodes_[i];
+      if (n.is_leaf) continue;     // inputs' gradients add up over sweeps (until clear())
+      if (n.pooled) give_back(n);  // a sweep that threw left it lent
+      n.grad_ready = false;
+    }
+    if (!nested_) pool_->reset_peak();
     Node<T>& o = nodes_[last];
     if (!o.requires_grad) return;  // nothing upstream needs a gradient
     if (!o.is_param || o.param.take_pending_zero()) {
-      o.grad.resize(o.value.shape());
+      if (!o.is_param) start_grad(o);
       if (seed)
         o.grad.copy_(*seed);
       else
@@ -298,14 +559,36 @@ class Tape {
       OpContext<T> c(*this, n);
       n.backward(c);
       n.swept = !retain_graph;
+      if (n.pooled) give_back(n);  // its backward was its last reader
     }
     swept_any_ = swept_any_ || !retain_graph;
+  }
+
+  // A gradient buffer for n (not a parameter), sized but not initialised: lent by the pool
+  // (an intermediate value's until its backward has run, an input's until clear()), unless n
+  // is a retained value, which keeps its own.
+  void start_grad(Node<T>& n) {
+    if (n.retain) {
+      n.grad.resize(n.value.shape());
+    } else {
+      n.grad = pool_->acquire(n.value.shape());
+      n.pooled = true;
+    }
+  }
+  void give_back(Node<T>& n) {
+    pool_->release(n.grad);
+    n.pooled = false;
   }
 
   std::vector<Node<T>> nodes_;
   size_t size_ = 0;
   uint64_t generation_ = 0;
   bool swept_any_ = false;  // a backward without retain_graph ran since clear()
+  bool inplace_ = true;
+  BufferPool<T> own_pool_;
+  BufferPool<T>* pool_ = &own_pool_;  // gradients (a scratch tape uses its parent's)
+  std::unique_ptr<Tape> scratch_;     // where checkpointed segments run (ops/checkpoint.hpp)
+  bool nested_ = false;               // this is another tape's scratch
 };
 
 // What a backward function sees: its node's output, its output gradient, its inputs, and the
@@ -316,6 +599,7 @@ class OpContext {
   OpContext(Tape<T>& tape, Node<T>& node) : tape_(tape), node_(node) {}
 
   Node<T>& node() { return node_; }
+  Tape<T>& tape() { return tape_; }
   const Tensor<T>& value() const { return node_.value; }
   const Tensor<T>& grad_out() const { return node_.grad; }
   const Tensor<T>& input(int k) const { return in(k).value; }
@@ -372,10 +656,10 @@ class OpContext {
  private:
   Node<T>& in(int k) const { return tape_.node(node_.inputs[static_cast<size_t>(k)]); }
   // True (and the buffer sized but not initialised) when n's gradient is not yet written.
-  static bool fresh(Node<T>& n) {
+  bool fresh(Node<T>& n) {
     if (n.is_param) return n.param.take_pending_zero();
     if (n.grad_ready) return false;
-    n.grad.resize(n.value.shape());
+    tape_.start_grad(n);
     n.grad_ready = true;
     return true;
   }
@@ -399,9 +683,21 @@ Node<T>& Var<T>::node() const {
 }
 
 template <class T>
+Tensor<T>& Var<T>::value() const {
+  Node<T>& n = node();
+  if (n.overwritten_by >= 0) tape_->fail_overwritten("Var::value", id_);
+  return n.value;
+}
+
+template <class T>
 Tensor<T> Var<T>::grad() const {
   const Node<T>& n = node();
   if (n.is_param) return n.param.grad();  // fills in pending zeros
+  if (!n.is_leaf && !n.retain)
+    detail::fail<TapeError>("Var::grad: node ", id_, " (", n.op,
+                            ") is an intermediate value, whose gradient backward frees once it "
+                            "is used; call retain_grad() on it before backward to keep it (as "
+                            "in PyTorch)");
   if (!n.grad_ready) return Tensor<T>::zeros(n.value.shape());
   return n.grad;
 }

@@ -67,6 +67,11 @@ void grad_norms_through_time(std::span<const Var<T>> steps, std::vector<double>&
   norms.resize(steps.size());
   for (size_t t = 0; t < steps.size(); ++t) {
     const Node<T>& n = steps[t].node();
+    if (!n.is_param && !n.is_leaf && !n.retain)
+      tapegrad::detail::fail<TapeError>(
+          "grad_norms_through_time: step ", t, " (node ", steps[t].id(), ", ", n.op,
+          ") is an intermediate value whose gradient backward frees; call retain_grad() on it "
+          "before backward (nn::RNN's hidden_steps are retained)");
     norms[t] = n.is_param     ? detail::scaled_l2_norm(n.param.grad())
                : n.grad_ready ? detail::scaled_l2_norm(n.grad)
                               : 0.0;

@@ -6,6 +6,11 @@
 //   GELU     x·Φ(x) (or the tanh approximation)
 //   Softmax(dim)  e^{x_i} / Σ_j e^{x_j} along dim (no default: PyTorch's implicit dim is
 //                 deprecated)
+//
+// Sigmoid, Tanh and ReLU work in place (as PyTorch's nn.ReLU(inplace=True)) when they safely
+// can: their input is an op's output that nothing else has read and no backward needs (a Dense
+// or BatchNorm output in a Sequential), so a layer and its activation keep one buffer between
+// them. Reading that input afterwards throws TapeError; pass inplace = false to keep it.
 
 #include <sstream>
 #include <string>
@@ -18,22 +23,37 @@ namespace tapegrad::nn {
 template <class T>
 class Sigmoid : public Module<T> {
  public:
-  Var<T> forward(const Var<T>& x) override { return sigmoid(x); }
+  explicit Sigmoid(bool inplace = true) : inplace_(inplace) {}
+  Var<T> forward(const Var<T>& x) override { return inplace_ ? sigmoid_(x) : sigmoid(x); }
   std::string name() const override { return "Sigmoid"; }
+  bool inplace() const { return inplace_; }
+
+ private:
+  bool inplace_;
 };
 
 template <class T>
 class Tanh : public Module<T> {
  public:
-  Var<T> forward(const Var<T>& x) override { return tapegrad::tanh(x); }
+  explicit Tanh(bool inplace = true) : inplace_(inplace) {}
+  Var<T> forward(const Var<T>& x) override { return inplace_ ? tanh_(x) : tapegrad::tanh(x); }
   std::string name() const override { return "Tanh"; }
+  bool inplace() const { return inplace_; }
+
+ private:
+  bool inplace_;
 };
 
 template <class T>
 class ReLU : public Module<T> {
  public:
-  Var<T> forward(const Var<T>& x) override { return relu(x); }
+  explicit ReLU(bool inplace = true) : inplace_(inplace) {}
+  Var<T> forward(const Var<T>& x) override { return inplace_ ? relu_(x) : relu(x); }
   std::string name() const override { return "ReLU"; }
+  bool inplace() const { return inplace_; }
+
+ private:
+  bool inplace_;
 };
 
 template <class T>

@@ -34,15 +34,17 @@
 namespace tapegrad::nn {
 
 namespace detail {
-// a + b for a residual sum: the shapes must be equal (no silent broadcasting).
+// a + b for a residual sum: the shapes must be equal (no silent broadcasting). The sum is
+// written over a, the body's output, which the block alone holds (add_: when safe), unless a
+// is the block's input itself (a body that returned its input).
 // `who` names the block in errors; its name() is built only then (no allocation per step).
 template <class T>
 Var<T> residual_sum(const Module<T>& who, const char* what_a, const Var<T>& a, const char* what_b,
-                    const Var<T>& b, const Shape input) {
+                    const Var<T>& b, const Var<T>& input) {
   if (!(a.shape() == b.shape()))
     tapegrad::detail::fail<ShapeError>(who.name(), ": ", what_a, " ", a.shape(), " and ", what_b,
-                                       " ", b.shape(), " differ (input ", input, ")");
-  return a + b;
+                                       " ", b.shape(), " differ (input ", input.shape(), ")");
+  return a.id() == input.id() ? a + b : add_(a, b);
 }
 
 template <class T>
@@ -75,8 +77,8 @@ class Residual : public Module<T> {
   Var<T> forward(const Var<T>& x) override {
     const Var<T> y = (*body_)(x);
     const Var<T> s = shortcut_ ? (*shortcut_)(x) : x;
-    return detail::residual_sum<T>(
-        *this, "body output", y, shortcut_ ? "shortcut output" : "identity shortcut", s, x.shape());
+    return detail::residual_sum<T>(*this, "body output", y,
+                                   shortcut_ ? "shortcut output" : "identity shortcut", s, x);
   }
   std::string name() const override { return shortcut_ ? "Residual(shortcut)" : "Residual"; }
 
@@ -102,7 +104,7 @@ class DenseResidual : public Module<T> {
     if (!(y.shape() == x.shape()))
       tapegrad::detail::fail<ShapeError>(name(), ": body (", body_->name(), ") maps ", x.shape(),
                                          " to ", y.shape(), "; x + body(x) needs the same shape");
-    return x + y;
+    return y.id() == x.id() ? x + y : add_(y, x);  // on the body's output, see residual_sum
   }
   std::string name() const override { return "DenseResidual"; }
   const Ptr& body() const { return body_; }
@@ -139,12 +141,11 @@ class BasicBlock : public Module<T> {
 
   Var<T> forward(const Var<T>& x) override {
     detail::check_image_input<T>(*this, x.shape(), in_);
-    Var<T> y = relu((*bn1)((*conv1)(x)));
+    Var<T> y = relu_((*bn1)((*conv1)(x)));
     y = (*bn2)((*conv2)(y));
     const Var<T> s = downsample ? (*downsample)(x) : x;
-    return relu(detail::residual_sum<T>(*this, "body output", y,
-                                        downsample ? "downsample output" : "identity shortcut", s,
-                                        x.shape()));
+    return relu_(detail::residual_sum<T>(
+        *this, "body output", y, downsample ? "downsample output" : "identity shortcut", s, x));
   }
 
   std::string name() const override {
@@ -185,11 +186,11 @@ class PreActBlock : public Module<T> {
 
   Var<T> forward(const Var<T>& x) override {
     detail::check_image_input<T>(*this, x.shape(), in_);
-    const Var<T> a = relu((*bn1)(x));
+    const Var<T> a = relu_((*bn1)(x));
     const Var<T> s = shortcut ? (*shortcut)(a) : x;
-    const Var<T> y = (*conv2)(relu((*bn2)((*conv1)(a))));
-    return detail::residual_sum<T>(
-        *this, "body output", y, shortcut ? "shortcut output" : "identity shortcut", s, x.shape());
+    const Var<T> y = (*conv2)(relu_((*bn2)((*conv1)(a))));
+    return detail::residual_sum<T>(*this, "body output", y,
+                                   shortcut ? "shortcut output" : "identity shortcut", s, x);
   }
 
   std::string name() const override {

@@ -33,9 +33,9 @@
 //   state.c   LSTM only, [num_layers, N, hidden]: every layer's c at the last step (c_n)
 // The initial state has the same shapes (always [num_layers, N, hidden], also when
 // batch_first, as in PyTorch); an empty Var means zeros. If hidden_steps is not null it
-// receives the last layer's per-step h_t Vars ([N, hidden] each, t = 0..T-1): after backward,
-// h_t.grad() is dL/dh_t, the gradient that reaches step t through time (see
-// diag/through_time.hpp for norms and flags).
+// receives the last layer's per-step h_t Vars ([N, hidden] each, t = 0..T-1), their gradients
+// retained (retain_grad()): after backward, h_t.grad() is dL/dh_t, the gradient that reaches step t
+// through time (see diag/through_time.hpp for norms and flags).
 //
 // Speed: one linear over all T*N rows computes every step's input projection (one GEMM per
 // layer); each step then runs one fused op (ops/rnn.hpp: the hidden GEMM, the gates and the
@@ -126,7 +126,7 @@ class RNNBase : public Module<T> {
             break;
         }
         step_out_[static_cast<size_t>(t)] = h;
-        if (hidden_steps && k == L - 1) hidden_steps->push_back(h);
+        if (hidden_steps && k == L - 1) hidden_steps->push_back(h.retain_grad());
       }
       input = stack(std::span<const Var<T>>(step_out_), bf ? 1 : 0);
       last_h_[ks] = h;

@@ -11,6 +11,7 @@
 // The output shape is passed to record() as a copy (Shape(x.shape())): recording may grow the
 // tape's node vector, which would leave a reference into x's node dangling.
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <numbers>
@@ -44,13 +45,51 @@ auto step_positive(const Expr& v) {
 // out = sigmoid(x) in the sign-split form: with e = exp(-|x|),
 //   sigmoid(x) = 1 / (1 + e)  for x > 0,   e / (1 + e)  for x <= 0,
 // so exp never overflows and neither branch cancels. Written branch-free as
-// (e + [x > 0] (1 - e)) / (1 + e) so that Eigen vectorises both passes.
+// (e + [x > 0] (1 - e)) / (1 + e) so that Eigen vectorises both passes; e goes through a small
+// block on the stack, so y may be x's own buffer (sigmoid_).
 template <class T>
 void sigmoid_into(const Tensor<T>& x, Tensor<T>& y) {
-  const auto xv = x.array();
-  auto out = y.array();
-  out = (-xv.abs()).exp();
-  out = (out + step_positive(xv) * (T(1) - out)) / (T(1) + out);
+  constexpr int64_t block = 512;
+  alignas(64) T e[block];
+  for (int64_t i = 0; i < x.numel(); i += block) {
+    const int64_t n = std::min(block, x.numel() - i);
+    const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> xv(x.data() + i, n);
+    Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> ev(e, n), out(y.data() + i, n);
+    ev = (-xv.abs()).exp();
+    out = (ev + step_positive(xv) * (T(1) - ev)) / (T(1) + ev);
+  }
+}
+
+// The backward of the activations that read only their output (so that they can run in
+// place over their input: relu_, sigmoid_, tanh_).
+template <class T>
+void sigmoid_backward(OpContext<T>& c) {  // y (1 - y)
+  const auto v = c.value().array();
+  c.add_grad(0, c.grad_out().array() * v * (T(1) - v));
+}
+template <class T>
+void tanh_backward(OpContext<T>& c) {  // 1 - y^2
+  const auto v = c.value().array();
+  c.add_grad(0, c.grad_out().array() * (T(1) - v.square()));
+}
+template <class T>
+void relu_backward(OpContext<T>& c) {  // [y > 0], which is [x > 0]
+  c.add_grad(0, c.grad_out().array() * step_positive(c.value().array()));
+}
+
+// Records a unary op whose backward reads only its output, on x's buffer when in_place and
+// that is safe (Tape::record_inplace), and fills it with compute(x's value, output).
+template <class T, class Compute>
+Var<T> unary_of_output(const char* op, const Var<T>& x, BackwardFn<T> backward, bool in_place,
+                       Compute compute) {
+  Var<T> y;
+  bool on_x = false;
+  if (in_place)
+    y = x.tape().record_inplace(op, 0, {x}, backward, Reads::output, on_x);
+  else
+    y = x.tape().record(op, Shape(x.shape()), {x}, backward, Reads::output);
+  compute(x.node().value, y.node().value);  // elementwise: safe when they are one buffer
+  return y;
 }
 
 // GELU constants (T-typed, at namespace scope so captureless backward lambdas can use them).
@@ -98,34 +137,46 @@ using ConstVectorMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 // sigmoid(x) = 1 / (1 + exp(-x));  d/dx = y (1 - y), from the saved output.
 template <class T>
 Var<T> sigmoid(const Var<T>& x) {
-  Var<T> y = x.tape().record("sigmoid", Shape(x.shape()), {x}, [](OpContext<T>& c) {
-    const auto v = c.value().array();
-    c.add_grad(0, c.grad_out().array() * v * (T(1) - v));
-  });
-  detail::sigmoid_into(x.value(), y.value());
-  return y;
+  return detail::unary_of_output("sigmoid", x, &detail::sigmoid_backward<T>, false,
+                                 &detail::sigmoid_into<T>);
 }
 
 // tanh(x);  d/dx = 1 - y^2, from the saved output.
 template <class T>
 Var<T> tanh(const Var<T>& x) {
-  Var<T> y = x.tape().record("tanh", Shape(x.shape()), {x}, [](OpContext<T>& c) {
-    const auto v = c.value().array();
-    c.add_grad(0, c.grad_out().array() * (T(1) - v.square()));
-  });
-  y.value().array() = x.value().array().tanh();
-  return y;
+  return detail::unary_of_output(
+      "tanh", x, &detail::tanh_backward<T>, false,
+      [](const Tensor<T>& in, Tensor<T>& out) { out.array() = in.array().tanh(); });
 }
 
 // relu(x) = max(x, 0) (NaN stays NaN);  d/dx = [x > 0], so relu'(0) = 0 as in PyTorch.
 template <class T>
 Var<T> relu(const Var<T>& x) {
-  Var<T> y = x.tape().record("relu", Shape(x.shape()), {x}, [](OpContext<T>& c) {
-    // y > 0 exactly where x > 0: the saved output is enough.
-    c.add_grad(0, c.grad_out().array() * detail::step_positive(c.value().array()));
-  });
-  y.value().array() = x.value().array().max(T(0));
-  return y;
+  return detail::unary_of_output(
+      "relu", x, &detail::relu_backward<T>, false,
+      [](const Tensor<T>& in, Tensor<T>& out) { out.array() = in.array().max(T(0)); });
+}
+
+// In place, as PyTorch's relu_ / sigmoid_ / tanh_ (and nn.ReLU(inplace=True)): the output is
+// written over x's buffer when nothing has read x and no backward needs it
+// (Tape::record_inplace), else these are relu, sigmoid, tanh. Do not read x afterwards: the
+// tape throws TapeError if something does. The activation layers use them.
+template <class T>
+Var<T> relu_(const Var<T>& x) {
+  return detail::unary_of_output(
+      "relu", x, &detail::relu_backward<T>, true,
+      [](const Tensor<T>& in, Tensor<T>& out) { out.array() = in.array().max(T(0)); });
+}
+template <class T>
+Var<T> sigmoid_(const Var<T>& x) {
+  return detail::unary_of_output("sigmoid", x, &detail::sigmoid_backward<T>, true,
+                                 &detail::sigmoid_into<T>);
+}
+template <class T>
+Var<T> tanh_(const Var<T>& x) {
+  return detail::unary_of_output(
+      "tanh", x, &detail::tanh_backward<T>, true,
+      [](const Tensor<T>& in, Tensor<T>& out) { out.array() = in.array().tanh(); });
 }
 
 // leaky_relu(x) = x for x > 0, negative_slope * x otherwise (torch.nn.LeakyReLU);
@@ -135,11 +186,14 @@ template <class T>
 Var<T> leaky_relu(const Var<T>& x, double negative_slope = 0.01) {
   if (!std::isfinite(negative_slope))
     detail::fail<ValueError>("leaky_relu: negative_slope must be finite, got ", negative_slope);
-  Var<T> y = x.tape().record("leaky_relu", Shape(x.shape()), {x}, [](OpContext<T>& c) {
-    const T a = static_cast<T>(c.scalar(0));
-    c.add_grad(0,
-               c.grad_out().array() * (a + (T(1) - a) * detail::step_positive(c.input(0).array())));
-  });
+  Var<T> y = x.tape().record(
+      "leaky_relu", Shape(x.shape()), {x},
+      [](OpContext<T>& c) {
+        const T a = static_cast<T>(c.scalar(0));
+        c.add_grad(
+            0, c.grad_out().array() * (a + (T(1) - a) * detail::step_positive(c.input(0).array())));
+      },
+      Reads::inputs);
   y.node().scalars[0] = negative_slope;
   const T a = static_cast<T>(negative_slope);
   const auto xv = x.value().array();
@@ -161,28 +215,34 @@ template <class T>
 Var<T> gelu(const Var<T>& x, GeluApproximation approximate = GeluApproximation::none) {
   using K = detail::GeluConstants<T>;
   if (approximate == GeluApproximation::none) {
-    Var<T> y = x.tape().record("gelu", Shape(x.shape()), {x}, [](OpContext<T>& c) {
-      c.add_grad(0, c.grad_out().array() * c.input(0).array().unaryExpr([](T v) {
-        return T(0.5) * std::erfc(-v * K::inv_sqrt2) +
-               v * K::inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
-      }));
-    });
+    Var<T> y = x.tape().record(
+        "gelu", Shape(x.shape()), {x},
+        [](OpContext<T>& c) {
+          c.add_grad(0, c.grad_out().array() * c.input(0).array().unaryExpr([](T v) {
+            return T(0.5) * std::erfc(-v * K::inv_sqrt2) +
+                   v * K::inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
+          }));
+        },
+        Reads::inputs);
     y.value().array() =
         x.value().array().unaryExpr([](T v) { return T(0.5) * v * std::erfc(-v * K::inv_sqrt2); });
     return y;
   }
-  Var<T> y = x.tape().record("gelu_tanh", Shape(x.shape()), {x}, [](OpContext<T>& c) {
-    using K = detail::GeluConstants<T>;
-    const T k = K::k, c3 = K::c3;
-    const auto xv = c.input(0).array();
-    Tensor<T>& t = c.saved(0);  // t = tanh(k (x + c3 x^3)), recomputed once here
-    t.resize(c.input(0).shape());
-    t.array() = (k * (xv + c3 * xv.cube())).tanh();
-    const auto tv = t.array();
-    c.add_grad(
-        0, c.grad_out().array() * (T(0.5) * (T(1) + tv) + T(0.5) * xv * (T(1) - tv.square()) * k *
-                                                              (T(1) + T(3) * c3 * xv.square())));
-  });
+  Var<T> y = x.tape().record(
+      "gelu_tanh", Shape(x.shape()), {x},
+      [](OpContext<T>& c) {
+        using K = detail::GeluConstants<T>;
+        const T k = K::k, c3 = K::c3;
+        const auto xv = c.input(0).array();
+        Tensor<T>& t = c.saved(0);  // t = tanh(k (x + c3 x^3)), recomputed once here
+        t.resize(c.input(0).shape());
+        t.array() = (k * (xv + c3 * xv.cube())).tanh();
+        const auto tv = t.array();
+        c.add_grad(0, c.grad_out().array() *
+                          (T(0.5) * (T(1) + tv) + T(0.5) * xv * (T(1) - tv.square()) * k *
+                                                      (T(1) + T(3) * c3 * xv.square())));
+      },
+      Reads::inputs);
   const T k = K::k, c3 = K::c3;
   const auto xv = x.value().array();
   y.value().array() = T(0.5) * xv * (T(1) + (k * (xv + c3 * xv.cube())).tanh());
@@ -197,26 +257,29 @@ Var<T> gelu(const Var<T>& x, GeluApproximation approximate = GeluApproximation::
 template <class T>
 Var<T> softmax(const Var<T>& x, int dim = -1) {
   const detail::SoftmaxLayout l = detail::softmax_layout("softmax", x.shape(), dim);
-  Var<T> y = x.tape().record("softmax", Shape(x.shape()), {x}, [](OpContext<T>& c) {
-    const int64_t outer = c.node().ints[0], n = c.node().ints[1], inner = c.node().ints[2];
-    if (c.value().numel() == 0) return;
-    Tensor<T>& gx = c.grad_in(0);
-    for (int64_t o = 0; o < outer; ++o) {
-      const int64_t off = o * n * inner;
-      if (inner == 1) {
-        const detail::ConstVectorMap<T> yr(c.value().data() + off, n);
-        const detail::ConstVectorMap<T> gr(c.grad_out().data() + off, n);
-        const T s = (gr * yr).sum();
-        detail::VectorMap<T>(gx.data() + off, n) += yr * (gr - s);
-        continue;
-      }
-      const auto Y = detail::ConstRowMajorMap<T>(c.value().data() + off, n, inner).array();
-      const auto G = detail::ConstRowMajorMap<T>(c.grad_out().data() + off, n, inner).array();
-      detail::RowVectorMap<T> S(c.saved(0).data(), inner);  // sum_j g_j y_j per column
-      S = (G * Y).colwise().sum();
-      detail::RowMajorMap<T>(gx.data() + off, n, inner).array() += Y * (G.rowwise() - S);
-    }
-  });
+  Var<T> y = x.tape().record(
+      "softmax", Shape(x.shape()), {x},
+      [](OpContext<T>& c) {
+        const int64_t outer = c.node().ints[0], n = c.node().ints[1], inner = c.node().ints[2];
+        if (c.value().numel() == 0) return;
+        Tensor<T>& gx = c.grad_in(0);
+        for (int64_t o = 0; o < outer; ++o) {
+          const int64_t off = o * n * inner;
+          if (inner == 1) {
+            const detail::ConstVectorMap<T> yr(c.value().data() + off, n);
+            const detail::ConstVectorMap<T> gr(c.grad_out().data() + off, n);
+            const T s = (gr * yr).sum();
+            detail::VectorMap<T>(gx.data() + off, n) += yr * (gr - s);
+            continue;
+          }
+          const auto Y = detail::ConstRowMajorMap<T>(c.value().data() + off, n, inner).array();
+          const auto G = detail::ConstRowMajorMap<T>(c.grad_out().data() + off, n, inner).array();
+          detail::RowVectorMap<T> S(c.saved(0).data(), inner);  // sum_j g_j y_j per column
+          S = (G * Y).colwise().sum();
+          detail::RowMajorMap<T>(gx.data() + off, n, inner).array() += Y * (G.rowwise() - S);
+        }
+      },
+      Reads::output);
   auto& ints = y.node().ints;
   ints.push_back(l.outer), ints.push_back(l.n), ints.push_back(l.inner);
   if (x.numel() == 0) return y;
@@ -247,26 +310,29 @@ Var<T> softmax(const Var<T>& x, int dim = -1) {
 template <class T>
 Var<T> log_softmax(const Var<T>& x, int dim = -1) {
   const detail::SoftmaxLayout l = detail::softmax_layout("log_softmax", x.shape(), dim);
-  Var<T> y = x.tape().record("log_softmax", Shape(x.shape()), {x}, [](OpContext<T>& c) {
-    const int64_t outer = c.node().ints[0], n = c.node().ints[1], inner = c.node().ints[2];
-    if (c.value().numel() == 0) return;
-    Tensor<T>& gx = c.grad_in(0);
-    for (int64_t o = 0; o < outer; ++o) {
-      const int64_t off = o * n * inner;
-      if (inner == 1) {
-        const detail::ConstVectorMap<T> yr(c.value().data() + off, n);
-        const detail::ConstVectorMap<T> gr(c.grad_out().data() + off, n);
-        const T s = gr.sum();
-        detail::VectorMap<T>(gx.data() + off, n) += gr - yr.exp() * s;
-        continue;
-      }
-      const auto Y = detail::ConstRowMajorMap<T>(c.value().data() + off, n, inner).array();
-      const auto G = detail::ConstRowMajorMap<T>(c.grad_out().data() + off, n, inner).array();
-      detail::RowVectorMap<T> S(c.saved(0).data(), inner);  // sum_j g_j per column
-      S = G.colwise().sum();
-      detail::RowMajorMap<T>(gx.data() + off, n, inner).array() += G - Y.exp().rowwise() * S;
-    }
-  });
+  Var<T> y = x.tape().record(
+      "log_softmax", Shape(x.shape()), {x},
+      [](OpContext<T>& c) {
+        const int64_t outer = c.node().ints[0], n = c.node().ints[1], inner = c.node().ints[2];
+        if (c.value().numel() == 0) return;
+        Tensor<T>& gx = c.grad_in(0);
+        for (int64_t o = 0; o < outer; ++o) {
+          const int64_t off = o * n * inner;
+          if (inner == 1) {
+            const detail::ConstVectorMap<T> yr(c.value().data() + off, n);
+            const detail::ConstVectorMap<T> gr(c.grad_out().data() + off, n);
+            const T s = gr.sum();
+            detail::VectorMap<T>(gx.data() + off, n) += gr - yr.exp() * s;
+            continue;
+          }
+          const auto Y = detail::ConstRowMajorMap<T>(c.value().data() + off, n, inner).array();
+          const auto G = detail::ConstRowMajorMap<T>(c.grad_out().data() + off, n, inner).array();
+          detail::RowVectorMap<T> S(c.saved(0).data(), inner);  // sum_j g_j per column
+          S = G.colwise().sum();
+          detail::RowMajorMap<T>(gx.data() + off, n, inner).array() += G - Y.exp().rowwise() * S;
+        }
+      },
+      Reads::output);
   auto& ints = y.node().ints;
   ints.push_back(l.outer), ints.push_back(l.n), ints.push_back(l.inner);
   if (x.numel() == 0) return y;

@@ -455,9 +455,9 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& w, const Var<T>& b, Size2 stride = 
   g.OW = (g.W + 2 * g.pw - ekw) / g.sw + 1;
 
   const std::array<Var<T>, 3> ins{x, w, b};
-  Var<T> y = x.tape().record("conv2d", Shape{g.N, g.O, g.OH, g.OW},
-                             std::span<const Var<T>>(ins.data(), has_bias ? 3 : 2),
-                             [](OpContext<T>& c) { detail::conv2d_backward(c); });
+  Var<T> y = x.tape().record(
+      "conv2d", Shape{g.N, g.O, g.OH, g.OW}, std::span<const Var<T>>(ins.data(), has_bias ? 3 : 2),
+      [](OpContext<T>& c) { detail::conv2d_backward(c); }, Reads::inputs);
   Node<T>& node = y.node();
   g.store(node.ints);
   node.ints.push_back(g.shifted() ? 1 : 0);

@@ -21,9 +21,10 @@ template <class T>
 Var<T> dropout(const Var<T>& x, double p, bool training, Generator& gen) {
   detail::check_dropout_p("dropout", p);
   if (!training || p == 0.0) return x;
-  Var<T> y = x.tape().record("dropout", Shape(x.shape()), {x}, [](OpContext<T>& c) {
-    c.add_grad(0, c.grad_out().array() * c.saved(0).array());
-  });
+  Var<T> y = x.tape().record(
+      "dropout", Shape(x.shape()), {x},
+      [](OpContext<T>& c) { c.add_grad(0, c.grad_out().array() * c.saved(0).array()); },
+      Reads::none);  // the mask is saved
   Tensor<T>& mask = y.node().saved[0];
   mask.resize(x.shape());
   const T scale = T(1.0 / (1.0 - p));

@@ -32,24 +32,28 @@ namespace detail {
 // for any mix of Eigen arrays and scalars (g: output gradient, y: output value).
 struct AddOp {
   static constexpr const char* name = "add";
+  static constexpr Reads reads = Reads::none;
   static auto f(const auto& a, const auto& b) { return a + b; }
   static auto da(const auto& g, const auto&, const auto&, const auto&) { return g; }
   static auto db(const auto& g, const auto&, const auto&, const auto&) { return g; }
 };
 struct SubOp {
   static constexpr const char* name = "sub";
+  static constexpr Reads reads = Reads::none;
   static auto f(const auto& a, const auto& b) { return a - b; }
   static auto da(const auto& g, const auto&, const auto&, const auto&) { return g; }
   static auto db(const auto& g, const auto&, const auto&, const auto&) { return -g; }
 };
 struct MulOp {
   static constexpr const char* name = "mul";
+  static constexpr Reads reads = Reads::inputs;
   static auto f(const auto& a, const auto& b) { return a * b; }
   static auto da(const auto& g, const auto&, const auto& b, const auto&) { return g * b; }
   static auto db(const auto& g, const auto& a, const auto&, const auto&) { return g * a; }
 };
 struct DivOp {
   static constexpr const char* name = "div";
+  static constexpr Reads reads = Reads::all;
   static auto f(const auto& a, const auto& b) { return a / b; }
   static auto da(const auto& g, const auto&, const auto& b, const auto&) { return g / b; }
   // -g a / b^2 = -g y / b, with y = a / b already computed
@@ -96,16 +100,24 @@ void binary_backward(OpContext<T>& c) {
   });
 }
 
+// With in_place (add_, sub_), the output may take over a's buffer (Tape::record_inplace) when
+// it has a's shape.
 template <class Op, class T>
-Var<T> binary(const Var<T>& a, const Var<T>& b) {
+Var<T> binary(const Var<T>& a, const Var<T>& b, bool in_place = false) {
   // Shapes are copied: recording may move the tape's nodes, and with them a.shape().
   const Shape sa = a.shape(), sb = b.shape();
   const bool same = sa == sb;
   const Shape out = same ? sa : broadcast_shape(Op::name, sa, sb);
-  Var<T> y = a.tape().record(Op::name, out, {a, b}, &binary_backward<Op, T>);
-  const Tensor<T>& A = a.value();
-  const Tensor<T>& B = b.value();
-  Tensor<T>& Y = y.value();
+  Var<T> y;
+  bool on_a = false;
+  if (in_place && out == sa)
+    y = a.tape().record_inplace(Op::name, 0, {a, b}, &binary_backward<Op, T>, Op::reads, on_a);
+  else
+    y = a.tape().record(Op::name, out, {a, b}, &binary_backward<Op, T>, Op::reads);
+  // Through the nodes: a's value may be y's buffer now (elementwise, so that is safe).
+  const Tensor<T>& A = a.node().value;
+  const Tensor<T>& B = b.node().value;
+  Tensor<T>& Y = y.node().value;
   if (same) {
     Y.array() = Op::f(A.array(), B.array());
     return y;
@@ -125,25 +137,28 @@ Var<T> binary(const Var<T>& a, const Var<T>& b) {
 template <class T>
 Var<T> add_scalar(const Var<T>& x, T s) {  // x + s
   const Shape shape = x.shape();
-  Var<T> y = x.tape().record("add_scalar", shape, {x},
-                             [](OpContext<T>& c) { c.add_grad(0, c.grad_out().array()); });
+  Var<T> y = x.tape().record(
+      "add_scalar", shape, {x}, [](OpContext<T>& c) { c.add_grad(0, c.grad_out().array()); },
+      Reads::none);
   y.value().array() = x.value().array() + s;
   return y;
 }
 template <class T>
 Var<T> rsub_scalar(const Var<T>& x, T s) {  // s - x
   const Shape shape = x.shape();
-  Var<T> y = x.tape().record("rsub_scalar", shape, {x},
-                             [](OpContext<T>& c) { c.add_grad(0, -c.grad_out().array()); });
+  Var<T> y = x.tape().record(
+      "rsub_scalar", shape, {x}, [](OpContext<T>& c) { c.add_grad(0, -c.grad_out().array()); },
+      Reads::none);
   y.value().array() = s - x.value().array();
   return y;
 }
 template <class T>
 Var<T> mul_scalar(const Var<T>& x, T s) {  // x * s
   const Shape shape = x.shape();
-  Var<T> y = x.tape().record("mul_scalar", shape, {x}, [](OpContext<T>& c) {
-    c.add_grad(0, c.grad_out().array() * static_cast<T>(c.scalar(0)));
-  });
+  Var<T> y = x.tape().record(
+      "mul_scalar", shape, {x},
+      [](OpContext<T>& c) { c.add_grad(0, c.grad_out().array() * static_cast<T>(c.scalar(0))); },
+      Reads::none);
   y.node().scalars[0] = s;
   y.value().array() = x.value().array() * s;
   return y;
@@ -151,9 +166,10 @@ Var<T> mul_scalar(const Var<T>& x, T s) {  // x * s
 template <class T>
 Var<T> div_scalar(const Var<T>& x, T s) {  // x / s
   const Shape shape = x.shape();
-  Var<T> y = x.tape().record("div_scalar", shape, {x}, [](OpContext<T>& c) {
-    c.add_grad(0, c.grad_out().array() / static_cast<T>(c.scalar(0)));
-  });
+  Var<T> y = x.tape().record(
+      "div_scalar", shape, {x},
+      [](OpContext<T>& c) { c.add_grad(0, c.grad_out().array() / static_cast<T>(c.scalar(0))); },
+      Reads::none);
   y.node().scalars[0] = s;
   y.value().array() = x.value().array() / s;
   return y;
@@ -169,6 +185,16 @@ Var<T> rdiv_scalar(const Var<T>& x, T s) {  // s / x; d/dx = -s / x^2 = -y / x
 }
 
 }  // namespace detail
+
+// ---- in place ----
+
+// a + b, written over a's buffer when that is safe (Tape::record_inplace: nothing has read a
+// and no backward needs it; a must not be read afterwards), else as a + b. The residual blocks
+// use it for their sums.
+template <class T>
+Var<T> add_(const Var<T>& a, const Var<T>& b) {
+  return detail::binary<detail::AddOp>(a, b, true);
+}
 
 // ---- binary operators ----
 // S is the scalar type: std::type_identity_t keeps T deduced from the Var alone, so that
@@ -266,8 +292,9 @@ Var<T> operator/(ScalarOf<T> s, const Var<T>& a) {
 template <class T>
 Var<T> operator-(const Var<T>& x) {
   const Shape shape = x.shape();
-  Var<T> y = x.tape().record("neg", shape, {x},
-                             [](OpContext<T>& c) { c.add_grad(0, -c.grad_out().array()); });
+  Var<T> y = x.tape().record(
+      "neg", shape, {x}, [](OpContext<T>& c) { c.add_grad(0, -c.grad_out().array()); },
+      Reads::none);
   y.value().array() = -x.value().array();
   return y;
 }
@@ -276,9 +303,10 @@ Var<T> operator-(const Var<T>& x) {
 template <class T>
 Var<T> exp(const Var<T>& x) {
   const Shape shape = x.shape();
-  Var<T> y = x.tape().record("exp", shape, {x}, [](OpContext<T>& c) {
-    c.add_grad(0, c.grad_out().array() * c.value().array());
-  });
+  Var<T> y = x.tape().record(
+      "exp", shape, {x},
+      [](OpContext<T>& c) { c.add_grad(0, c.grad_out().array() * c.value().array()); },
+      Reads::output);
   y.value().array() = x.value().array().exp();
   return y;
 }
@@ -287,9 +315,10 @@ Var<T> exp(const Var<T>& x) {
 template <class T>
 Var<T> log(const Var<T>& x) {
   const Shape shape = x.shape();
-  Var<T> y = x.tape().record("log", shape, {x}, [](OpContext<T>& c) {
-    c.add_grad(0, c.grad_out().array() / c.input(0).array());
-  });
+  Var<T> y = x.tape().record(
+      "log", shape, {x},
+      [](OpContext<T>& c) { c.add_grad(0, c.grad_out().array() / c.input(0).array()); },
+      Reads::inputs);
   y.value().array() = x.value().array().log();
   return y;
 }
@@ -298,9 +327,10 @@ Var<T> log(const Var<T>& x) {
 template <class T>
 Var<T> sqrt(const Var<T>& x) {
   const Shape shape = x.shape();
-  Var<T> y = x.tape().record("sqrt", shape, {x}, [](OpContext<T>& c) {
-    c.add_grad(0, c.grad_out().array() / (T(2) * c.value().array()));
-  });
+  Var<T> y = x.tape().record(
+      "sqrt", shape, {x},
+      [](OpContext<T>& c) { c.add_grad(0, c.grad_out().array() / (T(2) * c.value().array())); },
+      Reads::output);
   y.value().array() = x.value().array().sqrt();
   return y;
 }
@@ -309,15 +339,18 @@ Var<T> sqrt(const Var<T>& x) {
 template <class T>
 Var<T> pow(const Var<T>& x, double p) {
   const Shape shape = x.shape();
-  Var<T> y = x.tape().record("pow", shape, {x}, [](OpContext<T>& c) {
-    const T p = static_cast<T>(c.scalar(0));
-    if (p == T(0))
-      c.add_grad(0, Eigen::Array<T, Eigen::Dynamic, 1>::Zero(c.grad_out().numel()));
-    else if (p == T(2))
-      c.add_grad(0, c.grad_out().array() * (T(2) * c.input(0).array()));
-    else
-      c.add_grad(0, c.grad_out().array() * (p * c.input(0).array().pow(p - T(1))));
-  });
+  Var<T> y = x.tape().record(
+      "pow", shape, {x},
+      [](OpContext<T>& c) {
+        const T p = static_cast<T>(c.scalar(0));
+        if (p == T(0))
+          c.add_grad(0, Eigen::Array<T, Eigen::Dynamic, 1>::Zero(c.grad_out().numel()));
+        else if (p == T(2))
+          c.add_grad(0, c.grad_out().array() * (T(2) * c.input(0).array()));
+        else
+          c.add_grad(0, c.grad_out().array() * (p * c.input(0).array().pow(p - T(1))));
+      },
+      Reads::inputs);
   y.node().scalars[0] = p;
   if (static_cast<T>(p) == T(2))
     y.value().array() = x.value().array().square();
@@ -330,9 +363,10 @@ Var<T> pow(const Var<T>& x, double p) {
 template <class T>
 Var<T> abs(const Var<T>& x) {
   const Shape shape = x.shape();
-  Var<T> y = x.tape().record("abs", shape, {x}, [](OpContext<T>& c) {
-    c.add_grad(0, c.grad_out().array() * c.input(0).array().sign());
-  });
+  Var<T> y = x.tape().record(
+      "abs", shape, {x},
+      [](OpContext<T>& c) { c.add_grad(0, c.grad_out().array() * c.input(0).array().sign()); },
+      Reads::inputs);
   y.value().array() = x.value().array().abs();
   return y;
 }
@@ -341,9 +375,10 @@ Var<T> abs(const Var<T>& x) {
 template <class T>
 Var<T> square(const Var<T>& x) {
   const Shape shape = x.shape();
-  Var<T> y = x.tape().record("square", shape, {x}, [](OpContext<T>& c) {
-    c.add_grad(0, c.grad_out().array() * (T(2) * c.input(0).array()));
-  });
+  Var<T> y = x.tape().record(
+      "square", shape, {x},
+      [](OpContext<T>& c) { c.add_grad(0, c.grad_out().array() * (T(2) * c.input(0).array())); },
+      Reads::inputs);
   y.value().array() = x.value().array().square();
   return y;
 }
@@ -353,11 +388,14 @@ Var<T> square(const Var<T>& x) {
 template <class T>
 Var<T> clamp(const Var<T>& x, ScalarOf<T> lo, ScalarOf<T> hi) {
   const Shape shape = x.shape();
-  Var<T> y = x.tape().record("clamp", shape, {x}, [](OpContext<T>& c) {
-    const T lo = static_cast<T>(c.scalar(0)), hi = static_cast<T>(c.scalar(1));
-    const auto x = c.input(0).array();
-    c.add_grad(0, (x >= lo && x <= hi).select(c.grad_out().array(), T(0)));
-  });
+  Var<T> y = x.tape().record(
+      "clamp", shape, {x},
+      [](OpContext<T>& c) {
+        const T lo = static_cast<T>(c.scalar(0)), hi = static_cast<T>(c.scalar(1));
+        const auto x = c.input(0).array();
+        c.add_grad(0, (x >= lo && x <= hi).select(c.grad_out().array(), T(0)));
+      },
+      Reads::inputs);
   y.node().scalars[0] = lo;
   y.node().scalars[1] = hi;
   y.value().array() = x.value().array().unaryExpr([lo, hi](T v) {

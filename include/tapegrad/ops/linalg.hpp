@@ -42,14 +42,17 @@ Var<T> matmul(const Var<T>& a, const Var<T>& b) {
                              " vs ", sb[0], ")");
   Shape out = sa;
   out[out.rank() - 1] = sb[1];
-  Var<T> y = a.tape().record("matmul", out, {a, b}, [](OpContext<T>& c) {
-    const Tensor<T>& A = c.input(0);
-    const Tensor<T>& B = c.input(1);
-    const int64_t m = detail::leading_rows(A.shape()), k = B.shape()[0], n = B.shape()[1];
-    const auto G = c.grad_out().matrix(m, n);
-    c.add_grad_product(0, m, k, G, B.matrix(k, n).transpose());
-    c.add_grad_product(1, k, n, A.matrix(m, k).transpose(), G);
-  });
+  Var<T> y = a.tape().record(
+      "matmul", out, {a, b},
+      [](OpContext<T>& c) {
+        const Tensor<T>& A = c.input(0);
+        const Tensor<T>& B = c.input(1);
+        const int64_t m = detail::leading_rows(A.shape()), k = B.shape()[0], n = B.shape()[1];
+        const auto G = c.grad_out().matrix(m, n);
+        c.add_grad_product(0, m, k, G, B.matrix(k, n).transpose());
+        c.add_grad_product(1, k, n, A.matrix(m, k).transpose(), G);
+      },
+      Reads::inputs);
   const int64_t m = detail::leading_rows(sa), k = sb[0], n = sb[1];
   detail::gemm(y.value().matrix(m, n), a.value().matrix(m, k), b.value().matrix(k, n), false);
   return y;
@@ -60,10 +63,13 @@ Var<T> transpose(const Var<T>& x) {
   const Shape s = x.shape();
   if (s.rank() != 2)
     detail::fail<ShapeError>("transpose: ", s, " is not 2-D (", s.rank(), " dims)");
-  Var<T> y = x.tape().record("transpose", Shape{s[1], s[0]}, {x}, [](OpContext<T>& c) {
-    const Shape& ys = c.value().shape();
-    c.add_grad_matrix(0, ys[1], ys[0], c.grad_out().matrix(ys[0], ys[1]).transpose());
-  });
+  Var<T> y = x.tape().record(
+      "transpose", Shape{s[1], s[0]}, {x},
+      [](OpContext<T>& c) {
+        const Shape& ys = c.value().shape();
+        c.add_grad_matrix(0, ys[1], ys[0], c.grad_out().matrix(ys[0], ys[1]).transpose());
+      },
+      Reads::none);
   y.value().matrix(s[1], s[0]) = x.value().matrix(s[0], s[1]).transpose();
   return y;
 }
@@ -102,7 +108,7 @@ template <class T>
 Var<T> linear(const Var<T>& x, const Var<T>& w, const Var<T>& b) {
   const Shape sx = x.shape(), sw = w.shape(), sb = b.shape();
   const Shape out = detail::linear_shape(sx, sw, &sb);
-  Var<T> y = x.tape().record("linear", out, {x, w, b}, &detail::linear_backward<T>);
+  Var<T> y = x.tape().record("linear", out, {x, w, b}, &detail::linear_backward<T>, Reads::inputs);
   const int64_t rows = detail::leading_rows(sx), in = sw[1], nout = sw[0];
   auto Y = y.value().matrix(rows, nout);
   Y.rowwise() = b.value().matrix(1, nout).row(0);
@@ -115,7 +121,7 @@ template <class T>
 Var<T> linear(const Var<T>& x, const Var<T>& w) {
   const Shape sx = x.shape(), sw = w.shape();
   const Shape out = detail::linear_shape(sx, sw, nullptr);
-  Var<T> y = x.tape().record("linear", out, {x, w}, &detail::linear_backward<T>);
+  Var<T> y = x.tape().record("linear", out, {x, w}, &detail::linear_backward<T>, Reads::inputs);
   const int64_t rows = detail::leading_rows(sx), in = sw[1], nout = sw[0];
   detail::gemm(y.value().matrix(rows, nout), x.value().matrix(rows, in),
                w.value().matrix(nout, in).transpose(), false);

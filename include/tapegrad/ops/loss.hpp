@@ -77,16 +77,19 @@ Var<T> mse_loss(const Var<T>& pred, const Tensor<T>& target) {
 template <class T>
 Var<T> cross_entropy(const Var<T>& logits, const std::vector<int64_t>& labels) {
   detail::check_class_labels("cross_entropy", logits, labels);
-  Var<T> y = logits.tape().record("cross_entropy", Shape{}, {logits}, [](OpContext<T>& c) {
-    if (!c.needs_grad(0)) return;
-    const Tensor<T>& p = c.saved(0);  // softmax(logits), from the forward pass
-    const int64_t n = p.size(0), classes = p.size(1);
-    const T scale = c.grad_out()[0] / T(n);
-    c.add_grad(0, scale * p.array());
-    Tensor<T>& gx = c.grad_in(0);  // already written above: no zeroing
-    const auto& labels = c.node().ints;
-    for (int64_t i = 0; i < n; ++i) gx[i * classes + labels[static_cast<size_t>(i)]] -= scale;
-  });
+  Var<T> y = logits.tape().record(
+      "cross_entropy", Shape{}, {logits},
+      [](OpContext<T>& c) {
+        if (!c.needs_grad(0)) return;
+        const Tensor<T>& p = c.saved(0);  // softmax(logits), from the forward pass
+        const int64_t n = p.size(0), classes = p.size(1);
+        const T scale = c.grad_out()[0] / T(n);
+        c.add_grad(0, scale * p.array());
+        Tensor<T>& gx = c.grad_in(0);  // already written above: no zeroing
+        const auto& labels = c.node().ints;
+        for (int64_t i = 0; i < n; ++i) gx[i * classes + labels[static_cast<size_t>(i)]] -= scale;
+      },
+      Reads::none);  // the softmax it needs is saved
   Node<T>& node = y.node();
   node.ints.assign(labels.begin(), labels.end());
   const int64_t n = logits.size(0), classes = logits.size(1);
@@ -118,14 +121,17 @@ Var<T> cross_entropy(const Var<T>& logits, const std::vector<int64_t>& labels) {
 template <class T>
 Var<T> nll_loss(const Var<T>& log_probs, const std::vector<int64_t>& labels) {
   detail::check_class_labels("nll_loss", log_probs, labels);
-  Var<T> y = log_probs.tape().record("nll_loss", Shape{}, {log_probs}, [](OpContext<T>& c) {
-    if (!c.needs_grad(0)) return;
-    const int64_t n = c.input(0).size(0), classes = c.input(0).size(1);
-    const T scale = c.grad_out()[0] / T(n);
-    Tensor<T>& gx = c.grad_in(0);
-    const auto& labels = c.node().ints;
-    for (int64_t i = 0; i < n; ++i) gx[i * classes + labels[static_cast<size_t>(i)]] -= scale;
-  });
+  Var<T> y = log_probs.tape().record(
+      "nll_loss", Shape{}, {log_probs},
+      [](OpContext<T>& c) {
+        if (!c.needs_grad(0)) return;
+        const int64_t n = c.input(0).size(0), classes = c.input(0).size(1);
+        const T scale = c.grad_out()[0] / T(n);
+        Tensor<T>& gx = c.grad_in(0);
+        const auto& labels = c.node().ints;
+        for (int64_t i = 0; i < n; ++i) gx[i * classes + labels[static_cast<size_t>(i)]] -= scale;
+      },
+      Reads::none);
   y.node().ints.assign(labels.begin(), labels.end());
   const int64_t n = log_probs.size(0), classes = log_probs.size(1);
   const T* lp = log_probs.value().data();

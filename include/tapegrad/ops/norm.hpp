@@ -267,7 +267,7 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
   if (training && N * S == 1)  // the unbiased variance n/(n−1) needs two values
     detail::fail<ValueError>(
         "batch_norm: Expected more than 1 value per channel when training, got input size ", xs);
-  const bool update = training && has_running;
+  const bool update = training && has_running && !detail::recomputing;  // see ops/checkpoint.hpp
   if (update && !momentum && num_batches_tracked.numel() != 1)
     detail::fail<ValueError>("batch_norm: input ", xs,
                              ": momentum=None (cumulative average) needs num_batches_tracked");
@@ -284,7 +284,7 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
   if (beta.defined()) inputs[n_inputs++] = beta;
   Var<T> out = x.tape().record("batch_norm", xs,
                                std::span<const Var<T>>(inputs, static_cast<size_t>(n_inputs)),
-                               &detail::batch_norm_backward<T>);
+                               &detail::batch_norm_backward<T>, Reads::inputs);
   Node<T>& node = out.node();
   node.ints.assign({N, C, S, gi, bi, training ? 1 : 0});
   node.saved[0].resize(Shape{C});
@@ -418,7 +418,7 @@ Var<T> layer_norm(const Var<T>& x, const Shape& normalized_shape, const Var<T>& 
   if (beta.defined()) inputs[n_inputs++] = beta;
   Var<T> out = x.tape().record("layer_norm", xs,
                                std::span<const Var<T>>(inputs, static_cast<size_t>(n_inputs)),
-                               &detail::layer_norm_backward<T>);
+                               &detail::layer_norm_backward<T>, Reads::inputs);
   Node<T>& node = out.node();
   node.ints.assign({R, D, gi, bi});
   node.saved[0].resize(Shape{R});

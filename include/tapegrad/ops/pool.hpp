@@ -93,18 +93,19 @@ template <class T>
 Var<T> max_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = std::nullopt,
                   Size2 padding = 0) {
   const auto g = detail::pool2d_geometry("max_pool2d", x.shape(), kernel, stride, padding);
-  Var<T> y = x.tape().record("max_pool2d", Shape{x.size(0), x.size(1), g.OH, g.OW}, {x},
-                             [](OpContext<T>& c) {
-                               const auto g = detail::Pool2dGeometry::load(c.node().ints);
-                               const int64_t* arg = c.node().ints.data() + g.count;
-                               const T* dy = c.grad_out().data();
-                               T* dx = c.grad_in(0).data();
-                               const int64_t hw = g.H * g.W, L = g.OH * g.OW;
+  Var<T> y = x.tape().record(
+      "max_pool2d", Shape{x.size(0), x.size(1), g.OH, g.OW}, {x},
+      [](OpContext<T>& c) {
+        const auto g = detail::Pool2dGeometry::load(c.node().ints);
+        const int64_t* arg = c.node().ints.data() + g.count;
+        const T* dy = c.grad_out().data();
+        T* dx = c.grad_in(0).data();
+        const int64_t hw = g.H * g.W, L = g.OH * g.OW;
 #pragma omp parallel for schedule(static) if (g.planes * L > parallel_threshold)
-                               for (int64_t pl = 0; pl < g.planes; ++pl)
-                                 for (int64_t k = pl * L; k < (pl + 1) * L; ++k)
-                                   dx[pl * hw + arg[k]] += dy[k];
-                             });
+        for (int64_t pl = 0; pl < g.planes; ++pl)
+          for (int64_t k = pl * L; k < (pl + 1) * L; ++k) dx[pl * hw + arg[k]] += dy[k];
+      },
+      Reads::none);  // the maxima's positions are in ints
   auto& ints = y.node().ints;
   g.store(ints);
   const int64_t L = g.OH * g.OW, hw = g.H * g.W;
@@ -142,26 +143,28 @@ template <class T>
 Var<T> avg_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = std::nullopt,
                   Size2 padding = 0) {
   const auto g = detail::pool2d_geometry("avg_pool2d", x.shape(), kernel, stride, padding);
-  Var<T> y = x.tape().record("avg_pool2d", Shape{x.size(0), x.size(1), g.OH, g.OW}, {x},
-                             [](OpContext<T>& c) {
-                               const auto g = detail::Pool2dGeometry::load(c.node().ints);
-                               const T scale = T(1) / T(g.kh * g.kw);
-                               const T* dy = c.grad_out().data();
-                               T* dx = c.grad_in(0).data();
-                               const int64_t hw = g.H * g.W, L = g.OH * g.OW;
+  Var<T> y = x.tape().record(
+      "avg_pool2d", Shape{x.size(0), x.size(1), g.OH, g.OW}, {x},
+      [](OpContext<T>& c) {
+        const auto g = detail::Pool2dGeometry::load(c.node().ints);
+        const T scale = T(1) / T(g.kh * g.kw);
+        const T* dy = c.grad_out().data();
+        T* dx = c.grad_in(0).data();
+        const int64_t hw = g.H * g.W, L = g.OH * g.OW;
 #pragma omp parallel for schedule(static) if (g.work() > parallel_threshold)
-                               for (int64_t pl = 0; pl < g.planes; ++pl) {
-                                 T* dxp = dx + pl * hw;
-                                 for (int64_t p = 0; p < g.OH; ++p)
-                                   for (int64_t q = 0; q < g.OW; ++q) {
-                                     int64_t r0, r1, c0, c1;
-                                     g.window(p, q, r0, r1, c0, c1);
-                                     const T d = dy[pl * L + p * g.OW + q] * scale;
-                                     for (int64_t r = r0; r < r1; ++r)
-                                       for (int64_t s = c0; s < c1; ++s) dxp[r * g.W + s] += d;
-                                   }
-                               }
-                             });
+        for (int64_t pl = 0; pl < g.planes; ++pl) {
+          T* dxp = dx + pl * hw;
+          for (int64_t p = 0; p < g.OH; ++p)
+            for (int64_t q = 0; q < g.OW; ++q) {
+              int64_t r0, r1, c0, c1;
+              g.window(p, q, r0, r1, c0, c1);
+              const T d = dy[pl * L + p * g.OW + q] * scale;
+              for (int64_t r = r0; r < r1; ++r)
+                for (int64_t s = c0; s < c1; ++s) dxp[r * g.W + s] += d;
+            }
+        }
+      },
+      Reads::none);
   g.store(y.node().ints);
   const T scale = T(1) / T(g.kh * g.kw);
   const int64_t L = g.OH * g.OW, hw = g.H * g.W;
@@ -192,13 +195,15 @@ Var<T> global_avg_pool2d(const Var<T>& x) {
   if (x.size(2) * x.size(3) == 0)
     detail::fail<ShapeError>("global_avg_pool2d: input ", x.shape(), ": empty image");
   const int64_t planes = x.size(0) * x.size(1);
-  Var<T> y =
-      x.tape().record("global_avg_pool2d", Shape{x.size(0), x.size(1)}, {x}, [](OpContext<T>& c) {
+  Var<T> y = x.tape().record(
+      "global_avg_pool2d", Shape{x.size(0), x.size(1)}, {x},
+      [](OpContext<T>& c) {
         const int64_t planes = c.value().numel();
         const int64_t hw = c.input(0).numel() / std::max<int64_t>(planes, 1);
         c.add_grad_matrix(0, planes, hw,
                           (c.grad_out().matrix(planes, 1) * (T(1) / T(hw))).replicate(1, hw));
-      });
+      },
+      Reads::none);
   const int64_t hw = x.size(2) * x.size(3);
   y.value().matrix(planes, 1).noalias() = x.value().matrix(planes, hw).rowwise().mean();
   return y;

@@ -76,7 +76,7 @@ Var<T> reduce_dim(const char* op, const Var<T>& x, int64_t dim, bool keepdim, bo
   const Shape xs = x.shape();
   const ReduceLayout r = reduce_layout(op, xs, dim, keepdim);
   const T scale = mean ? T(1) / static_cast<T>(r.split.size) : T(1);
-  Var<T> y = x.tape().record(op, r.out, {x}, &sum_dim_backward<T>);
+  Var<T> y = x.tape().record(op, r.out, {x}, &sum_dim_backward<T>, Reads::none);
   y.node().ints.push_back(xs.rank() == 0 ? 0 : normalize_dim(op, xs, dim));
   y.node().scalars[0] = scale;
   sum_rows(x.value().data(), y.value().data(), r.split, scale);
@@ -88,10 +88,13 @@ Var<T> reduce_dim(const char* op, const Var<T>& x, int64_t dim, bool keepdim, bo
 // Sum of all elements, a 0-d result.
 template <class T>
 Var<T> sum(const Var<T>& x) {
-  Var<T> y = x.tape().record("sum", Shape{}, {x}, [](OpContext<T>& c) {
-    c.add_grad(0,
-               Eigen::Array<T, Eigen::Dynamic, 1>::Constant(c.input(0).numel(), c.grad_out()[0]));
-  });
+  Var<T> y = x.tape().record(
+      "sum", Shape{}, {x},
+      [](OpContext<T>& c) {
+        c.add_grad(
+            0, Eigen::Array<T, Eigen::Dynamic, 1>::Constant(c.input(0).numel(), c.grad_out()[0]));
+      },
+      Reads::none);
   y.value()[0] = x.value().array().sum();
   return y;
 }
@@ -99,11 +102,14 @@ Var<T> sum(const Var<T>& x) {
 // Mean of all elements, a 0-d result (NaN for an empty tensor, as torch).
 template <class T>
 Var<T> mean(const Var<T>& x) {
-  Var<T> y = x.tape().record("mean", Shape{}, {x}, [](OpContext<T>& c) {
-    const int64_t n = c.input(0).numel();
-    c.add_grad(
-        0, Eigen::Array<T, Eigen::Dynamic, 1>::Constant(n, c.grad_out()[0] / static_cast<T>(n)));
-  });
+  Var<T> y = x.tape().record(
+      "mean", Shape{}, {x},
+      [](OpContext<T>& c) {
+        const int64_t n = c.input(0).numel();
+        c.add_grad(0, Eigen::Array<T, Eigen::Dynamic, 1>::Constant(
+                          n, c.grad_out()[0] / static_cast<T>(n)));
+      },
+      Reads::none);
   const Tensor<T>& xv = x.value();
   y.value()[0] = xv.array().sum() / static_cast<T>(xv.numel());
   return y;

@@ -32,7 +32,7 @@ void pass_through_backward(OpContext<T>& c) {
 template <class T>
 Var<T> reshape(const Var<T>& x, const std::vector<int64_t>& dims) {
   const Tensor<T> view = x.value().reshape(dims);  // "reshape: [2,3] (6 elements) to ..."
-  return x.tape().record_view("reshape", view, {x}, &detail::pass_through_backward<T>);
+  return x.tape().record_view("reshape", view, {x}, &detail::pass_through_backward<T>, Reads::none);
 }
 template <class T>
 Var<T> reshape(const Var<T>& x, std::initializer_list<int64_t> dims) {
@@ -68,7 +68,7 @@ Var<T> flatten(const Var<T>& x, int64_t start_dim = 0, int64_t end_dim = -1) {
     }
   }
   const Tensor<T> view = x.value().reshape(dims);
-  return x.tape().record_view("flatten", view, {x}, &detail::pass_through_backward<T>);
+  return x.tape().record_view("flatten", view, {x}, &detail::pass_through_backward<T>, Reads::none);
 }
 
 template <class T>
@@ -89,18 +89,22 @@ Var<T> concat(std::span<const Var<T>> xs, int64_t dim = 0) {
                                ": sizes must match except in dim ", d);
     out[d] += s[d];
   }
-  Var<T> y = xs[0].tape().record("concat", out, xs, [](OpContext<T>& c) {
-    const Shape& ys = c.value().shape();
-    const detail::DimSplit split = detail::split_at(ys, static_cast<int>(c.node().ints[0]));
-    const auto G = c.grad_out().matrix(split.outer, split.size * split.inner);
-    int64_t col = 0;
-    for (size_t k = 0; k < c.node().inputs.size(); ++k) {
-      const int64_t w =
-          c.input(static_cast<int>(k)).shape()[static_cast<int>(c.node().ints[0])] * split.inner;
-      c.add_grad_matrix(static_cast<int>(k), split.outer, w, G.middleCols(col, w));
-      col += w;
-    }
-  });
+  Var<T> y = xs[0].tape().record(
+      "concat", out, xs,
+      [](OpContext<T>& c) {
+        const Shape& ys = c.value().shape();
+        const detail::DimSplit split = detail::split_at(ys, static_cast<int>(c.node().ints[0]));
+        const auto G = c.grad_out().matrix(split.outer, split.size * split.inner);
+        int64_t col = 0;
+        for (size_t k = 0; k < c.node().inputs.size(); ++k) {
+          const int64_t w =
+              c.input(static_cast<int>(k)).shape()[static_cast<int>(c.node().ints[0])] *
+              split.inner;
+          c.add_grad_matrix(static_cast<int>(k), split.outer, w, G.middleCols(col, w));
+          col += w;
+        }
+      },
+      Reads::none);
   y.node().ints.push_back(d);
   const detail::DimSplit split = detail::split_at(out, d);
   auto Y = y.value().matrix(split.outer, split.size * split.inner);
@@ -135,15 +139,18 @@ Var<T> slice(const Var<T>& x, int64_t dim, int64_t start, int64_t end) {
                              " of size ", n, " in shape ", s);
   Shape out = s;
   out[d] = b - a;
-  Var<T> y = x.tape().record("slice", out, {x}, [](OpContext<T>& c) {
-    const int d = static_cast<int>(c.node().ints[0]);
-    const int64_t a = c.node().ints[1];
-    const detail::DimSplit in = detail::split_at(c.input(0).shape(), d);
-    const int64_t len = c.value().shape()[d];
-    Tensor<T>& gx = c.grad_in(0);
-    gx.matrix(in.outer, in.size * in.inner).middleCols(a * in.inner, len * in.inner) +=
-        c.grad_out().matrix(in.outer, len * in.inner);
-  });
+  Var<T> y = x.tape().record(
+      "slice", out, {x},
+      [](OpContext<T>& c) {
+        const int d = static_cast<int>(c.node().ints[0]);
+        const int64_t a = c.node().ints[1];
+        const detail::DimSplit in = detail::split_at(c.input(0).shape(), d);
+        const int64_t len = c.value().shape()[d];
+        Tensor<T>& gx = c.grad_in(0);
+        gx.matrix(in.outer, in.size * in.inner).middleCols(a * in.inner, len * in.inner) +=
+            c.grad_out().matrix(in.outer, len * in.inner);
+      },
+      Reads::none);
   y.node().ints.push_back(d);
   y.node().ints.push_back(a);
   const detail::DimSplit in = detail::split_at(s, d);

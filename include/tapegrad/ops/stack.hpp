@@ -45,13 +45,16 @@ Var<T> stack(std::span<const Var<T>> xs, int64_t dim = 0) {
     ++j;
   }
   const Shape out(std::span<const int64_t>(dims.data(), static_cast<size_t>(s.rank() + 1)));
-  Var<T> y = xs[0].tape().record("stack", out, xs, [](OpContext<T>& c) {
-    const int64_t outer = c.node().ints[0], inner = c.node().ints[1];
-    const int64_t k = static_cast<int64_t>(c.node().inputs.size());
-    const auto G = c.grad_out().matrix(outer, k * inner);
-    for (int64_t j = 0; j < k; ++j)
-      c.add_grad_matrix(static_cast<int>(j), outer, inner, G.middleCols(j * inner, inner));
-  });
+  Var<T> y = xs[0].tape().record(
+      "stack", out, xs,
+      [](OpContext<T>& c) {
+        const int64_t outer = c.node().ints[0], inner = c.node().ints[1];
+        const int64_t k = static_cast<int64_t>(c.node().inputs.size());
+        const auto G = c.grad_out().matrix(outer, k * inner);
+        for (int64_t j = 0; j < k; ++j)
+          c.add_grad_matrix(static_cast<int>(j), outer, inner, G.middleCols(j * inner, inner));
+      },
+      Reads::none);
   y.node().ints.push_back(outer);
   y.node().ints.push_back(inner);
   const int64_t k = static_cast<int64_t>(xs.size());
