@@ -156,6 +156,21 @@ TEST(NoAllocation, ConvNetStepWithBatchNormAndResidualAndAdam) {
   EXPECT_EQ(allocations_after_warmup([&] { t.step(); }), 0);
 }
 
+// Activation checkpointing (Sequential::checkpoint_every, with Dropout replayed): the segments'
+// scratch tape and the closures on the checkpoint nodes reuse their storage too.
+TEST(NoAllocation, CheckpointedMlpStepWithDropout) {
+  auto model = std::make_shared<nn::Sequential<float>>();
+  for (int i = 0; i < 4; ++i) {
+    model->push_back(std::make_shared<nn::Dense<float>>(i == 0 ? 20 : 16, 16));
+    model->push_back(std::make_shared<nn::Tanh<float>>());
+    model->push_back(std::make_shared<nn::Dropout<float>>(0.2));
+  }
+  model->push_back(std::make_shared<nn::Dense<float>>(16, 4));
+  model->checkpoint_every(3);
+  Training t(model, {8, 20}, true);
+  EXPECT_EQ(allocations_after_warmup([&] { t.step(); }), 0);
+}
+
 // At 2 threads, with layers large enough for the parallel paths (GEMM, update, clipping norm).
 TEST(NoAllocation, LargeMlpStepAtTwoThreads) {
   auto model = std::make_shared<nn::Sequential<float>>();

@@ -14,6 +14,7 @@
 
 // Differentiable ops.
 #include "tapegrad/ops/activation.hpp"
+#include "tapegrad/ops/checkpoint.hpp"
 #include "tapegrad/ops/conv.hpp"
 #include "tapegrad/ops/detach.hpp"
 #include "tapegrad/ops/dropout.hpp"
@@ -30,6 +31,7 @@
 // Layers.
 #include "tapegrad/nn/activation.hpp"
 #include "tapegrad/nn/batch_norm.hpp"
+#include "tapegrad/nn/checkpoint.hpp"
 #include "tapegrad/nn/conv2d.hpp"
 #include "tapegrad/nn/dense.hpp"
 #include "tapegrad/nn/dropout.hpp"

@@ -49,6 +49,7 @@ class Dropout : public Module<T> {
   uint64_t seed() const { return seed_; }
   uint64_t calls() const { return calls_; }  // training calls so far (since the last rewind)
   void reset_rng() { calls_ = 0; }
+  void set_calls(uint64_t calls) { calls_ = calls; }  // the next call draws mask number `calls`
   void manual_seed(uint64_t seed) {
     seed_ = seed;
     calls_ = 0;

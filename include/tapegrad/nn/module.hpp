@@ -77,6 +77,12 @@ class Module {
   const std::vector<std::pair<std::string, std::shared_ptr<Module>>>& named_children() const {
     return children_;
   }
+  // f(module) for this module and every module below it, depth first (torch.nn.Module.apply).
+  template <class F>
+  void apply(F&& f) {
+    f(*this);
+    for (auto& [n, c] : children_) c->apply(f);
+  }
   // This module (named "") and every module below it, depth first, by dotted name (PyTorch's
   // named_modules()).
   std::vector<std::pair<std::string, Module*>> named_modules() {

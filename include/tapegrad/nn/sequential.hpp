@@ -8,14 +8,21 @@
 // Children are named "0", "1", ... so parameters read "0.weight", "2.bias". forward calls each
 // child through operator() so that summary() lists them. model[i] is the i-th module;
 // model.at<nn::Dense<float>>(i) the same cast to its type (ValueError if it is not one).
+//
+// checkpoint_every(k) runs the layers k at a time as activation checkpoints (nn/checkpoint.hpp)
+// while gradients are on: only every k-th layer's output is kept, each segment runs again in
+// backward. As torch.utils.checkpoint_sequential, the last segment is not checkpointed (its
+// values are needed as soon as backward starts). 0 turns it off.
 
 #include <cstddef>
+#include <cstdint>
 #include <initializer_list>
 #include <memory>
 #include <string>
 #include <type_traits>
 #include <vector>
 
+#include "tapegrad/nn/checkpoint.hpp"
 #include "tapegrad/nn/module.hpp"
 
 namespace tapegrad::nn {
@@ -63,11 +70,22 @@ class Sequential : public Module<T> {
   auto end() const { return layers_.end(); }
 
   Var<T> forward(const Var<T>& x) override {
+    const size_t n = layers_.size();
+    const size_t k = is_grad_enabled() ? checkpoint_every_ : 0;
     Var<T> y = x;
-    for (const Ptr& m : layers_) y = (*m)(y);
+    size_t i = 0;
+    if (k > 0)
+      for (; i + k < n; i += k) y = tapegrad::checkpoint(Segment{this, i, i + k}, y);
+    for (; i < n; ++i) y = (*layers_[i])(y);
     return y;
   }
   std::string name() const override { return "Sequential"; }
+
+  Sequential& checkpoint_every(size_t k) {
+    checkpoint_every_ = k;
+    return *this;
+  }
+  size_t checkpoint_every() const { return checkpoint_every_; }
 
  private:
   void check_index(size_t i) const {
@@ -75,7 +93,28 @@ class Sequential : public Module<T> {
       tapegrad::detail::fail<ValueError>("Sequential: index ", i, " out of range (", layers_.size(),
                                          " modules)");
   }
+  // Layers [begin, end) as a checkpoint segment; they replay their Dropout masks.
+  struct Segment {
+    Sequential* s;
+    uint32_t begin, end;
+    Segment(Sequential* seq, size_t b, size_t e)
+        : s(seq), begin(static_cast<uint32_t>(b)), end(static_cast<uint32_t>(e)) {}
+    Var<T> operator()(const Var<T>& x) const {
+      Var<T> y = x;
+      for (uint32_t i = begin; i < end; ++i) y = (*s->layers_[i])(y);
+      return y;
+    }
+    void save_random(std::vector<int64_t>& ints) const {
+      for (uint32_t i = begin; i < end; ++i) detail::save_dropout_calls(*s->layers_[i], ints);
+    }
+    void restore_random(const std::vector<int64_t>& ints) const {
+      size_t k = 0;
+      for (uint32_t i = begin; i < end; ++i) detail::restore_dropout_calls(*s->layers_[i], ints, k);
+    }
+  };
+
   std::vector<Ptr> layers_;
+  size_t checkpoint_every_ = 0;
 };
 
 }  // namespace tapegrad::nn
