@@ -1,13 +1,49 @@
 // Training-step benchmarks of the speed issue (see workloads.hpp), at 1 and 2 threads.
-// Each benchmark's name is "<workload>/threads:<n>"; the time is one full training step, and
-// tape_MB the memory the tape keeps for it (values, gradients, saved tensors).
+//   step/<workload>/threads:<n>     one full training step; tape_MB: the most the tape held in
+//                                   it, floor_MB: what backward cannot do with less (the values
+//                                   it reads, saved buffers, parameter gradients, the largest
+//                                   set of live intermediate gradients; Tape::memory_stats)
+//   fwd_bwd/<workload>/threads:<n>  forward and backward only
+//   memory/<workload>/threads:<n>   mem_MB: the peak resident set during 5 warm-up and 20 timed
+//                                   steps minus the resident set before them, as the LibTorch
+//                                   peer measures it; run one per process for a clean figure
 //   build/release/benchmarks/bench_workloads --benchmark_repetitions=5
 //       --benchmark_report_aggregates_only=true   (one command line)
 #include "workloads.hpp"
 
 #include <benchmark/benchmark.h>
 
+#include <fstream>
+#include <sstream>
+#include <string>
+
 namespace {
+
+// A figure of /proc/self/status ("VmRSS:", "VmHWM:"), in MB.
+double status_mb(const std::string& key) {
+  std::ifstream f("/proc/self/status");
+  for (std::string line; std::getline(f, line);)
+    if (line.rfind(key, 0) == 0) {
+      std::istringstream in(line.substr(key.size()));
+      double kb = 0;
+      in >> kb;
+      return kb / 1024.0;
+    }
+  return 0;
+}
+
+void run_memory(benchmark::State& state, const std::string& name) {
+  tapegrad::set_num_threads(static_cast<int>(state.range(0)));
+  workloads::Trainer trainer(workloads::make(name));
+  std::ofstream("/proc/self/clear_refs") << "5";  // the peak resident set := the current one
+  const double base = status_mb("VmRSS:");
+  for (int i = 0; i < 5; ++i) trainer.step();
+  for (auto _ : state) benchmark::DoNotOptimize(trainer.step());
+  const tapegrad::TapeMemoryStats m = trainer.memory();
+  state.counters["mem_MB"] = status_mb("VmHWM:") - base;
+  state.counters["tape_MB"] = double(m.peak()) / (1 << 20);
+  state.counters["floor_MB"] = double(m.floor()) / (1 << 20);
+}
 
 void run_step(benchmark::State& state, const std::string& name, bool full_step) {
   tapegrad::set_num_threads(static_cast<int>(state.range(0)));
@@ -17,7 +53,9 @@ void run_step(benchmark::State& state, const std::string& name, bool full_step) 
     float loss = full_step ? trainer.step() : trainer.forward_backward();
     benchmark::DoNotOptimize(loss);
   }
-  state.counters["tape_MB"] = trainer.tape_bytes() * 1e-6;
+  const tapegrad::TapeMemoryStats m = trainer.memory();
+  state.counters["tape_MB"] = double(m.peak()) / (1 << 20);
+  state.counters["floor_MB"] = double(m.floor()) / (1 << 20);
 }
 
 void register_all() {
@@ -33,6 +71,14 @@ void register_all() {
           ->UseRealTime()
           ->MinTime(1.0);
     }
+    benchmark::RegisterBenchmark(("memory/" + name).c_str(),
+                                 [name](benchmark::State& s) { run_memory(s, name); })
+        ->ArgName("threads")
+        ->Arg(1)
+        ->Arg(2)
+        ->Unit(benchmark::kMillisecond)
+        ->UseRealTime()
+        ->Iterations(20);
   }
 }
 

@@ -8,6 +8,9 @@
 //   wide-mlp            784-1024-1024-10 ReLU, batch 256
 //   small-resnet        conv3x3 1->16 (no bias) + BN + ReLU, 3 BasicBlocks at 16, one stride-2
 //                       BasicBlock to 32, global average pool, Dense 32->10; batch 64 x 1x28x28
+//   deep-mlp-relu-b1024        deep-mlp-relu at batch 1024 (the memory issue's checkpoint target)
+//   deep-mlp-relu-b1024-ckpt4  the same, checkpointed every 4 layers (Sequential::
+//                              checkpoint_every(8): a layer is a Dense and its ReLU)
 //
 // One training step = zero_grad, forward, cross-entropy, backward, clip-by-global-norm 1.0,
 // SGD momentum 0.9 (lr 0.01).
@@ -65,9 +68,12 @@ inline Workload make(const std::string& name) {
   tg::Generator g(0);
   auto data = [&](tg::Shape s) { return tg::Tensor<float>::randn(s, g); };
   Workload w{name, nullptr, {}, {}};
-  if (name == "deep-mlp-relu")
+  if (name == "deep-mlp-relu" || name == "deep-mlp-relu-b1024")
     w.model = mlp(784, 256, 20, 10, Hidden::ReLU);
-  else if (name == "deep-mlp-sigmoid")
+  else if (name == "deep-mlp-relu-b1024-ckpt4") {
+    w.model = mlp(784, 256, 20, 10, Hidden::ReLU);
+    w.model->checkpoint_every(8);
+  } else if (name == "deep-mlp-sigmoid")
     w.model = mlp(784, 256, 20, 10, Hidden::Sigmoid);
   else if (name == "deep-mlp-layernorm")
     w.model = mlp(784, 256, 20, 10, Hidden::LayerNormReLU);
@@ -83,7 +89,10 @@ inline Workload make(const std::string& name) {
   } else {
     tg::detail::fail<tg::ValueError>("workloads: unknown workload '", name, "'");
   }
-  const int64_t batch = name == "wide-mlp" ? 256 : name == "small-resnet" ? 64 : 128;
+  const int64_t batch = name == "wide-mlp"                        ? 256
+                        : name == "small-resnet"                  ? 64
+                        : name.starts_with("deep-mlp-relu-b1024") ? 1024
+                                                                  : 128;
   w.input = name == "small-resnet" ? data({batch, 1, 28, 28}) : data({batch, 784});
   for (int64_t i = 0; i < batch; ++i) w.labels.push_back(static_cast<int64_t>(g.below(10)));
   return w;
@@ -106,18 +115,8 @@ class Trainer {
     opt_.step();
     return loss.item();
   }
-  // Bytes of the buffers the tape keeps between steps: the values it owns, the gradients of
-  // its non-leaf nodes, the ops' saved tensors (parameters and optimizer state not included).
-  double tape_bytes() {
-    double bytes = 0;
-    for (size_t i = 0; i < tape_.size(); ++i) {
-      const auto& n = tape_.node(static_cast<int32_t>(i));
-      if (!n.borrowed) bytes += static_cast<double>(n.value.numel());
-      if (!n.is_leaf) bytes += static_cast<double>(n.grad.numel());
-      for (const auto& t : n.saved) bytes += static_cast<double>(t.numel());
-    }
-    return bytes * sizeof(float);
-  }
+  // What the tape held in the last step, and the floor backward needs (Tape::memory_stats).
+  tg::TapeMemoryStats memory() const { return tape_.memory_stats(); }
   // Forward and backward only (the layers issue's benchmark).
   float forward_backward() {
     tape_.clear();
@@ -134,8 +133,9 @@ class Trainer {
 };
 
 inline const std::vector<std::string>& names() {
-  static const std::vector<std::string> all{"deep-mlp-relu", "deep-mlp-sigmoid",
-                                            "deep-mlp-layernorm", "wide-mlp", "small-resnet"};
+  static const std::vector<std::string> all{
+      "deep-mlp-relu", "deep-mlp-sigmoid",    "deep-mlp-layernorm",       "wide-mlp",
+      "small-resnet",  "deep-mlp-relu-b1024", "deep-mlp-relu-b1024-ckpt4"};
   return all;
 }
 
