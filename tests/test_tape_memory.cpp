@@ -212,4 +212,42 @@ TEST(TapeMemory, ActivationLayersInPlaceInSequential) {
   }
 }
 
+// Only a Sequential hands an activation layer a value to write over: a residual body that
+// starts with ReLU leaves x intact for the skip connection (the vanishing demo's res-scaled
+// network threw "the value of node 9 (add) was overwritten" before), and a ReLU called on a
+// Var the caller still holds leaves it readable.
+TEST(TapeMemory, ActivationLayersNeverWriteOverAValueSomeoneElseReads) {
+  auto run = [](bool in_place) {
+    tg::Generator g(5);
+    auto block = [&] {
+      auto body = std::make_shared<nn::Sequential<double>>();
+      body->push_back(std::make_shared<nn::ReLU<double>>());
+      body->push_back(std::make_shared<nn::Dense<double>>(6, 6, true, g));
+      return std::make_shared<nn::DenseResidual<double>>(body);
+    };
+    nn::Sequential<double> model{std::make_shared<nn::Dense<double>>(4, 6, true, g), block(),
+                                 block(), std::make_shared<nn::ReLU<double>>(),
+                                 std::make_shared<nn::Dense<double>>(6, 2, true, g)};
+    tg::Tape<double> tape;
+    tape.set_inplace(in_place);
+    auto x = tape.input(TD::randn({3, 4}, g));
+    tape.backward(tg::sum(model(x)));
+    std::vector<TD> grads{x.grad().clone()};
+    for (const auto& p : model.parameters()) grads.push_back(p.grad().clone());
+    return grads;
+  };
+  const auto expected = run(false), got = run(true);
+  ASSERT_EQ(expected.size(), got.size());
+  for (size_t k = 0; k < got.size(); ++k) EXPECT_TRUE(same_bits(expected[k], got[k])) << k;
+
+  tg::Tape<float> tape;
+  tg::Parameter<float> w{tg::Tensor<float>::full({3, 3}, 0.5f)};
+  auto h = tg::linear(tape.input(tg::Tensor<float>::full({2, 3}, -1.0f)), tape.param(w));
+  nn::ReLU<float> relu;
+  auto r = relu(h);
+  EXPECT_FALSE(r.node().value.shares_storage(h.node().value));
+  EXPECT_FLOAT_EQ(h.value()[0], -1.5f);  // still readable
+  tape.backward(tg::sum(h + r));
+}
+
 }  // namespace

@@ -106,6 +106,8 @@ struct Node {
   int32_t overwritten_by = -1;  // the in-place op that wrote over this value, or -1
   int32_t storage_of = -1;      // a view or in-place output: the node whose buffer it shares
   bool in_place = false;        // its value is its input's buffer, written over (storage_of)
+  bool handed_on = false;       // passed from one layer of a Sequential to the next, which is
+                                // its only reader (nn::ReLU & co. may then write over it)
   Parameter<T> param;           // the parameter of an is_param leaf
   bool borrowed = false;  // value shares storage owned elsewhere (a leaf's tensor, a view, the
                           // input an in-place op wrote over)
@@ -129,8 +131,8 @@ struct TapeMemoryStats {
                               // backward
   int64_t grad_pool = 0;      // what the gradient pool holds, lent or free
   int64_t kept_grads = 0;     // gradients of inputs and retained values
-  int64_t param_grads = 0;    // gradients of the parameters on the tape (not those used only
-                              // inside checkpointed segments: they live on the scratch tape)
+  int64_t param_grads = 0;    // gradients of the parameters used (on this tape or in its
+                              // checkpointed segments), each once
   int64_t scratch = 0;        // the scratch tape of checkpointed segments (all of it)
   std::vector<Op> by_op;      // per op name, most memory first
 
@@ -226,6 +228,10 @@ class Tape {
       n.grad = p.grad_buffer();
       n.is_param = true;
       n.param = p;
+      // A scratch tape is cleared after each segment: remember the parameters it has seen so
+      // memory_stats() counts their gradients (a parameter is new only in the first step).
+      if (nested_ && std::find(seen_params_.begin(), seen_params_.end(), p) == seen_params_.end())
+        seen_params_.push_back(p);
     }
     return v;
   }
@@ -371,11 +377,7 @@ class Tape {
       values += value;
       saved_total += saved;
       if (!n.pooled && !n.is_param) kept += n.grad.capacity() * b;
-      if (n.is_param && live && !nested_ &&
-          std::find(params.begin(), params.end(), n.param.key()) == params.end()) {
-        params.push_back(n.param.key());
-        m.param_grads += n.param.grad_buffer().capacity() * b;
-      }
+      if (n.is_param && live && !nested_) add_param_grad(m, params, n.param);
       if (!live) continue;
       const int64_t needed = n.value_read && !n.borrowed && !nested_ ? n.value.numel() * b : 0;
       m.needed_values += needed;
@@ -389,7 +391,16 @@ class Tape {
       it->needed_values += needed;
       it->saved += saved;
     }
+    for (const Parameter<T>& p : seen_params_) add_param_grad(m, params, p);
     if (scratch_) scratch_->add_memory(m, params);
+  }
+
+  // Counts p's gradient once.
+  static void add_param_grad(TapeMemoryStats& m, std::vector<const void*>& params,
+                             const Parameter<T>& p) {
+    if (std::find(params.begin(), params.end(), p.key()) != params.end()) return;
+    params.push_back(p.key());
+    m.param_grads += p.grad_buffer().capacity() * static_cast<int64_t>(sizeof(T));
   }
 
   Var<T> leaf(const char* op, const Tensor<T>& t, bool requires_grad) {
@@ -492,6 +503,7 @@ class Tape {
     n.overwritten_by = -1;
     n.storage_of = -1;
     n.in_place = false;
+    n.handed_on = false;
     n.closure = nullptr;
     if (n.pooled) give_back(n);  // a sweep that threw left it lent
     if (n.is_param) {            // the slot held a parameter's grad: never write into it again
@@ -586,9 +598,10 @@ class Tape {
   bool swept_any_ = false;  // a backward without retain_graph ran since clear()
   bool inplace_ = true;
   BufferPool<T> own_pool_;
-  BufferPool<T>* pool_ = &own_pool_;  // gradients (a scratch tape uses its parent's)
-  std::unique_ptr<Tape> scratch_;     // where checkpointed segments run (ops/checkpoint.hpp)
-  bool nested_ = false;               // this is another tape's scratch
+  BufferPool<T>* pool_ = &own_pool_;       // gradients (a scratch tape uses its parent's)
+  std::unique_ptr<Tape> scratch_;          // where checkpointed segments run (ops/checkpoint.hpp)
+  bool nested_ = false;                    // this is another tape's scratch
+  std::vector<Parameter<T>> seen_params_;  // a scratch tape's parameters, across clear()
 };
 
 // What a backward function sees: its node's output, its output gradient, its inputs, and the

@@ -8,9 +8,11 @@
 //                 deprecated)
 //
 // Sigmoid, Tanh and ReLU work in place (as PyTorch's nn.ReLU(inplace=True)) when they safely
-// can: their input is an op's output that nothing else has read and no backward needs (a Dense
-// or BatchNorm output in a Sequential), so a layer and its activation keep one buffer between
-// them. Reading that input afterwards throws TapeError; pass inplace = false to keep it.
+// can: a Sequential hands them its previous layer's output (which nothing else reads later)
+// and no backward needs it, so a layer and its activation keep one
+// buffer between them. Any other input (a Sequential's own input, a residual block's x that
+// the skip connection adds later) is left intact. inplace = false turns it off; the functions
+// relu_, sigmoid_, tanh_ write over any input the tape allows (ops/activation.hpp).
 
 #include <sstream>
 #include <string>
@@ -24,9 +26,12 @@ template <class T>
 class Sigmoid : public Module<T> {
  public:
   explicit Sigmoid(bool inplace = true) : inplace_(inplace) {}
-  Var<T> forward(const Var<T>& x) override { return inplace_ ? sigmoid_(x) : sigmoid(x); }
+  Var<T> forward(const Var<T>& x) override {
+    return inplace_ && x.node().handed_on ? sigmoid_(x) : sigmoid(x);
+  }
   std::string name() const override { return "Sigmoid"; }
   bool inplace() const { return inplace_; }
+  bool writes_over_input() const override { return inplace_; }
 
  private:
   bool inplace_;
@@ -36,9 +41,12 @@ template <class T>
 class Tanh : public Module<T> {
  public:
   explicit Tanh(bool inplace = true) : inplace_(inplace) {}
-  Var<T> forward(const Var<T>& x) override { return inplace_ ? tanh_(x) : tapegrad::tanh(x); }
+  Var<T> forward(const Var<T>& x) override {
+    return inplace_ && x.node().handed_on ? tanh_(x) : tapegrad::tanh(x);
+  }
   std::string name() const override { return "Tanh"; }
   bool inplace() const { return inplace_; }
+  bool writes_over_input() const override { return inplace_; }
 
  private:
   bool inplace_;
@@ -48,9 +56,12 @@ template <class T>
 class ReLU : public Module<T> {
  public:
   explicit ReLU(bool inplace = true) : inplace_(inplace) {}
-  Var<T> forward(const Var<T>& x) override { return inplace_ ? relu_(x) : relu(x); }
+  Var<T> forward(const Var<T>& x) override {
+    return inplace_ && x.node().handed_on ? relu_(x) : relu(x);
+  }
   std::string name() const override { return "ReLU"; }
   bool inplace() const { return inplace_; }
+  bool writes_over_input() const override { return inplace_; }
 
  private:
   bool inplace_;

@@ -46,6 +46,9 @@ class Module {
   virtual Var<T> forward(const Var<T>& x) = 0;
   // A short description for summaries, e.g. "Dense(784, 256)".
   virtual std::string name() const = 0;
+  // Whether forward() may write its output over its input's buffer when the caller allows it
+  // (the node's handed_on mark, set by Sequential): the in-place activation layers.
+  virtual bool writes_over_input() const { return false; }
 
   Var<T> operator()(const Var<T>& x) {
     if (detail::summary_rows == nullptr) return forward(x);

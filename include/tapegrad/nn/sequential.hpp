@@ -76,7 +76,7 @@ class Sequential : public Module<T> {
     size_t i = 0;
     if (k > 0)
       for (; i + k < n; i += k) y = tapegrad::checkpoint(Segment{this, i, i + k}, y);
-    for (; i < n; ++i) y = (*layers_[i])(y);
+    for (; i < n; ++i) y = (*layers_[i])(hand_on(y, x, *layers_[i]));
     return y;
   }
   std::string name() const override { return "Sequential"; }
@@ -93,6 +93,15 @@ class Sequential : public Module<T> {
       tapegrad::detail::fail<ValueError>("Sequential: index ", i, " out of range (", layers_.size(),
                                          " modules)");
   }
+  // Lets an in-place activation layer (ReLU, Sigmoid, Tanh) write over the previous layer's
+  // output, which only it reads; never over the Sequential's own input (the caller holds it),
+  // and never inside another module, which may read its input twice (a residual block).
+  static const Var<T>& hand_on(const Var<T>& y, const Var<T>& input, const Module<T>& next) {
+    if (next.writes_over_input() && y.defined() &&
+        !(y.id() == input.id() && &y.tape() == &input.tape()))
+      y.node().handed_on = true;
+    return y;
+  }
   // Layers [begin, end) as a checkpoint segment; they replay their Dropout masks.
   struct Segment {
     Sequential* s;
@@ -101,7 +110,7 @@ class Sequential : public Module<T> {
         : s(seq), begin(static_cast<uint32_t>(b)), end(static_cast<uint32_t>(e)) {}
     Var<T> operator()(const Var<T>& x) const {
       Var<T> y = x;
-      for (uint32_t i = begin; i < end; ++i) y = (*s->layers_[i])(y);
+      for (uint32_t i = begin; i < end; ++i) y = (*s->layers_[i])(hand_on(y, x, *s->layers_[i]));
       return y;
     }
     void save_random(std::vector<int64_t>& ints) const {
