@@ -8,6 +8,8 @@
 //   BM_LSTMComposed/<t>  the same LSTM written with small ops (linear, slice, sigmoid, tanh,
 //                        *, +: 16 nodes per step instead of 2), to measure the fused op
 //   BM_GRU/<t>           nn::GRU(32, 128), same sizes, forward + backward
+//   BM_LSTMMemory/<t>    BM_LSTM's peak step memory, mem_MB, as the LibTorch peer measures it
+//                        (rss.hpp; one per process: --benchmark_filter=BM_LSTMMemory/1)
 //
 // Medians over repetitions: bench_rnn --benchmark_repetitions=5
 //   --benchmark_report_aggregates_only=true   (the machine may be shared: look at the spread)
@@ -19,6 +21,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "rss.hpp"
 #include "tapegrad/ops/activation.hpp"
 #include "tapegrad/ops/elementwise.hpp"
 #include "tapegrad/ops/reduce.hpp"
@@ -44,10 +47,11 @@ void report(benchmark::State& state) {
   tg::set_num_threads(1);
 }
 
-void run_layer(benchmark::State& state, nn::RNNBase<float>& layer) {
+void run_layer(benchmark::State& state, nn::RNNBase<float>& layer, bool memory = false) {
   tg::set_num_threads(static_cast<int>(state.range(0)));
   const auto x = sequence();
   tg::Tape<float> tape;
+  const rss::StepMemory step_memory;
   for (auto _ : state) {
     tape.clear();
     auto loss = tg::sum(layer(tape.constant(x)));
@@ -55,12 +59,18 @@ void run_layer(benchmark::State& state, nn::RNNBase<float>& layer) {
     benchmark::DoNotOptimize(loss.item());
     layer.zero_grad();
   }
+  if (memory) state.counters["mem_MB"] = step_memory.added_mb();
   report(state);
 }
 
 void BM_LSTM(benchmark::State& state) {
   nn::LSTM<float> lstm(kInput, kHidden);
   run_layer(state, lstm);
+}
+
+void BM_LSTMMemory(benchmark::State& state) {
+  nn::LSTM<float> lstm(kInput, kHidden);
+  run_layer(state, lstm, true);
 }
 
 void BM_GRU(benchmark::State& state) {
@@ -121,6 +131,12 @@ void BM_LSTMComposed(benchmark::State& state) {
 BENCHMARK(BM_LSTM)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_LSTMForward)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_LSTMComposed)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
+BENCHMARK(BM_LSTMMemory)
+    ->Arg(1)
+    ->Arg(2)
+    ->Iterations(25)
+    ->UseRealTime()
+    ->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_GRU)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
 BENCHMARK_MAIN();

@@ -13,34 +13,20 @@
 
 #include <benchmark/benchmark.h>
 
-#include <fstream>
-#include <sstream>
 #include <string>
 
-namespace {
+#include "rss.hpp"
 
-// A figure of /proc/self/status ("VmRSS:", "VmHWM:"), in MB.
-double status_mb(const std::string& key) {
-  std::ifstream f("/proc/self/status");
-  for (std::string line; std::getline(f, line);)
-    if (line.rfind(key, 0) == 0) {
-      std::istringstream in(line.substr(key.size()));
-      double kb = 0;
-      in >> kb;
-      return kb / 1024.0;
-    }
-  return 0;
-}
+namespace {
 
 void run_memory(benchmark::State& state, const std::string& name) {
   tapegrad::set_num_threads(static_cast<int>(state.range(0)));
   workloads::Trainer trainer(workloads::make(name));
-  std::ofstream("/proc/self/clear_refs") << "5";  // the peak resident set := the current one
-  const double base = status_mb("VmRSS:");
+  const rss::StepMemory memory;
   for (int i = 0; i < 5; ++i) trainer.step();
   for (auto _ : state) benchmark::DoNotOptimize(trainer.step());
   const tapegrad::TapeMemoryStats m = trainer.memory();
-  state.counters["mem_MB"] = status_mb("VmHWM:") - base;
+  state.counters["mem_MB"] = memory.added_mb();
   state.counters["tape_MB"] = double(m.peak()) / (1 << 20);
   state.counters["floor_MB"] = double(m.floor()) / (1 << 20);
 }

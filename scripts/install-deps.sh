@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
 # Install the Debian 12 packages tapegrad needs to build, test and run its demo.
-# Does nothing when all of them are already installed.
+# Does nothing when all of them are already installed. Arguments: more packages to install.
 set -euo pipefail
 
 # libopenblas-dev: the release-blas preset (TAPEGRAD_USE_BLAS=ON) links the system BLAS.
 PACKAGES="g++ cmake make libeigen3-dev googletest libgtest-dev libbenchmark-dev zlib1g-dev libopenblas-dev dataset-fashion-mnist"
 
+# Extra packages from the command line (scripts/install-bench-deps.sh passes the peer's).
+PACKAGES="$PACKAGES $*"
 missing=()
 for pkg in $PACKAGES; do
   if [ "$(dpkg-query -W -f='${db:Status-Status}' "$pkg" 2>/dev/null)" != "installed" ]; then
