@@ -47,7 +47,7 @@ compare: deps
 	bash benchmarks/compare.sh
 
 format:
-	find include tests examples benchmarks \( -name '*.hpp' -o -name '*.cpp' \) -print0 \
+	find include tests examples benchmarks docs \( -name '*.hpp' -o -name '*.cpp' \) -print0 \
 	  | xargs -0 -r clang-format -i
 
 clean:
