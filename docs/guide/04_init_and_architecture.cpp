@@ -50,8 +50,7 @@ std::shared_ptr<Net> build(const Config& c) {
   auto net = std::make_shared<Net>();
   for (int l = 0; l < 20; ++l) {
     if (c.residual && l > 0) {
-      // The branch's ReLU must not work in place: x is still needed for x + branch(x).
-      auto body = std::make_shared<Net>(std::make_shared<nn::ReLU<float>>(/*inplace=*/false),
+      auto body = std::make_shared<Net>(std::make_shared<nn::ReLU<float>>(),
                                         dense(c, 256, 256, gen, 1 / std::sqrt(19.0)));
       net->push_back(std::make_shared<nn::DenseResidual<float>>(body));
       continue;
