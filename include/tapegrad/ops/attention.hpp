@@ -18,8 +18,9 @@
 // Memory: the op keeps per head one [L, S] block, P (the attention weights), and nothing else of
 // that size; backward works in one [L, S] scratch block per thread (two with dropout). Buffers
 // live on the tape node, so a training loop allocates nothing here after its first step.
-// Speed: per head, three GEMMs forward and four backward on strided views (no copy, no
-// transpose), plus one pass over the block for the softmax; the heads are shared among the
+// Speed: per head, two GEMMs forward and four backward on strided views (no copy, no
+// transpose; causal: in blocks of query rows that skip most of the masked triangle), plus one
+// pass over the block for the softmax; the heads are shared among the
 // threads (detail::for_each_product). Dropout masks are not stored but drawn again in backward:
 // head i of a call draws from Generator(seed + i), the seed taken once per call from the given
 // Generator, so the masks are the same whatever the thread count and a call can be replayed.
@@ -157,26 +158,24 @@ using Strided = Eigen::Map<AttnMat<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 template <class T>
 using ConstStrided = Eigen::Map<const AttnMat<T>, Eigen::Unaligned, Eigen::OuterStride<>>;
 template <class T>
-using Block = Eigen::Map<AttnMat<T>>;
-template <class T>
 using RowSeg = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
 template <class T>
 using ConstRowSeg = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 
 // Node layout: ints [lead rank, lead dims (6), inner, L, S, E, Ev, causal, dropout, seed,
-// cover q, k, v, then base/outer/inner/row of q, k, v, o]; scalars [scale, dropout_p] (the scale
-// is not among the ints: load_geometry leaves it 1).
-constexpr size_t kAttnInts = 1 + Shape::max_rank + 12 + 16;
+// cover q, k, v, tiled, then base/outer/inner/row of q, k, v, o]; scalars [scale, dropout_p] (the
+// scale is not among the ints: load_geometry leaves it 1).
+constexpr size_t kAttnInts = 1 + Shape::max_rank + 13 + 16;
 
 inline void store_geometry(std::vector<int64_t>& ints, const AttentionGeometry& g, bool dropout,
-                           uint64_t seed, const std::array<bool, 3>& cover) {
+                           uint64_t seed, const std::array<bool, 4>& cover) {
   ints.assign(kAttnInts, 0);
   int64_t* p = ints.data();
   *p++ = g.lead.rank();
   for (int d = 0; d < Shape::max_rank; ++d) *p++ = d < g.lead.rank() ? g.lead[d] : 0;
-  for (int64_t v :
-       {g.inner, g.L, g.S, g.E, g.Ev, int64_t{g.causal}, int64_t{dropout},
-        static_cast<int64_t>(seed), int64_t{cover[0]}, int64_t{cover[1]}, int64_t{cover[2]}})
+  for (int64_t v : {g.inner, g.L, g.S, g.E, g.Ev, int64_t{g.causal}, int64_t{dropout},
+                    static_cast<int64_t>(seed), int64_t{cover[0]}, int64_t{cover[1]},
+                    int64_t{cover[2]}, int64_t{cover[3]}})
     *p++ = v;
   for (const HeadView* h : {&g.q, &g.k, &g.v, &g.o})
     for (int64_t v : {h->base, h->outer_stride, h->inner_stride, h->row_stride}) *p++ = v;
@@ -186,7 +185,7 @@ struct StoredGeometry {
   AttentionGeometry g;
   bool dropout = false;
   uint64_t seed = 0;
-  std::array<bool, 3> cover{};
+  std::array<bool, 4> cover{};  // q, k, v each covered alone; or q = k = v tiled by the three
 };
 inline StoredGeometry load_geometry(const std::vector<int64_t>& ints) {
   StoredGeometry s;
@@ -245,15 +244,31 @@ void masked_softmax_rows(T* P, int64_t i, const AttentionGeometry& g,
 }
 
 // Dropout of head i: D = P * keep / (1 - p), keep drawn from Generator(seed + i) in row-major
-// order; with dP given, also dP *= keep / (1 - p) (backward).
+// order over the whole [L, S] block. Backward recovers the mask from D: where D = 0 either the
+// weight was dropped or P = 0, and where P = 0 the mask does not matter (dA = P * ...).
 template <class T>
-void attention_dropout(const T* P, T* D, T* dP, int64_t count, double p, uint64_t seed) {
+void attention_dropout(const T* P, T* D, int64_t count, double p, uint64_t seed) {
   Generator gen(seed);
   const T kept = static_cast<T>(1.0 / (1.0 - p));
-  for (int64_t e = 0; e < count; ++e) {
-    const T f = gen.uniform() < p ? T(0) : kept;
-    D[e] = P[e] * f;
-    if (dP) dP[e] *= f;
+  for (int64_t e = 0; e < count; ++e) D[e] = gen.uniform() < p ? T(0) : P[e] * kept;
+}
+
+// Causal attention is computed in blocks of this many query rows: block [r0, r0 + rows) sees
+// keys [0, r0 + rows) only, so the products skip most of the masked upper triangle (5/8 of the
+// work at 64 x 64 instead of all of it).
+constexpr int64_t kCausalRows = 16;
+
+// The row blocks of a head: f(r0, rows, cols) for rows [r0, r0 + rows) and the keys
+// [0, cols) they may see; the last block first when `reverse` (backward: it sees every key
+// any block sees, so it can assign where the others add).
+template <class F>
+void for_each_row_block(int64_t L, int64_t S, bool causal, bool reverse, F&& f) {
+  const int64_t rb = causal ? kCausalRows : std::max<int64_t>(L, 1);
+  const int64_t blocks = (L + rb - 1) / rb;
+  for (int64_t k = 0; k < blocks; ++k) {
+    const int64_t b = reverse ? blocks - 1 - k : k;
+    const int64_t r0 = b * rb, rows = std::min(rb, L - r0);
+    f(r0, rows, causal ? std::min(S, r0 + rows) : S);
   }
 }
 
@@ -270,8 +285,14 @@ void attention_backward(OpContext<T>& c) {
   // this op, is assigned when this sweep has not written it yet; otherwise added into.
   std::array<T*, 3> grad{};
   std::array<bool, 3> acc{};
+  if (s.cover[3] && c.needs_grad(0)) {  // one input whose q, k, v column blocks tile it
+    bool assign = false;
+    T* b = c.grad_in_uninitialized(0, assign).data();
+    grad = {b, b, b};
+    acc = {!assign, !assign, !assign};
+  }
   for (int k = 0; k < 3; ++k) {
-    if (!c.needs_grad(k)) continue;
+    if (!c.needs_grad(k) || s.cover[3]) continue;
     if (s.cover[static_cast<size_t>(k)]) {
       bool assign = false;
       grad[static_cast<size_t>(k)] = c.grad_in_uninitialized(k, assign).data();
@@ -296,33 +317,45 @@ void attention_backward(OpContext<T>& c) {
     const ConstStrided<T> K(kd + g.k.at(i, g.inner), S, E, Eigen::OuterStride<>(g.k.row_stride));
     const ConstStrided<T> V(vd + g.v.at(i, g.inner), S, Ev, Eigen::OuterStride<>(g.v.row_stride));
     const ConstStrided<T> dO(go + g.o.at(i, g.inner), L, Ev, Eigen::OuterStride<>(g.o.row_stride));
-    Block<T> dPm(dP, L, S);
-    gemm(split, dPm, dO, V.transpose(), false);  // dP' = dO V^T
-    const T* Pv = P;                             // the weights v was multiplied with
+    const T* D = nullptr;  // the dropped weights v was multiplied with (dropout only)
     if (s.dropout) {
-      T* D = dP + block;
-      attention_dropout(P, D, dP, block, p, s.seed + static_cast<uint64_t>(i));
-      Pv = D;
+      T* d = dP + block;
+      attention_dropout(P, d, block, p, s.seed + static_cast<uint64_t>(i));
+      D = d;
     }
-    if (grad[2]) {
-      Strided<T> dV(grad[2] + g.v.at(i, g.inner), S, Ev, Eigen::OuterStride<>(g.v.row_stride));
-      gemm(split, dV, Eigen::Map<const AttnMat<T>>(Pv, L, S).transpose(), dO, acc[2]);
-    }
-    for (int64_t r = 0; r < L; ++r) {  // dA = scale * P * (dP - rowsum(dP * P))
-      RowSeg<T> d(dP + r * S, S);
-      const ConstRowSeg<T> pr(P + r * S, S);
-      const T dot = (d * pr).sum();
-      d = pr * (d - dot) * scale;
-    }
-    const Eigen::Map<const AttnMat<T>> dA(dP, L, S);
-    if (grad[0]) {
-      Strided<T> dQ(grad[0] + g.q.at(i, g.inner), L, E, Eigen::OuterStride<>(g.q.row_stride));
-      gemm(split, dQ, dA, K, acc[0]);
-    }
-    if (grad[1]) {
-      Strided<T> dK(grad[1] + g.k.at(i, g.inner), S, E, Eigen::OuterStride<>(g.k.row_stride));
-      gemm(split, dK, dA.transpose(), Q, acc[1]);
-    }
+    const T kept = static_cast<T>(1.0 / (1.0 - p));
+    // dK and dV rows the last block does not reach (keys no query sees) get no gradient.
+    bool first = true;
+    for_each_row_block(L, S, g.causal, true, [&](int64_t r0, int64_t rows, int64_t cols) {
+      const auto stride = Eigen::OuterStride<>(S);
+      Strided<T> dPb(dP + r0 * S, rows, cols, stride);
+      const auto dOb = dO.middleRows(r0, rows);
+      gemm(split, dPb, dOb, V.topRows(cols).transpose(), false);  // dP' = dO V^T
+      if (grad[2]) {                                              // dV = P'^T dO
+        Strided<T> dV(grad[2] + g.v.at(i, g.inner), S, Ev, Eigen::OuterStride<>(g.v.row_stride));
+        const ConstStrided<T> Pb(D ? D + r0 * S : P + r0 * S, rows, cols, stride);
+        if (first && !acc[2] && cols < S) dV.bottomRows(S - cols).setZero();
+        gemm(split, dV.topRows(cols), Pb.transpose(), dOb, acc[2] || !first);
+      }
+      for (int64_t r = r0; r < r0 + rows; ++r) {  // dA = scale * P * (dP - rowsum(dP * P))
+        RowSeg<T> d(dP + r * S, cols);
+        const ConstRowSeg<T> pr(P + r * S, cols);
+        if (D) d *= (ConstRowSeg<T>(D + r * S, cols) != T(0)).template cast<T>() * kept;
+        const T dot = (d * pr).sum();
+        d = pr * (d - dot) * scale;
+      }
+      const ConstStrided<T> dA(dP + r0 * S, rows, cols, stride);
+      if (grad[0]) {
+        Strided<T> dQ(grad[0] + g.q.at(i, g.inner), L, E, Eigen::OuterStride<>(g.q.row_stride));
+        gemm(split, dQ.middleRows(r0, rows), dA, K.topRows(cols), acc[0]);
+      }
+      if (grad[1]) {
+        Strided<T> dK(grad[1] + g.k.at(i, g.inner), S, E, Eigen::OuterStride<>(g.k.row_stride));
+        if (first && !acc[1] && cols < S) dK.bottomRows(S - cols).setZero();
+        gemm(split, dK.topRows(cols), dA.transpose(), Q.middleRows(r0, rows), acc[1] || !first);
+      }
+      first = false;
+    });
   });
 }
 
@@ -341,12 +374,16 @@ Var<T> attention(const char* op, const Var<T>& q, const Var<T>& k, const Var<T>&
   // A view covers its input when it reads every element once and no other operand shares it.
   const std::array<int64_t, 3> per_input{L * E, S * E, S * Ev};
   const std::array<const Var<T>*, 3> in{&q, &k, &v};
-  std::array<bool, 3> cover{};
+  std::array<bool, 4> cover{};
   for (size_t a = 0; a < 3; ++a) {
     bool alone = true;
     for (size_t b = 0; b < 3; ++b) alone = alone && (a == b || in[a]->id() != in[b]->id());
     cover[a] = alone && in[a]->numel() == heads * per_input[a];
   }
+  // MultiheadAttention's self-attention: one projection [T, N, 3E] whose column blocks are q, k
+  // and v, so that their gradients together write every element once.
+  cover[3] = q.id() == k.id() && k.id() == v.id() &&
+             q.numel() == heads * (per_input[0] + per_input[1] + per_input[2]);
   const uint64_t seed = dropout ? gen->next_u64() : 0;
   Var<T> y = q.tape().record(op, out_shape, {q, k, v}, &attention_backward<T>);
   Node<T>& node = y.node();
@@ -371,16 +408,21 @@ Var<T> attention(const char* op, const Var<T>& q, const Var<T>& k, const Var<T>&
     const ConstStrided<T> K(kd + g.k.at(i, g.inner), S, E, Eigen::OuterStride<>(g.k.row_stride));
     const ConstStrided<T> V(vd + g.v.at(i, g.inner), S, Ev, Eigen::OuterStride<>(g.v.row_stride));
     Strided<T> O(od + g.o.at(i, g.inner), L, Ev, Eigen::OuterStride<>(g.o.row_stride));
-    Block<T> Pm(P, L, S);
-    gemm(split, Pm, Q, K.transpose(), false);
-    masked_softmax_rows(P, i, g, masks);
+    for_each_row_block(L, S, g.causal, false, [&](int64_t r0, int64_t rows, int64_t cols) {
+      Strided<T> Pb(P + r0 * S, rows, cols, Eigen::OuterStride<>(S));
+      gemm(split, Pb, Q.middleRows(r0, rows), K.topRows(cols).transpose(), false);
+    });
+    masked_softmax_rows(P, i, g, masks);  // also zeroes the keys the blocks skipped
     const T* Pv = P;
     if (dropout) {
       T* D = scratch + thread_index() * block;
-      attention_dropout<T>(P, D, nullptr, block, dropout_p, seed + static_cast<uint64_t>(i));
+      attention_dropout(P, D, block, dropout_p, seed + static_cast<uint64_t>(i));
       Pv = D;
     }
-    gemm(split, O, Eigen::Map<const AttnMat<T>>(Pv, L, S), V, false);
+    for_each_row_block(L, S, g.causal, false, [&](int64_t r0, int64_t rows, int64_t cols) {
+      const ConstStrided<T> Pb(Pv + r0 * S, rows, cols, Eigen::OuterStride<>(S));
+      gemm(split, O.middleRows(r0, rows), Pb, V.topRows(cols), false);
+    });
   });
   return y;
 }
