@@ -385,7 +385,8 @@ Var<T> attention(const char* op, const Var<T>& q, const Var<T>& k, const Var<T>&
   cover[3] = q.id() == k.id() && k.id() == v.id() &&
              q.numel() == heads * (per_input[0] + per_input[1] + per_input[2]);
   const uint64_t seed = dropout ? gen->next_u64() : 0;
-  Var<T> y = q.tape().record(op, out_shape, {q, k, v}, &attention_backward<T>);
+  // Backward reads q, k and v (and the saved weights P), not the output.
+  Var<T> y = q.tape().record(op, out_shape, {q, k, v}, &attention_backward<T>, Reads::inputs);
   Node<T>& node = y.node();
   store_geometry(node.ints, g, dropout, seed, cover);
   node.scalars[0] = g.scale;

@@ -44,19 +44,22 @@ Var<T> embedding_impl(Shape index_shape, const Var<T>& weight, std::optional<int
   const int64_t pad = embedding_padding(ws, padding_idx);
   Shape out = index_shape;
   out.push_back(ws[1]);
-  Var<T> y = weight.tape().record("embedding", out, {weight}, [](OpContext<T>& c) {
-    const auto& ints = c.node().ints;
-    const int64_t dim = c.input(0).shape()[1], n = static_cast<int64_t>(ints.size()) - 1;
-    const int64_t pad = ints[0];
-    T* gw = c.grad_in(0).data();
-    const T* g = c.grad_out().data();
-    for (int64_t i = 0; i < n; ++i) {  // in order: duplicates add up the same way every time
-      const int64_t r = ints[static_cast<size_t>(i) + 1];
-      if (r == pad) continue;
-      Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(gw + r * dim, dim) +=
-          Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(g + i * dim, dim);
-    }
-  });
+  Var<T> y = weight.tape().record(
+      "embedding", out, {weight},
+      [](OpContext<T>& c) {
+        const auto& ints = c.node().ints;
+        const int64_t dim = c.input(0).shape()[1], n = static_cast<int64_t>(ints.size()) - 1;
+        const int64_t pad = ints[0];
+        T* gw = c.grad_in(0).data();
+        const T* g = c.grad_out().data();
+        for (int64_t i = 0; i < n; ++i) {  // in order: duplicates add up the same way every time
+          const int64_t r = ints[static_cast<size_t>(i) + 1];
+          if (r == pad) continue;
+          Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(gw + r * dim, dim) +=
+              Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(g + i * dim, dim);
+        }
+      },
+      Reads::none);  // the weight's shape and the indices in ints
   auto& ints = y.node().ints;
   const int64_t n = index_shape.numel();
   ints.resize(static_cast<size_t>(n) + 1);

@@ -26,9 +26,10 @@ Var<T> masked_fill(const Var<T>& x, const Tensor<bool>& mask, T value) {
   if (!(detail::broadcast_shape("masked_fill", xs, mask.shape()) == xs))
     detail::fail<ShapeError>("masked_fill: mask ", mask.shape(),
                              " does not broadcast to the input's shape ", xs);
-  Var<T> y = x.tape().record("masked_fill", xs, {x}, [](OpContext<T>& c) {
-    c.add_grad(0, c.grad_out().array() * c.saved(0).array());
-  });
+  Var<T> y = x.tape().record(
+      "masked_fill", xs, {x},
+      [](OpContext<T>& c) { c.add_grad(0, c.grad_out().array() * c.saved(0).array()); },
+      Reads::none);  // the saved keep mask only
   // keep = 1 where the input passes (and its gradient with it), 0 where value replaces it; kept
   // expanded to x's shape for the backward.
   Tensor<T>& keep = y.node().saved[0];

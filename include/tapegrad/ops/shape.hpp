@@ -258,18 +258,23 @@ Var<T> permute(const Var<T>& x, const std::vector<int64_t>& dims) {
     seen[static_cast<size_t>(d)] = true;
     out[static_cast<int>(i)] = s[d];
   }
-  Var<T> y = x.tape().record("permute", out, {x}, [](OpContext<T>& c) {
-    bool assign = false;  // a bijection: every input gradient element is written once
-    T* gx = c.grad_in_uninitialized(0, assign).data();
-    const T* g = c.grad_out().data();
-    detail::for_each_permuted_row(c.input(0).shape(), c.node().ints,
-                                  [&](int64_t o, int64_t i, int64_t n, int64_t step) {
-                                    if (assign)
-                                      for (int64_t j = 0; j < n; ++j) gx[i + j * step] = g[o + j];
-                                    else
-                                      for (int64_t j = 0; j < n; ++j) gx[i + j * step] += g[o + j];
-                                  });
-  });
+  Var<T> y = x.tape().record(
+      "permute", out, {x},
+      [](OpContext<T>& c) {
+        bool assign = false;  // a bijection: every input gradient element is written once
+        T* gx = c.grad_in_uninitialized(0, assign).data();
+        const T* g = c.grad_out().data();
+        detail::for_each_permuted_row(c.input(0).shape(), c.node().ints,
+                                      [&](int64_t o, int64_t i, int64_t n, int64_t step) {
+                                        if (assign)
+                                          for (int64_t j = 0; j < n; ++j)
+                                            gx[i + j * step] = g[o + j];
+                                        else
+                                          for (int64_t j = 0; j < n; ++j)
+                                            gx[i + j * step] += g[o + j];
+                                      });
+      },
+      Reads::none);            // the input's shape only
   auto& ints = y.node().ints;  // the permutation, normalised
   ints.resize(dims.size());
   for (size_t i = 0; i < dims.size(); ++i) ints[i] = detail::normalize_dim("permute", s, dims[i]);
