@@ -36,7 +36,7 @@ set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 rounds=3
 threads=1,2
-only=deep-mlp-relu,deep-mlp-sigmoid,deep-mlp-layernorm,wide-mlp,small-resnet,lstm,op-overhead,gemm
+only=deep-mlp-relu,deep-mlp-sigmoid,deep-mlp-layernorm,wide-mlp,small-resnet,lstm,transformer-lm,op-overhead,gemm
 blas=OFF
 contended=0
 while [ $# -gt 0 ]; do

@@ -8,6 +8,11 @@
 //   wide-mlp            784-1024-1024-10 ReLU, batch 256
 //   small-resnet        conv3x3 1->16 (no bias) + BN + ReLU, 3 BasicBlocks at 16, one stride-2
 //                       BasicBlock to 32, global average pool, Dense 32->10; batch 64 x 1x28x28
+//   transformer-lm      Embedding(96, 128) + learned positions [64, 1, 128], 4 x
+//                       TransformerEncoderLayer(128, 4 heads, ff 512, ReLU, dropout 0, Post-LN),
+//                       causal, Dense(128, 96); sequence 64, batch 32, layout [T, N, E]; the
+//                       loss over all 2048 positions. The peer passes the causal mask as a float
+//                       [64, 64] tensor; tapegrad's is_causal computes the same function.
 //   deep-mlp-relu-b1024        deep-mlp-relu at batch 1024 (the memory issue's checkpoint target)
 //   deep-mlp-relu-b1024-ckpt4  the same, checkpointed every 4 layers (Sequential::
 //                              checkpoint_every(8): a layer is a Dense and its ReLU)
@@ -25,12 +30,13 @@ namespace workloads {
 
 namespace tg = tapegrad;
 namespace nn = tapegrad::nn;
-using Model = nn::Sequential<float>;
+using Model = nn::Module<float>;
+using Stack = nn::Sequential<float>;
 
 enum class Hidden { ReLU, Sigmoid, LayerNormReLU };
 
-inline std::shared_ptr<Model> mlp(int64_t in, int64_t width, int depth, int64_t out, Hidden h) {
-  auto m = std::make_shared<Model>();
+inline std::shared_ptr<Stack> mlp(int64_t in, int64_t width, int depth, int64_t out, Hidden h) {
+  auto m = std::make_shared<Stack>();
   int64_t prev = in;
   for (int i = 0; i < depth; ++i) {
     m->push_back(std::make_shared<nn::Dense<float>>(prev, width));
@@ -46,7 +52,7 @@ inline std::shared_ptr<Model> mlp(int64_t in, int64_t width, int depth, int64_t 
 }
 
 inline std::shared_ptr<Model> small_resnet() {
-  auto m = std::make_shared<Model>();
+  auto m = std::make_shared<Stack>();
   m->push_back(std::make_shared<nn::Conv2D<float>>(1, 16, 3, 1, 1, 1, false));
   m->push_back(std::make_shared<nn::BatchNorm2d<float>>(16));
   m->push_back(std::make_shared<nn::ReLU<float>>());
@@ -56,6 +62,32 @@ inline std::shared_ptr<Model> small_resnet() {
   m->push_back(std::make_shared<nn::Dense<float>>(32, 10));
   return m;
 }
+
+// The peer's CharLM: token ids [T, N] (as floats) -> logits [T * N, vocab].
+class CharLM : public Model {
+ public:
+  CharLM(int64_t vocab, int64_t d, int64_t heads, int64_t ff, int64_t layers, int64_t seq)
+      : vocab_(vocab) {
+    tok = register_module("tok", std::make_shared<nn::Embedding<float>>(vocab, d));
+    pos = register_parameter("pos", tg::Tensor<float>({seq, 1, d}));  // as the peer's
+    nn::init::normal_(pos.value(), 0.0, 0.02);
+    nn::TransformerEncoderLayer<float> layer(d, heads, {.dim_feedforward = ff, .dropout = 0.0});
+    enc = register_module("enc", std::make_shared<nn::TransformerEncoder<float>>(layer, layers));
+    head = register_module("head", std::make_shared<nn::Dense<float>>(d, vocab));
+  }
+  tg::Var<float> forward(const tg::Var<float>& ids) override {
+    const tg::Var<float> h = enc->forward((*tok)(ids) + ids.tape().param(pos), {.is_causal = true});
+    return tg::reshape((*head)(h), {-1, vocab_});
+  }
+  std::string name() const override { return "CharLM"; }
+
+ private:
+  int64_t vocab_;
+  std::shared_ptr<nn::Embedding<float>> tok;
+  tg::Parameter<float> pos;  // [seq, 1, d], broadcast over the batch
+  std::shared_ptr<nn::TransformerEncoder<float>> enc;
+  std::shared_ptr<nn::Dense<float>> head;
+};
 
 struct Workload {
   std::string name;
@@ -71,21 +103,31 @@ inline Workload make(const std::string& name) {
   if (name == "deep-mlp-relu" || name == "deep-mlp-relu-b1024")
     w.model = mlp(784, 256, 20, 10, Hidden::ReLU);
   else if (name == "deep-mlp-relu-b1024-ckpt4") {
-    w.model = mlp(784, 256, 20, 10, Hidden::ReLU);
-    w.model->checkpoint_every(8);
+    auto m = mlp(784, 256, 20, 10, Hidden::ReLU);
+    m->checkpoint_every(8);
+    w.model = m;
   } else if (name == "deep-mlp-sigmoid")
     w.model = mlp(784, 256, 20, 10, Hidden::Sigmoid);
   else if (name == "deep-mlp-layernorm")
     w.model = mlp(784, 256, 20, 10, Hidden::LayerNormReLU);
   else if (name == "wide-mlp") {
-    w.model = std::make_shared<Model>();
-    w.model->push_back(std::make_shared<nn::Dense<float>>(784, 1024));
-    w.model->push_back(std::make_shared<nn::ReLU<float>>());
-    w.model->push_back(std::make_shared<nn::Dense<float>>(1024, 1024));
-    w.model->push_back(std::make_shared<nn::ReLU<float>>());
-    w.model->push_back(std::make_shared<nn::Dense<float>>(1024, 10));
+    auto m = std::make_shared<Stack>();
+    m->push_back(std::make_shared<nn::Dense<float>>(784, 1024));
+    m->push_back(std::make_shared<nn::ReLU<float>>());
+    m->push_back(std::make_shared<nn::Dense<float>>(1024, 1024));
+    m->push_back(std::make_shared<nn::ReLU<float>>());
+    m->push_back(std::make_shared<nn::Dense<float>>(1024, 10));
+    w.model = m;
   } else if (name == "small-resnet") {
     w.model = small_resnet();
+  } else if (name == "transformer-lm") {
+    const int64_t vocab = 96, seq = 64, batch = 32;
+    w.model = std::make_shared<CharLM>(vocab, 128, 4, 512, 4, seq);
+    w.input = tg::Tensor<float>({seq, batch});
+    for (int64_t i = 0; i < seq * batch; ++i) w.input[i] = float(g.below(vocab));
+    for (int64_t i = 0; i < seq * batch; ++i)
+      w.labels.push_back(static_cast<int64_t>(g.below(vocab)));
+    return w;
   } else {
     tg::detail::fail<tg::ValueError>("workloads: unknown workload '", name, "'");
   }
@@ -134,8 +176,8 @@ class Trainer {
 
 inline const std::vector<std::string>& names() {
   static const std::vector<std::string> all{
-      "deep-mlp-relu", "deep-mlp-sigmoid",    "deep-mlp-layernorm",       "wide-mlp",
-      "small-resnet",  "deep-mlp-relu-b1024", "deep-mlp-relu-b1024-ckpt4"};
+      "deep-mlp-relu", "deep-mlp-sigmoid", "deep-mlp-layernorm",  "wide-mlp",
+      "small-resnet",  "transformer-lm",   "deep-mlp-relu-b1024", "deep-mlp-relu-b1024-ckpt4"};
   return all;
 }
 

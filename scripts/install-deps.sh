@@ -4,7 +4,8 @@
 set -euo pipefail
 
 # libopenblas-dev: the release-blas preset (TAPEGRAD_USE_BLAS=ON) links the system BLAS.
-PACKAGES="g++ cmake make libeigen3-dev googletest libgtest-dev libbenchmark-dev zlib1g-dev libopenblas-dev dataset-fashion-mnist"
+# fortunes: the text examples/transformer_lm.cpp trains on (/usr/share/games/fortunes).
+PACKAGES="g++ cmake make libeigen3-dev googletest libgtest-dev libbenchmark-dev zlib1g-dev libopenblas-dev dataset-fashion-mnist fortunes"
 
 # Extra packages from the command line (scripts/install-bench-deps.sh passes the peer's).
 PACKAGES="$PACKAGES $*"

@@ -11,6 +11,7 @@
 #include "tapegrad/nn/activation.hpp"
 #include "tapegrad/nn/dense.hpp"
 #include "tapegrad/nn/sequential.hpp"
+#include "tapegrad/nn/transformer.hpp"
 #include "tapegrad/ops/loss.hpp"
 #include "tapegrad/optim/sgd.hpp"
 #include "test_util.hpp"
@@ -545,3 +546,64 @@ TEST(GradientMonitor, SeesVanishingInADeepSigmoidNetworkAndNotWithReLUAndHe) {
 }
 
 }  // namespace
+
+// Transformer blocks: per-block attention and feed-forward norms, and the warm-up diagnosis of
+// Post-LN gradients that grow toward the output (constructed gradients: block k's attention norm
+// 5(k+1), its feed-forward norm 13(k+1), so the last/first ratio is 3).
+TEST(GradientMonitor, TransformerBlocksAndTheWarmUpDiagnosis) {
+  for (bool norm_first : {false, true}) {
+    for (double growth : {1.0, 0.0}) {  // 1: grows 3x toward the output; 0: flat
+      tg::nn::TransformerEncoderLayer<double> layer(
+          4, 2, {.dim_feedforward = 8, .dropout = 0.0, .norm_first = norm_first});
+      tg::nn::TransformerEncoder<double> enc(layer, 3);
+      diag::GradientMonitor<double> mon(enc);
+      for (auto& p : enc.parameters()) p.grad().zero_();
+      for (int64_t k = 0; k < 3; ++k) {
+        auto& b = enc.layer(k);
+        const double s = 1 + growth * double(k);
+        b.self_attn->in_proj_bias.grad()[0] = 3 * s;
+        b.self_attn->out_proj->bias.grad()[0] = 4 * s;
+        b.linear1->bias.grad()[0] = 5 * s;
+        b.linear2->bias.grad()[0] = 12 * s;
+        b.norm1->bias.grad()[0] = b.norm2->bias.grad()[0] = 1;
+      }
+      mon.record(0);
+      const auto f = mon.flags();
+      ASSERT_EQ(f.blocks.size(), 3u);
+      EXPECT_EQ(f.blocks[2].block, "layers.2");
+      EXPECT_DOUBLE_EQ(f.blocks[0].attention, 5.0);
+      EXPECT_DOUBLE_EQ(f.blocks[0].feed_forward, 13.0);
+      EXPECT_DOUBLE_EQ(f.blocks[2].feed_forward, 13.0 * (1 + 2 * growth));
+      EXPECT_DOUBLE_EQ(f.blocks[1].norm, std::hypot(5.0, 13.0) * (1 + growth));
+      EXPECT_NEAR(f.block_ratio, 1 + 2 * growth, 1e-12);
+      EXPECT_EQ(f.post_ln, !norm_first);
+      EXPECT_FALSE(f.vanishing || f.exploding || f.non_finite) << mon.report();
+      const bool warm = !norm_first && growth > 0;
+      EXPECT_EQ(f.needs_warmup, warm) << mon.report();
+      EXPECT_EQ(f.any(), warm);
+      const std::string r = mon.report(), d = unwrapped(mon.diagnosis());
+      EXPECT_TRUE(
+          contains(r, norm_first ? "Transformer blocks (Pre-LN)" : "Transformer blocks (Post-LN)"))
+          << r;
+      EXPECT_TRUE(contains(r, "layers.1  5.00e+00    1.30e+01    1.39e+01") || growth > 0) << r;
+      if (warm) {
+        EXPECT_TRUE(contains(r, "WARM-UP")) << r;
+        EXPECT_TRUE(contains(d,
+                             "Post-LN Transformer whose gradients grow toward the output at step "
+                             "0: the last block's gradient norm is 3.00e+00 times the first's"))
+            << d;
+        EXPECT_TRUE(contains(d, "Remedies: a learning-rate warm-up")) << d;
+        EXPECT_TRUE(contains(d, "Pre-LN blocks (norm_first = true")) << d;
+        mon.set_warmup(200);
+        const std::string w = unwrapped(mon.diagnosis());
+        EXPECT_TRUE(contains(w, "already on: a learning-rate warm-up over 200 steps")) << w;
+        EXPECT_FALSE(contains(w, "Remedies: a learning-rate warm-up")) << w;
+      } else {
+        EXPECT_TRUE(contains(d, "No gradient problem seen at step 0")) << d;
+        EXPECT_TRUE(contains(d, norm_first ? "(Pre-LN: no warm-up needed)"
+                                           : "(at most 1.20e+00: no warm-up needed yet)"))
+            << d;
+      }
+    }
+  }
+}

@@ -184,6 +184,56 @@ TEST(NoAllocation, LargeMlpStepAtTwoThreads) {
   EXPECT_EQ(n, 0);
 }
 
+// A causal Transformer language model (Embedding, learned positions, a 2-layer encoder with
+// masks, a Dense head), Post-LN and Pre-LN, at 1 and 2 threads (the attention heads shared among
+// the threads).
+class TinyLM : public nn::Module<float> {
+ public:
+  explicit TinyLM(bool norm_first) {
+    tok = register_module("tok", std::make_shared<nn::Embedding<float>>(11, 16));
+    pos = register_module("pos", std::make_shared<nn::LearnedPositionalEncoding<float>>(8, 16));
+    nn::TransformerEncoderLayer<float> layer(
+        16, 4, {.dim_feedforward = 32, .dropout = 0.1, .norm_first = norm_first});
+    enc = register_module("enc", std::make_shared<nn::TransformerEncoder<float>>(layer, 2));
+    head = register_module("head", std::make_shared<nn::Dense<float>>(16, 11));
+  }
+  tg::Var<float> forward(const tg::Var<float>& ids) override {
+    auto h =
+        enc->forward((*pos)((*tok)(ids)), {.src_key_padding_mask = padding, .is_causal = true});
+    return tg::reshape((*head)(h), {-1, 11});
+  }
+  std::string name() const override { return "TinyLM"; }
+  std::shared_ptr<nn::Embedding<float>> tok;
+  std::shared_ptr<nn::LearnedPositionalEncoding<float>> pos;
+  std::shared_ptr<nn::TransformerEncoder<float>> enc;
+  std::shared_ptr<nn::Dense<float>> head;
+  tg::Tensor<bool> padding = tg::Tensor<bool>::full({4, 8}, false);
+};
+
+TEST(NoAllocation, TransformerLanguageModelStep) {
+  for (bool norm_first : {false, true})
+    for (int threads : {1, 2}) {
+      TinyLM model(norm_first);
+      model.padding(1, 7) = true;
+      tg::optim::Adam<float> opt(model.parameters());
+      opt.set_clip_grad_norm(1.0);
+      tg::Tensor<float> ids({8, 4});
+      std::vector<int64_t> labels(32);
+      for (int64_t i = 0; i < 32; ++i) ids[i] = float(i % 11), labels[i] = (i * 7) % 11;
+      tg::Tape<float> tape;
+      tg::set_num_threads(threads);
+      const long n = allocations_after_warmup([&] {
+        tape.clear();
+        opt.zero_grad();
+        auto loss = tg::cross_entropy(model(tape.constant(ids)), labels);
+        tape.backward(loss);
+        opt.step();
+      });
+      tg::set_num_threads(1);
+      EXPECT_EQ(n, 0) << (norm_first ? "Pre-LN" : "Post-LN") << ", " << threads << " threads";
+    }
+}
+
 // The counter itself works: a step on a fresh tape does allocate.
 TEST(NoAllocation, CounterSeesTheFirstStep) {
   auto model = std::make_shared<nn::Dense<float>>(4, 4);

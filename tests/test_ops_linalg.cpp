@@ -67,19 +67,100 @@ TEST(Matmul, Gradcheck) {
       [](tg::Tape<double>&, const Vars& x) { return tg::matmul(x[0], x[0]); }, {randn({3, 3}, 9)});
 }
 
+// out[o] = a[o] b[o] for every batch o of the broadcast batch dims, with loops.
+TD naive_batched(const TD& a, const TD& b, const tg::Shape& out) {
+  const int ra = a.rank(), rb = b.rank(), ro = out.rank();
+  const int64_t M = out[ro - 2], N = out[ro - 1], K = a.size(-1);
+  TD y = TD::zeros(out);
+  const int64_t batches = y.numel() / (M * N);
+  for (int64_t o = 0; o < batches; ++o) {
+    // Batch index digits of o over out's batch dims, mapped into a and b (size 1: index 0).
+    int64_t rem = o, oa = 0, ob = 0, sa = M * K, sb = K * N;
+    for (int d = ro - 3; d >= 0; --d) {
+      const int64_t i = rem % out[d];
+      rem /= out[d];
+      const int da = d - (ro - ra), db = d - (ro - rb);
+      if (da >= 0) oa += (a.size(da) == 1 ? 0 : i) * sa, sa *= a.size(da);
+      if (db >= 0) ob += (b.size(db) == 1 ? 0 : i) * sb, sb *= b.size(db);
+    }
+    for (int64_t m = 0; m < M; ++m)
+      for (int64_t n = 0; n < N; ++n)
+        for (int64_t k = 0; k < K; ++k)
+          y[o * M * N + m * N + n] += a[oa + m * K + k] * b[ob + k * N + n];
+  }
+  return y;
+}
+
+TEST(Matmul, BatchDimsBroadcastAsTorchMatmul) {
+  const std::vector<std::pair<tg::Shape, tg::Shape>> cases = {
+      {{2, 3, 4}, {2, 4, 5}},        // bmm
+      {{3, 1, 2, 4}, {2, 4, 3}},     // [3,1] x [2] -> [3,2]
+      {{2, 4}, {3, 4, 2}},           // a 2-D left operand serves every batch
+      {{2, 1, 3, 4}, {1, 5, 4, 2}},  // both broadcast
+  };
+  const std::vector<tg::Shape> outs = {{2, 3, 5}, {3, 2, 2, 3}, {3, 2, 2}, {2, 5, 3, 2}};
+  for (size_t c = 0; c < cases.size(); ++c) {
+    const TD a = randn(cases[c].first, 30 + c), b = randn(cases[c].second, 40 + c);
+    tg::Tape<double> tape;
+    auto y = tg::matmul(tape.constant(a), tape.constant(b));
+    EXPECT_EQ(y.shape(), outs[c]) << "case " << c;
+    const TD want = naive_batched(a, b, outs[c]);
+    for (int64_t i = 0; i < want.numel(); ++i) EXPECT_NEAR(y.value()[i], want[i], 1e-12) << c;
+    expect_gradcheck([](tg::Tape<double>&, const Vars& x) { return tg::matmul(x[0], x[1]); },
+                     {a, b});
+  }
+  // The same batched input on both sides.
+  expect_gradcheck([](tg::Tape<double>&, const Vars& x) { return tg::matmul(x[0], x[0]); },
+                   {randn({2, 3, 3}, 50)});
+}
+
+TEST(Matmul, OneDimensionalOperandsAsTorch) {
+  tg::Tape<double> tape;
+  auto m = tape.constant(TD::from({{1.0, 2.0}, {3.0, 4.0}, {5.0, 6.0}}));  // [3, 2]
+  auto u = tape.constant(TD::from({1.0, -1.0}));
+  auto w = tape.constant(TD::from({1.0, 0.0, 2.0}));
+  expect_values(tg::matmul(m, u).value(), {-1, -1, -1}, {3});  // [3,2] x [2]
+  expect_values(tg::matmul(w, m).value(), {11, 14}, {2});      // [3] x [3,2]
+  expect_values(tg::matmul(u, u).value(), {2}, {});            // dot product
+  auto b = tape.constant(TD::from({{{1.0, 0.0}, {0.0, 1.0}}, {{2.0, 0.0}, {0.0, 2.0}}}));
+  expect_values(tg::matmul(u, b).value(), {1, -1, 2, -2}, {2, 2});  // [2] x [2,2,2]
+  expect_values(tg::matmul(b, u).value(), {1, -1, 2, -2}, {2, 2});  // [2,2,2] x [2]
+  expect_gradcheck([](tg::Tape<double>&, const Vars& x) { return tg::matmul(x[0], x[1]); },
+                   {randn({4}, 60), randn({2, 4, 3}, 61)});
+  expect_gradcheck([](tg::Tape<double>&, const Vars& x) { return tg::matmul(x[0], x[1]); },
+                   {randn({4}, 62), randn({4}, 63)});
+}
+
+TEST(Matmul, EmptyBatchesAndSizes) {
+  for (const auto& [sa, sb] : std::vector<std::pair<tg::Shape, tg::Shape>>{
+           {{0, 3, 4}, {0, 4, 2}}, {{2, 3, 0}, {2, 0, 2}}, {{2, 0, 4}, {4, 5}}}) {
+    tg::Tape<double> tape;
+    auto a = tape.input(TD::ones(sa)), b = tape.input(TD::ones(sb));
+    auto y = tg::matmul(a, b);
+    for (int64_t i = 0; i < y.numel(); ++i) EXPECT_EQ(y.value()[i], 0.0);
+    tape.backward(y, TD::ones(y.shape()));
+    EXPECT_EQ(a.grad().shape(), sa);
+    EXPECT_EQ(b.grad().shape(), sb);
+  }
+}
+
 TEST(Matmul, ErrorsNameShapes) {
   tg::Tape<float> tape;
   auto a = tape.input(tg::Tensor<float>::zeros({32, 784}));
   auto b = tape.input(tg::Tensor<float>::zeros({256, 10}));
   expect_error_exact<tg::ShapeError>(
       [&] { tg::matmul(a, b); }, "matmul: [32,784] x [256,10]: inner sizes differ (784 vs 256)");
-  auto v = tape.input(tg::Tensor<float>::zeros({784}));
+  auto v = tape.input(tg::Tensor<float>::zeros({10}));
+  expect_error_exact<tg::ShapeError>([&] { tg::matmul(a, v); },
+                                     "matmul: [32,784] x [10]: inner sizes differ (784 vs 10)");
+  auto s = tape.input(tg::Tensor<float>::scalar(1));
+  expect_error_exact<tg::ShapeError>([&] { tg::matmul(s, b); },
+                                     "matmul: [] x [256,10]: both operands need at least one dim");
+  auto a3 = tape.input(tg::Tensor<float>::zeros({2, 3, 4}));
+  auto b3 = tape.input(tg::Tensor<float>::zeros({3, 4, 5}));
   expect_error_exact<tg::ShapeError>(
-      [&] { tg::matmul(a, v); }, "matmul: [32,784] x [784]: expected [M,K] or [B,M,K] times [K,N]");
-  auto four = tape.input(tg::Tensor<float>::zeros({1, 2, 3, 4}));
-  expect_error_exact<tg::ShapeError>(
-      [&] { tg::matmul(four, b); },
-      "matmul: [1,2,3,4] x [256,10]: expected [M,K] or [B,M,K] times [K,N]");
+      [&] { tg::matmul(a3, b3); },
+      "matmul: [2,3,4] x [3,4,5]: batch dims cannot be broadcast (2 vs 3)");
 }
 
 TEST(Transpose, ValuesGradientAndErrors) {

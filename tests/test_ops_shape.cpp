@@ -1,5 +1,5 @@
-// reshape, flatten, concat, slice: values by hand, views share storage, gradients by hand and by
-// gradcheck (double, 1e-6), errors by type and message.
+// reshape, flatten, concat, slice, split, permute, transpose: values by hand, views share storage,
+// gradients by hand and by gradcheck (double, 1e-6), errors by type and message.
 #include <gtest/gtest.h>
 
 #include <string>
@@ -236,6 +236,88 @@ TEST(Slice, Errors) {
       "slice: [-4:2] out of range for dim 0 of size 3 in shape [3,4]");
   expect_error_exact<tg::ShapeError>([&] { tg::slice(x, 2, 0, 1); },
                                      "slice: dim 2 out of range for shape [3,4] (rank 2)");
+}
+
+TEST(Split, BySizeAndBySectionsAlongAnyDim) {
+  tg::Tape<double> tape;
+  auto x = tape.input(seq({2, 5}, 0));  // rows [0..4], [5..9]
+  auto p = tg::split(x, 2, 1);          // sizes 2, 2, 1
+  ASSERT_EQ(p.size(), 3u);
+  expect_values(p[0].value(), {0, 1, 5, 6}, {2, 2});
+  expect_values(p[2].value(), {4, 9}, {2, 1});
+  auto q = tg::split(x, std::vector<int64_t>{1, 0, 4}, -1);
+  ASSERT_EQ(q.size(), 3u);
+  EXPECT_EQ(q[1].shape(), (tg::Shape{2, 0}));
+  expect_values(q[2].value(), {1, 2, 3, 4, 6, 7, 8, 9}, {2, 4});
+  auto r = tg::split(x, 1, 0);
+  expect_values(r[1].value(), {5, 6, 7, 8, 9}, {1, 5});
+  expect_gradcheck(
+      [](tg::Tape<double>&, const Vars& v) {
+        auto s = tg::split(v[0], std::vector<int64_t>{2, 1}, 1);
+        return tg::concat({weigh(s[1]), s[0]}, 1);
+      },
+      {randn({2, 3, 2}, 8)});
+  expect_error_exact<tg::ShapeError>(
+      [&] {
+        tg::split(x, std::vector<int64_t>{2, 2}, 1);
+      },
+      "split: sizes add up to 4 but dim 1 of shape [2,5] has 5");
+  expect_error_exact<tg::ShapeError>([&] { tg::split(x, 0, 1); },
+                                     "split: split_size must be positive, got 0");
+}
+
+TEST(Permute, ValuesGradientAndTranspose) {
+  tg::Tape<double> tape;
+  auto x = tape.input(seq({2, 3, 4}, 0));  // x[a][b][c] = 12a + 4b + c
+  auto y = tg::permute(x, {2, 0, 1});      // y[c][a][b] = x[a][b][c]
+  ASSERT_EQ(y.shape(), (tg::Shape{4, 2, 3}));
+  for (int64_t c = 0; c < 4; ++c)
+    for (int64_t a = 0; a < 2; ++a)
+      for (int64_t b = 0; b < 3; ++b) EXPECT_EQ(y.value()(c, a, b), double(12 * a + 4 * b + c));
+  // The gradient comes back through the inverse permutation.
+  tape.backward(y, seq({4, 2, 3}, 0));  // g[c][a][b] = 6c + 3a + b
+  const TD g = x.grad();
+  for (int64_t a = 0; a < 2; ++a)
+    for (int64_t b = 0; b < 3; ++b)
+      for (int64_t c = 0; c < 4; ++c) EXPECT_EQ(g(a, b, c), double(6 * c + 3 * a + b));
+  auto t = tg::transpose(x, 0, -1);  // [4, 3, 2]
+  ASSERT_EQ(t.shape(), (tg::Shape{4, 3, 2}));
+  EXPECT_EQ(t.value()(3, 1, 1), x.value()(1, 1, 3));
+  for (auto dims : std::vector<std::vector<int64_t>>{{1, 0, 2}, {2, 1, 0}, {0, 2, 1}, {1, 2, 0}})
+    expect_gradcheck(
+        [dims](tg::Tape<double>&, const Vars& v) { return weigh(tg::permute(v[0], dims)); },
+        {randn({2, 3, 4}, 9)});
+  // Used twice: both gradients add up.
+  expect_gradcheck(
+      [](tg::Tape<double>&, const Vars& v) {
+        return tg::permute(v[0], {1, 0}) + weigh(tg::transpose(v[0], 1, 0));
+      },
+      {randn({3, 3}, 10)});
+  auto s = tape.input(TD::scalar(2.0));
+  EXPECT_EQ(tg::permute(s, {}).value().item(), 2.0);
+  EXPECT_EQ(tg::permute(tape.input(TD::zeros({0, 3})), {1, 0}).shape(), (tg::Shape{3, 0}));
+}
+
+TEST(Permute, Errors) {
+  tg::Tape<double> tape;
+  auto x = tape.input(seq({2, 3, 4}, 0));
+  expect_error_exact<tg::ShapeError>(
+      [&] {
+        tg::permute(x, {0, 1});
+      },
+      "permute: 2 dims given for shape [2,3,4] (rank 3)");
+  expect_error_exact<tg::ShapeError>(
+      [&] {
+        tg::permute(x, {0, 1, -2});
+      },
+      "permute: dim -2 repeated for shape [2,3,4]");
+  expect_error_exact<tg::ShapeError>(
+      [&] {
+        tg::permute(x, {0, 1, 3});
+      },
+      "permute: dim 3 out of range for shape [2,3,4] (rank 3)");
+  expect_error_exact<tg::ShapeError>([&] { tg::transpose(x, 0, 3); },
+                                     "transpose: dim 3 out of range for shape [2,3,4] (rank 3)");
 }
 
 }  // namespace

@@ -1,4 +1,5 @@
-// Learning-rate schedules vs PyTorch's formulas written out here.
+// Learning-rate schedules vs PyTorch's formulas (and the Transformer's inverse square root)
+// written out here.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -83,6 +84,26 @@ TEST(OptimScheduler, WarmupThenCosineAndSequential) {
                               : 0.1 * (1 + std::cos(std::numbers::pi * (e - 5) / 4)) / 2;
     EXPECT_NEAR(sgd.lr(0), want, 1e-15) << e;
   }
+}
+
+// Linear warm-up to the peak, then base * sqrt(warmup / e): 0.4 * sqrt(4 / 9) = 0.2667 at e = 9.
+TEST(OptimScheduler, WarmupInverseSqrt) {
+  opt::SGD<double> sgd(two_groups(), {.lr = 0.1});
+  opt::WarmupInverseSqrtLR sched(sgd, 4);  // start_factor 1/4 by default
+  const double want1[] = {0.025, 0.04375, 0.0625, 0.08125, 0.1, 0.1 * std::sqrt(0.8)};
+  for (int e = 0; e <= 30; ++e) {
+    if (e > 0) sched.step();
+    const double f = e < 4 ? 0.25 + 0.75 * e / 4.0 : std::sqrt(4.0 / e);
+    for (size_t g = 0; g < 2; ++g) EXPECT_NEAR(sgd.lr(g), bases[g] * f, 1e-15) << e;
+    if (e < 6) EXPECT_NEAR(sgd.lr(0), want1[e], 1e-15) << e;
+  }
+  EXPECT_NEAR(sgd.lr(1), 0.4 * std::sqrt(4.0 / 30.0), 1e-15);
+  sched.set_epoch(9);
+  EXPECT_NEAR(sgd.lr(1), 0.4 * 2.0 / 3.0, 1e-15);
+  opt::WarmupInverseSqrtLR from_zero(sgd, 10, 1e-3);
+  EXPECT_NEAR(sgd.lr(0), 1e-4, 1e-18);
+  EXPECT_THROW(opt::WarmupInverseSqrtLR(sgd, 0), tg::ValueError);
+  EXPECT_THROW(opt::WarmupInverseSqrtLR(sgd, 5, 1.5), tg::ValueError);
 }
 
 TEST(OptimScheduler, BadArgumentsRaise) {

@@ -59,6 +59,7 @@ TEST(Tensor, ReshapeInfersOneDimension) {
   EXPECT_THROW(a.reshape({5, -1}), tg::ShapeError);
   EXPECT_THROW(a.reshape({-1, -1}), tg::ShapeError);
   EXPECT_THROW(a.reshape({2, 5}), tg::ShapeError);
+  EXPECT_THROW(a.reshape({1, 1, 1, 1, 1, 1, 6}), tg::ShapeError);  // rank 7
   EXPECT_THROW((tg::Shape{1, 1, 1, 1, 1, 1, 1}), tg::ShapeError);
 }
 

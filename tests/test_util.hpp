@@ -75,6 +75,30 @@ Tensor<T> run(M& m, const Tensor<T>& x) {
   return m(tape.constant(x)).value().clone();
 }
 
+// offset + amp·sin(0.37·i + salt) at flat position i: values a Python script can rebuild exactly
+// (tests/reference/attention_reference.py fills PyTorch modules this way).
+inline Tensor<double> sine_fill(const Shape& s, double salt, double amp = 0.5, double offset = 0) {
+  Tensor<double> t(s);
+  for (int64_t i = 0; i < t.numel(); ++i) t[i] = offset + amp * std::sin(0.37 * double(i) + salt);
+  return t;
+}
+
+// Fills parameter k of m.named_parameters() as the reference script's fill_params: LayerNorm
+// weights (norm1, norm2, norm) 1 + 0.1·sin, biases 0.1·sin, everything else 0.5·sin, salt k.
+template <class M>
+void sine_fill_parameters(M& m) {
+  int k = 0;
+  for (auto& [name, p] : m.named_parameters()) {
+    const auto ends = [&](const std::string& suffix) {
+      return name.size() >= suffix.size() &&
+             name.compare(name.size() - suffix.size(), suffix.size(), suffix) == 0;
+    };
+    const bool norm = ends("norm1.weight") || ends("norm2.weight") || name == "norm.weight";
+    const bool bias = name.find("bias") != std::string::npos;
+    p.value().copy_(sine_fill(p.shape(), k++, norm ? 0.1 : bias ? 0.1 : 0.5, norm ? 1.0 : 0.0));
+  }
+}
+
 // ---------------------------------------------------------------- value and gradient checks
 
 // t has the given shape and its elements equal `expected` within the absolute tolerance tol.

@@ -54,4 +54,30 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
   gemm_rows(dst, lhs, rhs, accumulate);
 }
 
+// Many independent products (the batches of a batched matmul, the heads of attention): f(i,
+// split) computes product i. With two threads or more, at least two products and enough work in
+// total, the products are shared among the threads and each stays on its thread (split = false:
+// use gemm_rows); otherwise they run one after another and each may be split by rows
+// (split = true: use gemm). Product i is computed the same way on whichever thread runs it.
+template <class F>
+void for_each_product(int64_t count, int64_t macs_each, F&& f) {
+#ifdef _OPENMP
+  if (count > 1 && get_num_threads() > 1 && count * macs_each >= gemm_split_min_macs) {
+#pragma omp parallel for schedule(static)
+    for (int64_t i = 0; i < count; ++i) f(i, false);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < count; ++i) f(i, true);
+}
+
+// gemm (split = true) or gemm_rows (split = false), for the body of for_each_product.
+template <class Dst, class Lhs, class Rhs>
+void gemm(bool split, Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
+  if (split)
+    gemm(dst, lhs, rhs, accumulate);
+  else
+    gemm_rows(dst, lhs, rhs, accumulate);
+}
+
 }  // namespace tapegrad::detail

@@ -14,13 +14,16 @@
 
 // Differentiable ops.
 #include "tapegrad/ops/activation.hpp"
+#include "tapegrad/ops/attention.hpp"
 #include "tapegrad/ops/checkpoint.hpp"
 #include "tapegrad/ops/conv.hpp"
 #include "tapegrad/ops/detach.hpp"
 #include "tapegrad/ops/dropout.hpp"
 #include "tapegrad/ops/elementwise.hpp"
+#include "tapegrad/ops/embedding.hpp"
 #include "tapegrad/ops/linalg.hpp"
 #include "tapegrad/ops/loss.hpp"
+#include "tapegrad/ops/masking.hpp"
 #include "tapegrad/ops/norm.hpp"
 #include "tapegrad/ops/pool.hpp"
 #include "tapegrad/ops/reduce.hpp"
@@ -30,19 +33,23 @@
 
 // Layers.
 #include "tapegrad/nn/activation.hpp"
+#include "tapegrad/nn/attention.hpp"
 #include "tapegrad/nn/batch_norm.hpp"
 #include "tapegrad/nn/checkpoint.hpp"
 #include "tapegrad/nn/conv2d.hpp"
 #include "tapegrad/nn/dense.hpp"
 #include "tapegrad/nn/dropout.hpp"
+#include "tapegrad/nn/embedding.hpp"
 #include "tapegrad/nn/init.hpp"
 #include "tapegrad/nn/layer_norm.hpp"
 #include "tapegrad/nn/module.hpp"
 #include "tapegrad/nn/pool.hpp"
+#include "tapegrad/nn/positional_encoding.hpp"
 #include "tapegrad/nn/residual.hpp"
 #include "tapegrad/nn/rnn.hpp"
 #include "tapegrad/nn/rnn_cell.hpp"
 #include "tapegrad/nn/sequential.hpp"
+#include "tapegrad/nn/transformer.hpp"
 #include "tapegrad/nn/weight_norm.hpp"
 
 // Optimizers and the gradient remedies of their step().

@@ -1,12 +1,14 @@
 #pragma once
 // Tensor<T>: a contiguous row-major array of float or double with a Shape. Tensor<int64_t>
-// holds integer state (optimizer step counts) for checkpoints: it has the storage and shape
-// functions, no arithmetic, and no op takes it.
+// holds integers (optimizer step counts for checkpoints, token indices for embedding) and
+// Tensor<bool> boolean masks (attention): both have the storage and shape functions, no
+// arithmetic.
 // Copies share storage (like torch.Tensor); clone() copies the data. Compute goes through
 // Eigen maps of the storage (matrix(), array()), so kernels are Eigen expressions or GEMMs.
 
 #include <Eigen/Core>
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <initializer_list>
@@ -14,6 +16,7 @@
 #include <memory>
 #include <new>
 #include <ostream>
+#include <span>
 #include <type_traits>
 #include <vector>
 
@@ -25,8 +28,10 @@ namespace tapegrad {
 
 template <class T>
 class Tensor {
-  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> || std::is_same_v<T, int64_t>,
-                "tapegrad::Tensor<T>: T must be float or double (or int64_t for integer state)");
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> ||
+                    std::is_same_v<T, int64_t> || std::is_same_v<T, bool>,
+                "tapegrad::Tensor<T>: T must be float or double (int64_t for indices and integer "
+                "state, bool for masks)");
 
  public:
   using Scalar = T;
@@ -137,18 +142,20 @@ class Tensor {
   }
 
   // ---- shape changes (sharing storage) and copies ----
-  // One size may be -1: it is inferred from the others.
-  Tensor reshape(std::initializer_list<int64_t> dims) const {
-    return reshape(std::vector<int64_t>(dims));
-  }
-  Tensor reshape(const std::vector<int64_t>& dims) const {
+  // One size may be -1: it is inferred from the others. Allocates nothing (training loops
+  // reshape every step).
+  Tensor reshape(std::span<const int64_t> dims) const {
     Tensor t = *this;
     t.shape_ = infer_shape(dims);
     return t;
   }
-  Tensor reshape(const Shape& s) const {
-    return reshape(std::vector<int64_t>(s.dims().begin(), s.dims().end()));
+  Tensor reshape(std::initializer_list<int64_t> dims) const {
+    return reshape(std::span<const int64_t>(dims.begin(), dims.size()));
   }
+  Tensor reshape(const std::vector<int64_t>& dims) const {
+    return reshape(std::span<const int64_t>(dims));
+  }
+  Tensor reshape(const Shape& s) const { return reshape(s.dims()); }
   Tensor flatten() const { return reshape({numel()}); }
   Tensor clone() const {
     Tensor t(shape_);
@@ -216,7 +223,10 @@ class Tensor {
     capacity_ = n;
   }
 
-  Shape infer_shape(const std::vector<int64_t>& dims) const {
+  Shape infer_shape(std::span<const int64_t> dims) const {
+    if (dims.size() > static_cast<size_t>(Shape::max_rank))
+      detail::fail<ShapeError>("reshape: rank ", dims.size(), " above the maximum ",
+                               Shape::max_rank);
     int infer = -1;
     int64_t known = 1;
     for (size_t i = 0; i < dims.size(); ++i) {
@@ -229,14 +239,15 @@ class Tensor {
         known *= dims[i];
       }
     }
-    std::vector<int64_t> out = dims;
+    std::array<int64_t, Shape::max_rank> out{};
+    std::copy(dims.begin(), dims.end(), out.begin());
     if (infer >= 0) {
       if (known == 0 || numel() % known != 0)
         detail::fail<ShapeError>("reshape: cannot infer -1 for ", shape_, " (", numel(),
                                  " elements)");
       out[static_cast<size_t>(infer)] = numel() / known;
     }
-    Shape s{std::span<const int64_t>(out)};
+    Shape s{std::span<const int64_t>(out.data(), dims.size())};
     if (s.numel() != numel())
       detail::fail<ShapeError>("reshape: ", shape_, " (", numel(), " elements) to ", s, " (",
                                s.numel(), " elements)");

@@ -32,6 +32,16 @@ inline int get_num_threads() {
 inline constexpr int64_t parallel_threshold = 1 << 15;
 
 namespace detail {
+// The calling thread's number in the current parallel region (0 outside one): an index into
+// per-thread scratch buffers.
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 // Runs f(offset, length) over [0, n) in pieces of `chunk` elements, on every thread when n is
 // above parallel_threshold. Each piece is one call on one thread, so what f computes per piece
 // does not depend on the thread count.

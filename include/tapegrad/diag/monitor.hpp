@@ -25,6 +25,16 @@
 //   non_finite  a NaN or Inf in a layer's gradient
 // Normalisation layers (only vectors: gamma, beta) are judged by the thresholds alone: their
 // few parameters have a small norm next to a large output layer's by count, not by vanishing.
+//
+// Transformers: each nn::TransformerEncoderLayer is a block whose attention ("self_attn",
+// "self_attn.out_proj") and feed-forward ("linear1", "linear2") gradient norms are reported
+// together, input side first. Xiong et al. 2020 ("On Layer Normalization in the Transformer
+// Architecture") show that at initialisation a Post-LN Transformer's gradients are largest for
+// the blocks near the output, so that a large learning rate at the start diverges unless it is
+// warmed up, while a Pre-LN one's are about equal across the blocks. Flag:
+//   needs_warmup  Post-LN blocks (norm_first = false) whose last block's gradient norm is above
+//                 warmup_ratio times the first block's; the diagnosis prescribes a learning-rate
+//                 warm-up or Pre-LN (or, after set_warmup(), says the warm-up is on).
 // History is a ring buffer of `history` records: memory stays bounded over any run length, and
 // recording allocates nothing.
 
@@ -73,6 +83,9 @@ struct MonitorOptions {
   int growth_window = 8;              // records examined for steady growth
   double growth_factor = 10;          // growth over the window that counts as exploding
   int64_t history = 1000;             // records kept (a ring buffer)
+  // Post-LN last/first block gradient ratio that calls for a warm-up. Measured at initialisation
+  // (examples/transformer_lm.cpp, 4 layers): Post-LN 1.4, Pre-LN 0.9.
+  double warmup_ratio = 1.2;
 };
 
 struct LayerStatus {
@@ -92,14 +105,25 @@ struct LayerStatus {
   }
 };
 
+// One Transformer block (an nn::TransformerEncoderLayer): gradient L2 norms of its attention and
+// feed-forward parameters, and of both together.
+struct BlockStatus {
+  std::string block;  // its name prefix, e.g. "encoder.layers.0"
+  double attention = 0, feed_forward = 0, norm = 0;
+};
+
 struct GradientFlags {
   int64_t step = -1;  // the step of the latest record, -1 before any
   std::vector<LayerStatus> layers;
   double first_last_ratio = 0;  // first weight layer's norm / last weight layer's norm
   double total_norm = 0;        // L2 norm over all layers (what clip_grad_norm_ sees)
   bool vanishing = false, exploding = false, growing = false, non_finite = false;
+  std::vector<BlockStatus> blocks;  // Transformer blocks, input side first (empty if none)
+  bool post_ln = false;             // the blocks normalise after the residual (norm_first = false)
+  double block_ratio = NAN;         // last block's norm / first block's (NaN without 2 blocks)
+  bool needs_warmup = false;        // Post-LN and block_ratio > warmup_ratio
 
-  bool any() const { return vanishing || exploding || non_finite; }
+  bool any() const { return vanishing || exploding || non_finite || needs_warmup; }
   explicit operator bool() const { return any(); }
 };
 
@@ -115,6 +139,7 @@ class GradientMonitor {
       for (const auto& [prefix, name] : module_names_)
         if (prefix == l.name) l.module = name;
     detect_architecture();
+    find_blocks();
   }
   // Attaches to parameters only (no module names: tell it the activation if you know it).
   explicit GradientMonitor(const std::vector<std::pair<std::string, Parameter<T>>>& named,
@@ -127,6 +152,10 @@ class GradientMonitor {
   void set_activation(Activation a) { activation_ = a; }
   Activation activation() const { return activation_; }
   const MonitorOptions& options() const { return opt_; }
+
+  // Tells the diagnosis that the learning rate is warmed up over the first `steps` steps (0: not),
+  // so that it does not prescribe a warm-up that is already on.
+  void set_warmup(int64_t steps) { warmup_steps_ = steps; }
 
   // Tells the diagnosis which clipping the optimizer applies (read now, not kept in sync), so
   // it does not prescribe what is already on and says what the clipping does to this step.
@@ -212,6 +241,17 @@ class GradientMonitor {
       f.non_finite |= s.non_finite;
       f.layers.push_back(std::move(s));
     }
+    for (const Block& b : blocks_) {
+      BlockStatus s{b.prefix};
+      s.attention = combine_layers(n, b.attention);
+      s.feed_forward = combine_layers(n, b.feed_forward);
+      s.norm = std::hypot(s.attention, s.feed_forward);
+      f.post_ln = f.post_ln || !b.norm_first;
+      f.blocks.push_back(std::move(s));
+    }
+    if (f.blocks.size() >= 2 && f.blocks.front().norm > 0)
+      f.block_ratio = f.blocks.back().norm / f.blocks.front().norm;
+    f.needs_warmup = f.post_ln && !f.non_finite && f.block_ratio > opt_.warmup_ratio;
     return f;
   }
 
@@ -228,10 +268,6 @@ class GradientMonitor {
     wm = std::min<size_t>(wm, 32);
     const bool modules = std::any_of(f.layers.begin(), f.layers.end(),
                                      [](const LayerStatus& s) { return !s.module.empty(); });
-    auto pad = [](std::string s, size_t w) {
-      if (s.size() > w) s = s.substr(0, w - 1) + "~";
-      return s + std::string(w - s.size() + 2, ' ');
-    };
     os << "Gradient L2 norm per layer at step " << f.step
        << " (ratio = layer / last weight layer)\n";
     std::string head = "  " + pad("layer", wl) + (modules ? pad("module", wm) : "") +
@@ -241,15 +277,28 @@ class GradientMonitor {
       os << "  " << pad(s.layer, wl) << (modules ? pad(s.module, wm) : "") << pad(sci(s.norm), 10)
          << pad(sci(s.ratio_to_last), 10) << s.flag() << "\n";
     os << "  total norm " << sci(f.total_norm) << ", first/last ratio " << sci(f.first_last_ratio);
-    if (f.vanishing || f.exploding || f.non_finite) {
+    if (f.any()) {
       os << ":";
       if (f.non_finite) os << " NON-FINITE";
       if (f.exploding) os << (f.growing ? " EXPLODING (growing)" : " EXPLODING");
       if (f.vanishing) os << " VANISHING";
+      if (f.needs_warmup) os << " WARM-UP";
     } else {
       os << ": ok";
     }
     os << "\n";
+    if (!f.blocks.empty()) {
+      os << "Transformer blocks (" << (f.post_ln ? "Post-LN" : "Pre-LN")
+         << "): gradient L2 norm of the attention and feed-forward parameters\n";
+      size_t wb = 5;
+      for (const auto& b : f.blocks) wb = std::max(wb, b.block.size());
+      os << "  " << pad("block", wb) << pad("attention", 10) << pad("feed-fwd", 10) << "both\n";
+      for (const auto& b : f.blocks)
+        os << "  " << pad(b.block, wb) << pad(sci(b.attention), 10) << pad(sci(b.feed_forward), 10)
+           << sci(b.norm) << "\n";
+      os << "  last/first block ratio " << sci(f.block_ratio)
+         << (f.needs_warmup ? ": WARM-UP (Post-LN, larger near the output)" : "") << "\n";
+    }
     return os.str();
   }
 
@@ -324,6 +373,27 @@ class GradientMonitor {
       if (has_residual_) os << "; scale each residual branch's last layer by ~1/sqrt(depth)";
       os << ".\n";
     }
+    if (f.needs_warmup) {
+      os << "Post-LN Transformer whose gradients grow toward the output at step " << f.step
+         << ": the last block's gradient norm is " << sci(f.block_ratio) << " times the first's ("
+         << f.blocks.front().block << " " << sci(f.blocks.front().norm) << ", "
+         << f.blocks.back().block << " " << sci(f.blocks.back().norm) << ").\n"
+         << "  Likely cause: layer normalisation after each residual addition (norm_first = "
+            "false): at initialisation the gradients of the blocks near the output are the "
+            "largest (Xiong et al. 2020), so the first updates at a large learning rate are too "
+            "large for them and training diverges or stalls.\n"
+         << "  Remedies: ";
+      if (warmup_steps_ > 0)
+        os << "(already on: a learning-rate warm-up over " << warmup_steps_
+           << " steps; if the loss still spikes, lengthen it or lower the peak learning rate); ";
+      else
+        os << "a learning-rate warm-up (optim::LinearWarmup, WarmupCosineLR, WarmupInverseSqrtLR: "
+              "from a small fraction to the full rate over the first hundreds to thousands of "
+              "steps); ";
+      os << "Pre-LN blocks (norm_first = true, and a final LayerNorm), whose gradients are about "
+            "equal across the blocks and which train without warm-up; "
+         << clipping_remedy() << ".\n";
+    }
     if (f.vanishing) {
       const auto van = flagged([](const LayerStatus& s) { return s.vanishing; });
       os << "Vanishing gradients at step " << f.step << ": " << van.size() << " of "
@@ -366,6 +436,12 @@ class GradientMonitor {
       for (const auto& s : f.layers) lo = std::min(lo, s.norm), hi = std::max(hi, s.norm);
       os << "No gradient problem seen at step " << f.step << ": layer norms between " << sci(lo)
          << " and " << sci(hi) << ", first/last ratio " << sci(f.first_last_ratio) << ".\n";
+      if (f.blocks.size() >= 2)
+        os << "  Transformer blocks (" << (f.post_ln ? "Post-LN" : "Pre-LN")
+           << "): last/first block gradient ratio " << sci(f.block_ratio)
+           << (f.post_ln ? " (at most " + sci(opt_.warmup_ratio) + ": no warm-up needed yet)"
+                         : " (Pre-LN: no warm-up needed)")
+           << ".\n";
     }
     return os.str();
   }
@@ -448,13 +524,37 @@ class GradientMonitor {
       has_layernorm_ |= s.find("layernorm") != std::string::npos;
       has_residual_ |=
           s.find("residual") != std::string::npos || s.find("basicblock") != std::string::npos ||
-          s.find("preactblock") != std::string::npos || s.find("bottleneck") != std::string::npos;
+          s.find("preactblock") != std::string::npos || s.find("bottleneck") != std::string::npos ||
+          s.find("transformerencoderlayer") != std::string::npos;
     }
     // Saturating activations explain vanishing gradients even when ReLUs appear elsewhere.
     activation_ = sigmoid ? Activation::Sigmoid
                   : tanh  ? Activation::Tanh
                   : relu  ? Activation::ReLU
                           : Activation::Unknown;
+  }
+
+  // The Transformer blocks among the modules, and which layers are their attention and
+  // feed-forward parts (PyTorch's submodule names).
+  void find_blocks() {
+    for (const auto& [prefix, name] : module_names_) {
+      if (name.rfind("TransformerEncoderLayer(", 0) != 0) continue;
+      Block b{prefix, name.find("norm_first=true") != std::string::npos, {}, {}};
+      const std::string head = prefix == "(root)" ? "" : prefix + ".";  // the model itself
+      for (size_t i = 0; i < layers_.size(); ++i) {
+        const std::string& l = layers_[i].name;
+        if (l.rfind(head, 0) != 0) continue;
+        const std::string part = l.substr(head.size());
+        if (part == "self_attn" || part.rfind("self_attn.", 0) == 0) b.attention.push_back(i);
+        if (part == "linear1" || part == "linear2") b.feed_forward.push_back(i);
+      }
+      blocks_.push_back(std::move(b));
+    }
+  }
+  static double combine_layers(std::span<const double> n, const std::vector<size_t>& which) {
+    double s = 0;
+    for (size_t i : which) s += n[i] * n[i];
+    return std::sqrt(s);
   }
 
   static double layer_norm(const Layer& l) {
@@ -525,6 +625,11 @@ class GradientMonitor {
     return (start_ + static_cast<size_t>(k)) % static_cast<size_t>(opt_.history);
   }
 
+  // s cut or padded to w columns, then two spaces.
+  static std::string pad(std::string s, size_t w) {
+    if (s.size() > w) s = s.substr(0, w - 1) + "~";
+    return s + std::string(w - s.size() + 2, ' ');
+  }
   static std::string sci(double x) {
     char buf[32];
     std::snprintf(buf, sizeof buf, "%.2e", x);
@@ -561,6 +666,13 @@ class GradientMonitor {
   std::vector<std::pair<std::string, std::string>> module_names_;  // (prefix, name())
   Activation activation_ = Activation::Unknown;
   bool has_batchnorm_ = false, has_layernorm_ = false, has_residual_ = false;
+  struct Block {
+    std::string prefix;
+    bool norm_first;
+    std::vector<size_t> attention, feed_forward;  // indices into layers_
+  };
+  std::vector<Block> blocks_;
+  int64_t warmup_steps_ = 0;
   size_t first_weight_ = 0, last_weight_ = 0;  // indices of the first and last weight layers
   double clip_max_norm_ = NAN, clip_norm_type_ = 2.0, clip_value_ = NAN;  // NaN: not clipping
   std::vector<double> norms_;  // history x layers, a ring buffer

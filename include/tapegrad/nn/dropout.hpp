@@ -35,10 +35,17 @@ class Dropout : public Module<T> {
 
   Var<T> forward(const Var<T>& x) override {
     // summary() sees the identity and leaves the counter alone: calling it changes no mask.
-    if (!this->is_training() || p_ == 0.0 || detail::summary_rows != nullptr) return x;
-    Generator g(seed_ + calls_++);
+    if (!active()) return x;
+    Generator g = next_generator();
     return dropout(x, p_, true, g);
   }
+  // Whether a call now drops anything: training, p > 0 and not inside summary().
+  bool active() const {
+    return this->is_training() && p_ != 0.0 && detail::summary_rows == nullptr;
+  }
+  // The Generator of the next call, counted as one: for a layer that applies this dropout inside
+  // a fused op (MultiheadAttention drops attention weights inside its attention kernel).
+  Generator next_generator() { return Generator(seed_ + calls_++); }
   std::string name() const override {
     std::ostringstream os;
     os << "Dropout(p=" << p_ << ")";

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <numbers>
 #include <type_traits>
 
@@ -251,6 +252,9 @@ Var<T> gelu(const Var<T>& x, GeluApproximation approximate = GeluApproximation::
 
 // softmax(x, dim)_i = exp(x_i - m) / sum_j exp(x_j - m), m = max_j x_j (the shift changes
 // nothing mathematically and keeps exp <= 1);  dx = y * (g - sum_j g_j y_j).
+// A slice that is -inf throughout (a fully masked row of attention scores, see
+// ops/masking.hpp) gives zeros and passes no gradient, where PyTorch gives NaN: a query that
+// may attend to nothing contributes nothing instead of poisoning the whole step.
 // Along the last dim each row is contiguous and is processed as one vectorised 1-D array (a
 // whole-matrix expression broadcasting the row maxima would fall back to scalar exp).
 // Along another dim each [n, inner] block is reduced column-wise.
@@ -290,17 +294,25 @@ Var<T> softmax(const Var<T>& x, int dim = -1) {
     if (l.inner == 1) {
       const detail::ConstVectorMap<T> xr(x.value().data() + off, l.n);
       detail::VectorMap<T> yr(y.value().data() + off, l.n);
-      yr = (xr - xr.maxCoeff()).exp();
+      const T m = xr.maxCoeff();
+      if (m == -std::numeric_limits<T>::infinity()) {  // fully masked
+        yr.setZero();
+        continue;
+      }
+      yr = (xr - m).exp();
       yr *= T(1) / yr.sum();
       continue;
     }
     const auto X = detail::ConstRowMajorMap<T>(x.value().data() + off, l.n, l.inner).array();
     auto Y = detail::RowMajorMap<T>(y.value().data() + off, l.n, l.inner).array();
     detail::RowVectorMap<T> S(s.data(), l.inner);
-    S = X.colwise().maxCoeff();
+    // A fully masked column (maximum -inf) is shifted by 0: its exps are 0, its sum 0, and the
+    // division below leaves it 0.
+    S = X.colwise().maxCoeff().unaryExpr(
+        [](T v) { return v == -std::numeric_limits<T>::infinity() ? T(0) : v; });
     Y = (X.rowwise() - S).exp();
-    S = Y.colwise().sum();
-    Y.rowwise() /= S;
+    S = Y.colwise().sum().unaryExpr([](T v) { return v > T(0) ? T(1) / v : T(0); });
+    Y.rowwise() *= S;
   }
   return y;
 }

@@ -8,11 +8,20 @@
 //   slice(x, dim, start, end)             x.narrow(dim, start, end - start), i.e. Python's
 //                                         x[..., start:end] along dim (negative start/end count
 //                                         from the end); ShapeError when out of range.
+//   split(x, size or {sizes}, dim=0)      torch.split: consecutive slices along dim of `size`
+//                                         elements (the last one shorter) or of the given sizes.
+//   permute(x, {dims})                    torch.permute: output dim i is input dim dims[i]. A copy
+//                                         (tensors are contiguous), one pass.
+//   transpose(x, dim0, dim1)              torch.transpose: permute swapping two dims
+//                                         (transpose(x) in linalg.hpp is the 2-D x.t()).
 // Backward: reshape/flatten pass the gradient through; concat hands each input its block of
-// the gradient; slice adds the gradient into the sliced block of a zeroed buffer.
+// the gradient; slice adds the gradient into the sliced block of a zeroed buffer; permute copies
+// the gradient back through the inverse permutation.
 // Along dim, a tensor is seen as [outer, size * inner] (row-major), so that concat and slice
 // copy blocks of columns of a matrix with Eigen.
 
+#include <algorithm>
+#include <array>
 #include <initializer_list>
 #include <span>
 #include <vector>
@@ -30,17 +39,21 @@ void pass_through_backward(OpContext<T>& c) {
 }  // namespace detail
 
 template <class T>
-Var<T> reshape(const Var<T>& x, const std::vector<int64_t>& dims) {
+Var<T> reshape(const Var<T>& x, std::span<const int64_t> dims) {
   const Tensor<T> view = x.value().reshape(dims);  // "reshape: [2,3] (6 elements) to ..."
   return x.tape().record_view("reshape", view, {x}, &detail::pass_through_backward<T>, Reads::none);
 }
 template <class T>
+Var<T> reshape(const Var<T>& x, const std::vector<int64_t>& dims) {
+  return reshape(x, std::span<const int64_t>(dims));
+}
+template <class T>
 Var<T> reshape(const Var<T>& x, std::initializer_list<int64_t> dims) {
-  return reshape(x, std::vector<int64_t>(dims));
+  return reshape(x, std::span<const int64_t>(dims.begin(), dims.size()));
 }
 template <class T>
 Var<T> reshape(const Var<T>& x, const Shape& shape) {
-  return reshape(x, std::vector<int64_t>(shape.dims().begin(), shape.dims().end()));
+  return reshape(x, shape.dims());
 }
 
 template <class T>
@@ -157,6 +170,131 @@ Var<T> slice(const Var<T>& x, int64_t dim, int64_t start, int64_t end) {
   y.value().matrix(in.outer, (b - a) * in.inner) =
       x.value().matrix(in.outer, n * in.inner).middleCols(a * in.inner, (b - a) * in.inner);
   return y;
+}
+
+template <class T>
+std::vector<Var<T>> split(const Var<T>& x, const std::vector<int64_t>& sizes, int64_t dim = 0) {
+  const Shape s = x.shape();
+  if (s.rank() == 0) detail::fail<ShapeError>("split: cannot split a 0-d tensor (shape [])");
+  const int d = detail::normalize_dim("split", s, dim);
+  int64_t total = 0;
+  for (int64_t n : sizes) {
+    if (n < 0) detail::fail<ShapeError>("split: negative size ", n, " for shape ", s);
+    total += n;
+  }
+  if (total != s[d])
+    detail::fail<ShapeError>("split: sizes add up to ", total, " but dim ", dim, " of shape ", s,
+                             " has ", s[d]);
+  std::vector<Var<T>> out;
+  int64_t start = 0;
+  for (int64_t n : sizes) {
+    out.push_back(slice(x, d, start, start + n));
+    start += n;
+  }
+  return out;
+}
+
+template <class T>
+std::vector<Var<T>> split(const Var<T>& x, int64_t split_size, int64_t dim = 0) {
+  const Shape s = x.shape();
+  if (s.rank() == 0) detail::fail<ShapeError>("split: cannot split a 0-d tensor (shape [])");
+  const int64_t n = s[detail::normalize_dim("split", s, dim)];
+  if (split_size <= 0 && n > 0)
+    detail::fail<ShapeError>("split: split_size must be positive, got ", split_size);
+  std::vector<int64_t> sizes;
+  for (int64_t start = 0; start < n; start += split_size)
+    sizes.push_back(std::min(split_size, n - start));
+  if (sizes.empty()) sizes.push_back(0);  // torch: one empty piece
+  return split(x, sizes, dim);
+}
+
+namespace detail {
+
+// Walks the permuted shape (output dim i is input dim dims[i]) in row-major order, one row of
+// its last dim at a time: f(out_offset, in_offset, n, in_step) for the n elements at out_offset,
+// out_offset + 1, ... which sit at in_offset, in_offset + in_step, ... in the input.
+template <class F>
+void for_each_permuted_row(const Shape& in_shape, const std::vector<int64_t>& dims, F&& f) {
+  const int r = in_shape.rank();
+  if (r == 0) return f(int64_t{0}, int64_t{0}, int64_t{1}, int64_t{1});
+  std::array<int64_t, Shape::max_rank> in_stride{}, size{}, stride{}, idx{};
+  int64_t st = 1;
+  for (int i = r - 1; i >= 0; --i) in_stride[static_cast<size_t>(i)] = st, st *= in_shape[i];
+  int64_t total = 1;
+  for (int i = 0; i < r; ++i) {
+    const auto u = static_cast<size_t>(i), d = static_cast<size_t>(dims[u]);
+    size[u] = in_shape[static_cast<int>(d)];
+    stride[u] = in_stride[d];
+    total *= size[u];
+  }
+  const int64_t n = size[static_cast<size_t>(r - 1)], step = stride[static_cast<size_t>(r - 1)];
+  int64_t off = 0;
+  for (int64_t o = 0; o < total; o += n) {
+    f(o, off, n, step);
+    for (int d = r - 2; d >= 0; --d) {  // odometer over the output dims above the last
+      const auto u = static_cast<size_t>(d);
+      off += stride[u];
+      if (++idx[u] < size[u]) break;
+      off -= stride[u] * size[u];
+      idx[u] = 0;
+    }
+  }
+}
+
+}  // namespace detail
+
+template <class T>
+Var<T> permute(const Var<T>& x, const std::vector<int64_t>& dims) {
+  const Shape s = x.shape();
+  if (static_cast<int>(dims.size()) != s.rank())
+    detail::fail<ShapeError>("permute: ", dims.size(), " dims given for shape ", s, " (rank ",
+                             s.rank(), ")");
+  std::array<bool, Shape::max_rank> seen{};
+  Shape out = s;
+  for (size_t i = 0; i < dims.size(); ++i) {
+    const int d = detail::normalize_dim("permute", s, dims[i]);
+    if (seen[static_cast<size_t>(d)])
+      detail::fail<ShapeError>("permute: dim ", dims[i], " repeated for shape ", s);
+    seen[static_cast<size_t>(d)] = true;
+    out[static_cast<int>(i)] = s[d];
+  }
+  Var<T> y = x.tape().record(
+      "permute", out, {x},
+      [](OpContext<T>& c) {
+        bool assign = false;  // a bijection: every input gradient element is written once
+        T* gx = c.grad_in_uninitialized(0, assign).data();
+        const T* g = c.grad_out().data();
+        detail::for_each_permuted_row(c.input(0).shape(), c.node().ints,
+                                      [&](int64_t o, int64_t i, int64_t n, int64_t step) {
+                                        if (assign)
+                                          for (int64_t j = 0; j < n; ++j)
+                                            gx[i + j * step] = g[o + j];
+                                        else
+                                          for (int64_t j = 0; j < n; ++j)
+                                            gx[i + j * step] += g[o + j];
+                                      });
+      },
+      Reads::none);            // the input's shape only
+  auto& ints = y.node().ints;  // the permutation, normalised
+  ints.resize(dims.size());
+  for (size_t i = 0; i < dims.size(); ++i) ints[i] = detail::normalize_dim("permute", s, dims[i]);
+  const T* xv = x.value().data();
+  T* yv = y.value().data();
+  detail::for_each_permuted_row(s, ints, [&](int64_t o, int64_t i, int64_t n, int64_t step) {
+    for (int64_t j = 0; j < n; ++j) yv[o + j] = xv[i + j * step];
+  });
+  return y;
+}
+
+template <class T>
+Var<T> transpose(const Var<T>& x, int64_t dim0, int64_t dim1) {
+  const Shape s = x.shape();
+  const int a = detail::normalize_dim("transpose", s, dim0);
+  const int b = detail::normalize_dim("transpose", s, dim1);
+  std::vector<int64_t> dims(static_cast<size_t>(s.rank()));
+  for (int i = 0; i < s.rank(); ++i) dims[static_cast<size_t>(i)] = i;
+  std::swap(dims[static_cast<size_t>(a)], dims[static_cast<size_t>(b)]);
+  return permute(x, dims);
 }
 
 }  // namespace tapegrad

@@ -11,6 +11,11 @@
 //   SequentialLR(schedulers, milestones): scheduler k for milestone_{k−1} ≤ e < milestone_k,
 //                                        run on the epoch counted from its milestone (PyTorch's
 //                                        SequentialLR); WarmupCosineLR is warm-up then cosine.
+//   WarmupInverseSqrtLR(warmup_steps, start_factor = 1/warmup_steps):
+//                                        linear warm-up as LinearWarmup up to e = warmup_steps,
+//                                        then lr = base · √(warmup_steps / e) (the Transformer's
+//                                        schedule, Vaswani et al. 2017, normalised to peak at
+//                                        base; fairseq's inverse_sqrt)
 //
 // Like PyTorch, constructing a scheduler sets epoch 0's lr; call step() once per epoch (or per
 // iteration, for warm-up), after optimizer.step(). set_epoch(e) resumes at epoch e.
@@ -168,6 +173,33 @@ class WarmupCosineLR : public SequentialLR<T> {
                         {std::make_shared<LinearWarmup<T>>(opt, warmup_steps, start_factor),
                          std::make_shared<CosineAnnealingLR<T>>(opt, T_max, eta_min)},
                         {warmup_steps}) {}
+};
+
+// Linear warm-up from start_factor·base to base over warmup_steps, then decay as 1/√e.
+template <class T>
+class WarmupInverseSqrtLR : public LRScheduler<T> {
+ public:
+  WarmupInverseSqrtLR(Optimizer<T>& opt, int64_t warmup_steps, double start_factor = 0)
+      : LRScheduler<T>(opt),
+        steps_(warmup_steps),
+        start_(start_factor > 0 || warmup_steps < 1 ? start_factor : 1.0 / double(warmup_steps)) {
+    if (warmup_steps < 1)
+      tapegrad::detail::fail<ValueError>("WarmupInverseSqrtLR: warmup_steps must be >= 1, got ",
+                                         warmup_steps);
+    if (!(start_factor >= 0 && start_factor <= 1))
+      tapegrad::detail::fail<ValueError>(
+          "WarmupInverseSqrtLR: need 0 <= start_factor <= 1 (0: 1/warmup_steps), got ",
+          start_factor);
+    this->apply();
+  }
+  double lr_at(double base, int64_t e) const override {
+    if (e < steps_) return base * (start_ + (1 - start_) * double(e) / double(steps_));
+    return base * std::sqrt(double(steps_) / double(e));
+  }
+
+ private:
+  int64_t steps_;
+  double start_;
 };
 
 }  // namespace tapegrad::optim
