@@ -4,7 +4,9 @@
 set -euo pipefail
 
 # libopenblas-dev: the release-blas preset (TAPEGRAD_USE_BLAS=ON) links the system BLAS.
-PACKAGES="g++ cmake make libeigen3-dev googletest libgtest-dev libbenchmark-dev zlib1g-dev libopenblas-dev dataset-fashion-mnist"
+# libopenmpi-dev, openmpi-bin: tapegrad::distributed (data-parallel training over MPI), its tests
+# (run under mpirun) and examples.
+PACKAGES="g++ cmake make libeigen3-dev googletest libgtest-dev libbenchmark-dev zlib1g-dev libopenblas-dev libopenmpi-dev openmpi-bin dataset-fashion-mnist"
 
 missing=()
 for pkg in $PACKAGES; do
