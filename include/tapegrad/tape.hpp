@@ -34,7 +34,11 @@
 // averaging a group of gradients across processes while the sweep goes on. A parameter's
 // gradient is final when the sweep passes the parameter's first leaf of the recording, since
 // every node that consumes it was recorded after it; parameters' gradients are never lent by
-// the pool, so the listener may read them from then on. Without a listener this costs nothing.
+// the pool, so the listener may read them from then on. A checkpointed segment (a closure op)
+// adds into the gradients of the parameters inside it when the sweep reaches it: leaves
+// recorded after the first such op are reported once the sweep has passed it, and parameters
+// used only inside segments are not reported (the listener treats them at sweep_done()).
+// Without a listener this costs nothing.
 
 #include <algorithm>
 #include <array>
@@ -255,7 +259,8 @@ class Tape {
       n.grad = p.grad_buffer();
       n.is_param = true;
       n.param = p;
-      n.first_leaf = p.enter_recording(generation_);
+      // A scratch tape never has a listener: its leaves leave the parameter's recording alone.
+      if (!nested_) n.first_leaf = p.enter_recording(generation_);
     }
     return v;
   }
@@ -365,6 +370,7 @@ class Tape {
     generation_ = detail::new_recording_id();
     swept_any_ = false;
     listener_ = nullptr;
+    first_closure_ = -1;
   }
   size_t size() const { return size_; }
 
@@ -475,6 +481,7 @@ class Tape {
       if (track && reads_inputs(reads)) mark_read(in.id_);
     }
     if (track && reads_output(reads)) mark_read(id);
+    if (track && always_track && first_closure_ < 0) first_closure_ = id;
     return Var<T>(this, id, generation_);
   }
 
@@ -596,16 +603,25 @@ class Tape {
         o.grad.array() += T(1);
     }
     o.grad_ready = true;
+    // With a listener, leaves recorded after the first closure op (a checkpointed segment, which
+    // may add into any parameter's gradient) are reported once the sweep has passed it.
+    const size_t held =
+        listener_ && first_closure_ >= 0 && static_cast<size_t>(first_closure_) <= last
+            ? static_cast<size_t>(first_closure_)
+            : SIZE_MAX;
     for (size_t i = last + 1; i-- > 0;) {
       Node<T>& n = nodes_[i];
       if (!n.grad_ready || n.backward == nullptr) {
-        if (n.first_leaf && listener_) listener_->gradient_ready(n.param);
-        continue;
+        if (n.first_leaf && listener_ && i < held) listener_->gradient_ready(n.param);
+      } else {
+        OpContext<T> c(*this, n);
+        n.backward(c);
+        n.swept = !retain_graph;
+        if (n.pooled) give_back(n);  // its backward was its last reader
       }
-      OpContext<T> c(*this, n);
-      n.backward(c);
-      n.swept = !retain_graph;
-      if (n.pooled) give_back(n);  // its backward was its last reader
+      if (i == held)
+        for (size_t j = held + 1; j <= last; ++j)
+          if (nodes_[j].first_leaf) listener_->gradient_ready(nodes_[j].param);
     }
     swept_any_ = swept_any_ || !retain_graph;
     if (listener_) listener_->sweep_done();
@@ -637,6 +653,7 @@ class Tape {
   std::unique_ptr<Tape> scratch_;     // where checkpointed segments run (ops/checkpoint.hpp)
   bool nested_ = false;               // this is another tape's scratch
   SweepListener<T>* listener_ = nullptr;
+  int32_t first_closure_ = -1;  // the first op recorded by record_closure (tracked), or -1
 };
 
 // What a backward function sees: its node's output, its output gradient, its inputs, and the

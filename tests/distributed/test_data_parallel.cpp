@@ -82,7 +82,8 @@ std::unique_ptr<Opt> adam(Model& m) {
 // 5 steps of the reference on whole batches and of DDP on this rank's half; every step's
 // pre-clip gradient norm must agree too (the optimizer sees the averaged gradient).
 void check_equivalence(const MakeModel& make, const MakeOpt& make_opt, const tg::Shape& sample,
-                       int64_t classes, bool sync_bn, dist::DDPOptions ddp_options, bool attach) {
+                       int64_t classes, bool sync_bn, dist::DDPOptions ddp_options, bool attach,
+                       size_t checkpoint_every = 0) {
   auto ref = make(1);
   auto ref_opt = make_opt(*ref);
   auto model = make(rank() == 0 ? 1 : 77);  // rank 1 starts elsewhere: the broadcast fixes it
@@ -92,6 +93,7 @@ void check_equivalence(const MakeModel& make, const MakeOpt& make_opt, const tg:
   if (sync_bn) {
     EXPECT_EQ(dist::convert_sync_batchnorm(*model, world()), 6);
   }
+  model->checkpoint_every(checkpoint_every);  // activation checkpoints on the DDP side only
   dist::DistributedDataParallel<double> ddp(model, world(), ddp_options);
   EXPECT_EQ(max_abs_diff(ref->parameters(), model->parameters()), 0.0);
   auto opt = make_opt(*model);
@@ -152,6 +154,17 @@ TEST(DistributedDataParallel, CnnSyncBatchNormAdamMatchesOneProcess) {
                     {.bucket_cap_mb = 1e-3, .first_bucket_cap_mb = 1e-3}, false);
 }
 
+// Activation checkpoints: the parameters inside a segment get their gradients when the sweep
+// reruns it; their buckets start then or at the end of the sweep, never before.
+TEST(DistributedDataParallel, MlpCheckpointedMatchesOneProcess) {
+  check_equivalence(mlp, sgd_momentum, kVector, 4, false,
+                    {.bucket_cap_mb = 1e-4, .first_bucket_cap_mb = 1e-4}, true, 2);
+}
+TEST(DistributedDataParallel, CnnSyncBatchNormCheckpointedMatchesOneProcess) {
+  check_equivalence(cnn, adam, kImage, 3, true,
+                    {.bucket_cap_mb = 1e-4, .first_bucket_cap_mb = 1e-4}, true, 3);
+}
+
 // Buckets: reverse registration order; the first closes at first_bucket_cap_mb, the others at
 // bucket_cap_mb, each once it holds at least that much.
 TEST(DistributedDataParallel, BucketAssignment) {
@@ -196,10 +209,13 @@ const dist::DistributedDataParallel<double>* probe_ddp = nullptr;
 class Probe : public nn::Module<double> {
  public:
   tg::Var<double> forward(const tg::Var<double>& x) override {
-    auto y = x.tape().record("probe", x.shape(), {x}, [](tg::OpContext<double>& c) {
-      probe_seen = probe_ddp->stats().buckets_launched;
-      c.add_grad(0, c.grad_out().array());
-    });
+    auto y = x.tape().record(
+        "probe", x.shape(), {x},
+        [](tg::OpContext<double>& c) {
+          probe_seen = probe_ddp->stats().buckets_launched;
+          c.add_grad(0, c.grad_out().array());
+        },
+        tg::Reads::none);
     y.value().copy_(x.value());
     return y;
   }
