@@ -7,7 +7,7 @@ DEMO_ARGS ?= --out vanishing_out
 JOBS ?= 2
 MAKEFLAGS += --no-print-directory
 
-.PHONY: all deps demo test test-blas test-sanitize bench compare format clean
+.PHONY: all deps demo test test-blas test-sanitize bench bench-ddp compare format clean
 
 all: test
 
@@ -39,8 +39,13 @@ bench: deps
 	cmake --preset release
 	cmake --build --preset release -j$(JOBS)
 	@for b in build/release/benchmarks/bench_*; do \
+	  case "$$b" in *bench_ddp) continue ;; esac; \
 	  if [ -x "$$b" ]; then echo "== $$b"; "$$b" || exit 1; fi; \
 	done
+
+# Data-parallel training over MPI: 1 rank, 2 ranks, 1 process x 2 threads (benchmarks/ddp.sh).
+bench-ddp: deps
+	bash benchmarks/ddp.sh
 
 # tapegrad against the LibTorch peer: table of ratios (benchmarks/compare.sh --help).
 compare: deps

@@ -1,8 +1,11 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <memory>
 #include <numeric>
 #include <set>
+#include <span>
+#include <string>
 #include <vector>
 
 #include "tapegrad/io/dataloader.hpp"
@@ -158,6 +161,79 @@ TEST(DataLoader, BadArguments) {
       tg::ValueError);
   io::DataLoader<float> l(toy.images, toy.labels, 2);
   EXPECT_THROW(l.load(3), tg::ValueError);
+}
+
+}  // namespace
+
+// ---- a Sampler decides each epoch's order ----
+namespace {
+
+// Epoch e visits e, e+1, ... (mod n), then 0 again: repeats and omissions are allowed.
+struct Rotate : io::Sampler {
+  Rotate(int64_t n, int64_t count) : n(n), count(count) {}
+  int64_t size() const override { return count; }
+  void indices(int64_t epoch, std::span<int64_t> out) const override {
+    seen_epochs.push_back(epoch);
+    for (size_t k = 0; k < out.size(); ++k) out[k] = (epoch + int64_t(k)) % n;
+    out[out.size() - 1] = 0;
+  }
+  int64_t n, count;
+  mutable std::vector<int64_t> seen_epochs;
+};
+
+TEST(DataLoader, SamplerGivesTheOrderOfEachEpoch) {
+  const Toy t = make_toy(6);
+  auto s = std::make_shared<Rotate>(6, 5);
+  io::DataLoader<float> loader(t.images, t.labels, io::DataLoaderOptions(2), s);
+  EXPECT_EQ(loader.num_samples(), 6);
+  EXPECT_EQ(loader.epoch_samples(), 5);
+  EXPECT_EQ(loader.size(), 3);  // 2 + 2 + 1
+  EXPECT_EQ(epoch_labels(loader), (std::vector<std::vector<int64_t>>{{0, 1}, {2, 3}, {0}}));
+  EXPECT_EQ(epoch_labels(loader), (std::vector<std::vector<int64_t>>{{1, 2}, {3, 4}, {0}}));
+  loader.set_epoch(4);  // replay: the loader passes its epoch
+  EXPECT_EQ(epoch_labels(loader), (std::vector<std::vector<int64_t>>{{4, 5}, {0, 1}, {0}}));
+  EXPECT_EQ(s->seen_epochs, (std::vector<int64_t>{0, 1, 4}));
+  // The images follow the indices.
+  loader.set_epoch(1);
+  const auto& b = *loader.begin();
+  EXPECT_EQ(b.images[0], 10.0f);
+  EXPECT_EQ(b.images[6], 20.0f);
+  io::DataLoader<float> dropping(t.images, t.labels, io::DataLoaderOptions(2).drop_last(true), s);
+  EXPECT_EQ(dropping.size(), 2);
+}
+
+struct OutOfRange : io::Sampler {
+  int64_t size() const override { return 2; }
+  void indices(int64_t, std::span<int64_t> out) const override {
+    out[0] = 1;
+    out[1] = 6;
+  }
+};
+
+TEST(DataLoader, SamplerErrors) {
+  const Toy t = make_toy(6);
+  EXPECT_THROW(io::DataLoader<float>(t.images, t.labels, io::DataLoaderOptions(2).shuffle(true),
+                                     std::make_shared<Rotate>(6, 3)),
+               tg::ValueError);
+  io::DataLoader<float> bad(t.images, t.labels, io::DataLoaderOptions(2),
+                            std::make_shared<OutOfRange>());
+  try {
+    bad.begin();
+    ADD_FAILURE() << "no error";
+  } catch (const tg::ValueError& e) {
+    EXPECT_NE(std::string(e.what()).find("the sampler gave index 6"), std::string::npos);
+  }
+}
+
+// epoch_permutation is the order of a shuffling loader.
+TEST(DataLoader, EpochPermutationIsTheShuffledOrder) {
+  const Toy t = make_toy(20);
+  io::DataLoader<float> loader(t.images, t.labels, io::DataLoaderOptions(20).shuffle(true).seed(4));
+  loader.set_epoch(2);
+  const auto labels = loader.begin()->labels;
+  std::vector<int64_t> perm(20);
+  io::epoch_permutation(4, 2, perm);
+  EXPECT_EQ(labels, perm);
 }
 
 }  // namespace

@@ -5,6 +5,8 @@
 #include <gtest/gtest.h>
 
 #include <memory>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "tapegrad/tapegrad.hpp"
@@ -173,6 +175,43 @@ TEST(Checkpoint, BatchNormStatisticsMoveOncePerStep) {
   EXPECT_EQ(model->at<nn::BatchNorm2d<double>>(1).num_batches_tracked.item(), 3.0);
   const auto a = plain->parameters(), b = model->parameters();
   for (size_t k = 0; k < a.size(); ++k) EXPECT_TRUE(same_bits(a[k].grad(), b[k].grad())) << k;
+}
+
+// A SweepListener (DistributedDataParallel's hook) hears a parameter's gradient only once it is
+// final: a parameter used inside a segment and again after it is reported once the sweep has
+// run the segment's backward; one used only inside a segment is not reported (the listener
+// takes it at sweep_done); one used only before the first segment as without checkpoints.
+struct Listener : tg::SweepListener<double> {
+  std::vector<std::pair<const void*, const char*>> names;
+  std::vector<std::pair<std::string, double>> events;  // name, gradient when reported
+  void gradient_ready(const tg::Parameter<double>& p) override {
+    for (const auto& [k, n] : names)
+      if (k == p.key()) events.emplace_back(n, p.grad()[0]);
+  }
+  void sweep_done() override { events.emplace_back("done", 0.0); }
+};
+
+TEST(Checkpoint, ListenerHearsGradientsOnceFinal) {
+  tg::Parameter<double> a(TD::from({2.0})), w(TD::from({3.0})), v(TD::from({5.0}));
+  Listener r;
+  r.names = {{a.key(), "a"}, {w.key(), "w"}, {v.key(), "v"}};
+  tg::Tape<double> tape;
+  tape.set_listener(&r);
+  auto x = tape.constant(TD::from({1.0}));
+  auto h = x * tape.param(a);  // a: before the segment
+  auto y = tg::checkpoint(
+      [&](const tg::Var<double>& z) {
+        tg::Tape<double>& t = z.tape();
+        return z * t.param(w) * t.param(v);  // w and v inside the segment
+      },
+      h);
+  auto loss = y * tape.param(w);  // w again, after it: loss = a x w^2 v
+  tape.backward(loss);
+  // d/dw = 2 a x w v = 60 (both uses), d/da = x w^2 v = 45; v is left to sweep_done.
+  const std::vector<std::pair<std::string, double>> expected{
+      {"w", 60.0}, {"a", 45.0}, {"done", 0.0}};
+  EXPECT_EQ(r.events, expected);
+  EXPECT_DOUBLE_EQ(v.grad()[0], 2.0 * 3.0 * 3.0);
 }
 
 }  // namespace

@@ -423,3 +423,88 @@ TEST(LayerNormOp, Errors) {
 }
 
 }  // namespace
+
+// ---------------------------------------------------------------- batch_norm over processes
+
+namespace {
+
+// Stands in for k processes holding the same batch: every sum is k times this one's.
+struct Replicas : tg::BatchStatsReducer {
+  explicit Replicas(int k) : k(k) {}
+  void sum(double* v, int64_t n) const override {
+    ++calls;
+    for (int64_t i = 0; i < n; ++i) v[i] *= k;
+  }
+  int k;
+  mutable int calls = 0;
+};
+
+// k copies of x stacked along dim 0.
+TD stack_copies(const TD& x, int k) {
+  tg::Shape s = x.shape();
+  s[0] *= k;
+  TD out(s);
+  for (int r = 0; r < k; ++r) std::copy(x.data(), x.data() + x.numel(), out.data() + r * x.numel());
+  return out;
+}
+
+// With a reducer, batch_norm on x is batch_norm on the union of the processes' batches (here
+// k = 3 copies of x): the output and dx are the whole batch's first rows, dγ and dβ this
+// process's share (a third), the running statistics use the count over all of them.
+void check_reduced(const tg::Shape& s) {
+  const int k = 3;
+  const int64_t C = s[1];
+  const TD x = sample(s, 11, -1, 3), dy = sample(s, 12);
+  const TD gamma = sample({C}, 13, 0.5, 1.5), beta = sample({C}, 14);
+  const Replicas reducer(k);
+  auto run = [&](const TD& input, const TD& seed, const tg::BatchStatsReducer* r, TD rm, TD rv) {
+    tg::Tape<double> tape;
+    auto xi = tape.input(input), g = tape.input(gamma), b = tape.input(beta);
+    auto y = tg::batch_norm(xi, g, b, rm, rv, true, 0.1, 1e-5, TD(), r);
+    tape.backward(y, seed);
+    return std::vector<TD>{
+        y.value().clone(), xi.grad().clone(), g.grad().clone(), b.grad().clone(), rm, rv};
+  };
+  const auto got = run(x, dy, &reducer, TD::zeros({C}), TD::ones({C}));
+  EXPECT_EQ(reducer.calls, 3);  // Σx and count, Σ(x − μ)², the backward's two sums
+  const auto all =
+      run(stack_copies(x, k), stack_copies(dy, k), nullptr, TD::zeros({C}), TD::ones({C}));
+  auto first_rows = [&](const TD& t) {
+    TD out(s);
+    std::copy(t.data(), t.data() + out.numel(), out.data());
+    return out;
+  };
+  EXPECT_TRUE(tg::allclose(got[0], first_rows(all[0]), 0, 1e-12));
+  EXPECT_TRUE(tg::allclose(got[1], first_rows(all[1]), 0, 1e-12));
+  for (int64_t c = 0; c < C; ++c) {
+    EXPECT_NEAR(got[2][c] * k, all[2][c], 1e-11);
+    EXPECT_NEAR(got[3][c] * k, all[3][c], 1e-11);
+    EXPECT_NEAR(got[4][c], all[4][c], 1e-12);  // running mean
+    EXPECT_NEAR(got[5][c], all[5][c], 1e-12);  // running var, unbiased with k·n values
+  }
+  // In eval mode the reducer is not used.
+  Replicas unused(k);
+  tg::Tape<double> tape;
+  tg::batch_norm(tape.input(x), VD{}, VD{}, TD::zeros({C}), TD::ones({C}), false, 0.1, 1e-5, TD(),
+                 &unused);
+  EXPECT_EQ(unused.calls, 0);
+}
+
+TEST(BatchNormOp, ReducedStatisticsImages) { check_reduced({4, 3, 2, 5}); }
+TEST(BatchNormOp, ReducedStatisticsVectors) { check_reduced({5, 70}); }
+
+// One value per channel here, but three over the processes: allowed; one over all: refused.
+TEST(BatchNormOp, ReducedStatisticsCountOverAllProcesses) {
+  tg::Tape<double> tape;
+  const Replicas three(3), one(1);
+  EXPECT_NO_THROW(tg::batch_norm(tape.input(sample({1, 2}, 1)), VD{}, VD{}, TD(), TD(), true, 0.1,
+                                 1e-5, TD(), &three));
+  expect_error_containing<tg::ValueError>(
+      [&] {
+        tg::batch_norm(tape.input(sample({1, 2}, 1)), VD{}, VD{}, TD(), TD(), true, 0.1, 1e-5, TD(),
+                       &one);
+      },
+      {"Expected more than 1 value per channel when training", "over all processes"});
+}
+
+}  // namespace

@@ -349,3 +349,31 @@ TEST(OptimState, LoadValidatesNamesAndShapesAndChangesNothingOnError) {
   adam.load_state_dict({});
   EXPECT_TRUE(adam.state_dict().empty());
 }
+
+// add_pre_step_hook: the hooks run first, in order, and what they do to the gradients is what
+// the pipeline (non-finite check, clipping norm, update) sees; a throwing hook changes nothing.
+TEST(OptimPreStepHook, RunsFirstInOrderAndItsGradientsAreUsed) {
+  tg::Parameter<double> p(tg::Tensor<double>::from({1.0, 2.0}));
+  tg::optim::SGD<double> opt(std::vector<tg::Parameter<double>>{p}, {.lr = 0.5});
+  opt.set_nonfinite_policy(tg::optim::NonFinitePolicy::raise);
+  p.grad().fill_(NAN);  // would raise, but the hooks replace it first
+  std::vector<int> order;
+  opt.add_pre_step_hook([&] {
+    order.push_back(1);
+    p.grad()[0] = 3.0;
+    p.grad()[1] = 4.0;
+  });
+  opt.add_pre_step_hook([&] { order.push_back(2); });
+  EXPECT_EQ(opt.num_pre_step_hooks(), 2u);
+  const double norm = opt.step();
+  EXPECT_EQ(order, (std::vector<int>{1, 2}));
+  EXPECT_DOUBLE_EQ(norm, 5.0);  // the norm of the hook's gradient
+  EXPECT_DOUBLE_EQ(p.value()[0], 1.0 - 0.5 * 3.0);
+  EXPECT_DOUBLE_EQ(p.value()[1], 2.0 - 0.5 * 4.0);
+  tg::optim::SGD<double> other(std::vector<tg::Parameter<double>>{p}, {.lr = 0.5});
+  other.add_pre_step_hook([] { throw tg::ValueError("hook failed"); });
+  const double before = p.value()[0];
+  EXPECT_THROW(other.step(), tg::ValueError);
+  EXPECT_EQ(p.value()[0], before);
+  EXPECT_THROW(other.add_pre_step_hook(nullptr), tg::ValueError);
+}

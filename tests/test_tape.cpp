@@ -1,6 +1,12 @@
 // The tape's own mechanics, with two small ops defined here so the test depends on no op file.
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <functional>
+#include <string>
+#include <utility>
+#include <vector>
+
 #include "tapegrad/diag/gradcheck.hpp"
 #include "tapegrad/tape.hpp"
 #include "test_util.hpp"
@@ -294,3 +300,96 @@ TEST(Tape, ZeroGradIsLazyAndReadsAsZero) {
   EXPECT_DOUBLE_EQ(p.grad()[0], 5.0);
   EXPECT_DOUBLE_EQ(p.grad()[1], 6.0);
 }
+
+// ---- SweepListener: when each parameter's gradient is final, and the end of the sweep ----
+namespace {
+
+struct Recorder : tg::SweepListener<double> {
+  std::vector<std::string> events;
+  std::vector<std::pair<const void*, std::string>> names;
+  std::function<void(const tg::Parameter<double>&)> on_ready;
+  void gradient_ready(const tg::Parameter<double>& p) override {
+    for (const auto& [k, n] : names)
+      if (k == p.key()) events.push_back(n);
+    if (on_ready) on_ready(p);
+  }
+  void sweep_done() override { events.push_back("done"); }
+};
+
+TEST(TapeListener, GradientsFinalInReverseOrderThenDone) {
+  tg::Parameter<double> a(tg::Tensor<double>::from({2.0})), b(tg::Tensor<double>::from({3.0})),
+      c(tg::Tensor<double>::from({5.0}));
+  Recorder r;
+  r.names = {{a.key(), "a"}, {b.key(), "b"}, {c.key(), "c"}};
+  tg::Tape<double> tape;
+  tape.set_listener(&r);
+  // y = c * (b * (a * a)): a enters first, c last; a is used twice in one node.
+  auto av = tape.param(a);
+  auto y1 = times(av, av);
+  auto y2 = times(tape.param(b), y1);
+  auto x = tape.input(tg::Tensor<double>::from({1.0}));  // an input is no parameter: no event
+  auto y = times(times(tape.param(c), y2), x);
+  // Each event comes when the gradient is final: check the values the listener can read.
+  std::vector<double> seen;
+  r.on_ready = [&](const tg::Parameter<double>& p) { seen.push_back(p.grad()[0]); };
+  tape.backward(y);
+  EXPECT_EQ(r.events, (std::vector<std::string>{"c", "b", "a", "done"}));
+  ASSERT_EQ(seen.size(), 3u);
+  EXPECT_DOUBLE_EQ(seen[0], 12.0);  // d/dc = b a^2
+  EXPECT_DOUBLE_EQ(seen[1], 20.0);  // d/db = c a^2
+  EXPECT_DOUBLE_EQ(seen[2], 60.0);  // d/da = 2 a b c
+  EXPECT_EQ(tape.listener(), &r);
+}
+
+// A parameter entered several times (a recurrent weight) is final once, at its first leaf,
+// after every consumer; an unreached or later-entered parameter still gets its event, an
+// untracked one none.
+TEST(TapeListener, RepeatedUnreachedAndFrozenParameters) {
+  tg::Parameter<double> w(tg::Tensor<double>::from({0.5})), u(tg::Tensor<double>::from({2.0})),
+      f(tg::Tensor<double>::from({4.0})), late(tg::Tensor<double>::from({1.0}));
+  f.set_requires_grad(false);
+  Recorder r;
+  r.names = {{w.key(), "w"}, {u.key(), "u"}, {f.key(), "f"}, {late.key(), "late"}};
+  std::vector<double> seen;
+  r.on_ready = [&](const tg::Parameter<double>& p) {
+    if (p == w) seen.push_back(p.grad()[0]);
+  };
+  tg::Tape<double> tape;
+  tape.set_listener(&r);
+  auto h = tape.input(tg::Tensor<double>::from({1.0}));
+  for (int t = 0; t < 3; ++t) h = times(tape.param(w), h);  // h = w^3
+  auto unused = times(tape.param(u), tape.param(f));        // not on the loss's path
+  (void)unused;
+  auto loss = square(h);          // w^6
+  auto after = tape.param(late);  // entered after the loss
+  (void)after;
+  tape.backward(loss);
+  EXPECT_EQ(r.events, (std::vector<std::string>{"u", "w", "done"}));
+  ASSERT_EQ(seen.size(), 1u);
+  EXPECT_DOUBLE_EQ(seen[0], 6 * std::pow(0.5, 5));  // the whole gradient, all three uses
+}
+
+TEST(TapeListener, ClearRemovesItAndRecordingsAreUnique) {
+  Recorder r;
+  tg::Tape<double> tape, other;
+  EXPECT_NE(tape.recording_id(), other.recording_id());
+  const uint64_t first = tape.recording_id();
+  tape.set_listener(&r);
+  tape.clear();
+  EXPECT_EQ(tape.listener(), nullptr);
+  EXPECT_NE(tape.recording_id(), first);
+  // No listener: nothing is called; a sweep that needs no gradient still ends with done.
+  tape.set_listener(&r);
+  auto x = tape.constant(tg::Tensor<double>::from({1.0}));
+  tape.backward(square(x));
+  EXPECT_EQ(r.events, (std::vector<std::string>{"done"}));
+  // Parameter::enter_recording: first time per recording.
+  tg::Parameter<double> p(tg::Tensor<double>::from({1.0}));
+  EXPECT_EQ(p.last_recording(), 0u);
+  tape.param(p);
+  EXPECT_EQ(p.last_recording(), tape.recording_id());
+  EXPECT_FALSE(p.enter_recording(tape.recording_id()));
+  EXPECT_TRUE(p.enter_recording(other.recording_id()));
+}
+
+}  // namespace

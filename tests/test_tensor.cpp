@@ -123,3 +123,34 @@ TEST(Tensor, PrintsShapeAndValuesAndSummarises) {
 }
 
 }  // namespace
+
+TEST(Tensor, NarrowSharesStorageAtAlignedOffsets) {
+  tg::Tensor<float> flat = tg::Tensor<float>::arange(64);
+  tg::Tensor<float> part = flat.narrow(16, 32).reshape({4, 8});  // 16 floats = 64 bytes in
+  EXPECT_EQ(part.shape(), tg::Shape({4, 8}));
+  EXPECT_EQ(part[0], 16.0f);
+  EXPECT_EQ(part.capacity(), 32);
+  part[1] = -1.0f;
+  EXPECT_EQ(flat[17], -1.0f);  // writes go through
+  flat[47] = 99.0f;
+  EXPECT_EQ(part[31], 99.0f);
+  EXPECT_EQ(part.matrix().rows(), 4);  // Eigen maps of the view are aligned
+  part.matrix().setZero();
+  EXPECT_EQ(flat[16], 0.0f);
+  EXPECT_EQ(flat[48], 48.0f);  // nothing beyond it
+  // Rows of a matrix: 4 doubles per row, so rows start 64 bytes apart every 2 rows.
+  tg::Tensor<double> m = tg::Tensor<double>::arange(24).reshape({6, 4});
+  EXPECT_EQ(m.narrow(2, 3).shape(), tg::Shape({3, 4}));
+  EXPECT_EQ(m.narrow(2, 3)[0], 8.0);
+  EXPECT_THROW(m.narrow(1, 2), tg::ValueError);  // 32 bytes in: not aligned
+  EXPECT_THROW(m.narrow(4, 3), tg::ShapeError);  // beyond the end
+  EXPECT_THROW(m.narrow(-1, 1), tg::ShapeError);
+  EXPECT_THROW(tg::Tensor<double>::scalar(1).narrow(0, 1), tg::ShapeError);
+  // The storage lives as long as a view does.
+  tg::Tensor<double> kept;
+  {
+    tg::Tensor<double> owner = tg::Tensor<double>::full({16}, 3.0);
+    kept = owner.narrow(8, 8);
+  }
+  EXPECT_EQ(kept[7], 3.0);
+}

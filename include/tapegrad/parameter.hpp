@@ -8,6 +8,7 @@
 // which saves a pass over every gradient per training step; reading grad() before that fills
 // in the zeros, so the gradient always reads as zero after zero_grad().
 
+#include <cstdint>
 #include <memory>
 
 #include "tapegrad/tensor.hpp"
@@ -47,6 +48,16 @@ class Parameter {
     s.grad_is_zero = false;
     return pending;
   }
+  // For the tape: notes that recording `id` (Tape::recording_id) entered this parameter as a
+  // leaf that tracks its gradient; true the first time for that id. last_recording() is the
+  // last such id (0: never).
+  bool enter_recording(uint64_t id) const {
+    State& s = state();
+    const bool first = s.recording != id;
+    s.recording = id;
+    return first;
+  }
+  uint64_t last_recording() const { return state().recording; }
 
   // Identity of the underlying parameter (the same for every copy of the handle).
   const void* key() const { return state_.get(); }
@@ -57,7 +68,8 @@ class Parameter {
     Tensor<T> value;
     Tensor<T> grad;
     bool requires_grad;
-    bool grad_is_zero;  // zero_grad() ran and the buffer holds stale values
+    bool grad_is_zero;       // zero_grad() ran and the buffer holds stale values
+    uint64_t recording = 0;  // the last recording that entered it as a tracked leaf
   };
   State& state() const {
     if (!state_) detail::fail<ValueError>("Parameter: use of an undefined parameter");

@@ -28,9 +28,21 @@
 //     overwritten: reading it afterwards (Var::value(), or as an op's input) throws TapeError
 //     instead of returning the new values. tape.set_inplace(false) turns this off.
 // memory_stats() reports what the tape holds and the floor backward needs.
+//
+// A SweepListener set on the tape (set_listener) hears, during the reverse sweep, when each
+// parameter's gradient is final and when the sweep ends: DistributedDataParallel starts
+// averaging a group of gradients across processes while the sweep goes on. A parameter's
+// gradient is final when the sweep passes the parameter's first leaf of the recording, since
+// every node that consumes it was recorded after it; parameters' gradients are never lent by
+// the pool, so the listener may read them from then on. A checkpointed segment (a closure op)
+// adds into the gradients of the parameters inside it when the sweep reaches it: leaves
+// recorded after the first such op are reported once the sweep has passed it, and parameters
+// used only inside segments are not reported (the listener treats them at sweep_done()).
+// Without a listener this costs nothing.
 
 #include <algorithm>
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -69,6 +81,11 @@ inline thread_local bool grad_enabled = true;
 // True while a checkpointed segment runs again in backward (ops/checkpoint.hpp): ops with a side
 // effect (BatchNorm's running statistics) skip it the second time.
 inline thread_local bool recomputing = false;
+// Identifies a recording (a tape between two clear()s) among all tapes of the process.
+inline uint64_t new_recording_id() {
+  static std::atomic<uint64_t> next{1};
+  return next.fetch_add(1, std::memory_order_relaxed);
+}
 }  // namespace detail
 
 // While alive, ops compute values but record no backward (torch.no_grad()).
@@ -108,6 +125,7 @@ struct Node {
   bool in_place = false;        // its value is its input's buffer, written over (storage_of)
   bool handed_on = false;       // passed from one layer of a Sequential to the next, which is
                                 // its only reader (nn::ReLU & co. may then write over it)
+  bool first_leaf = false;      // the first leaf of its parameter in this recording
   Parameter<T> param;           // the parameter of an is_param leaf
   bool borrowed = false;  // value shares storage owned elsewhere (a leaf's tensor, a view, the
                           // input an in-place op wrote over)
@@ -162,6 +180,21 @@ struct TapeMemoryStats {
   }
 };
 
+// Hears a reverse sweep as it runs (Tape::set_listener).
+template <class T>
+class SweepListener {
+ public:
+  // p's gradient is final for this sweep: every node consuming p was differentiated (or is not
+  // reached from the output). Called once per sweep for each parameter the recording entered
+  // as a leaf with gradient, among the nodes the sweep covers (those recorded up to its output).
+  virtual void gradient_ready(const Parameter<T>& p) = 0;
+  // The sweep has ended (every backward() call that gets past its checks ends with it).
+  virtual void sweep_done() = 0;
+
+ protected:
+  ~SweepListener() = default;
+};
+
 template <class T>
 class Var {
  public:
@@ -209,7 +242,7 @@ class Var {
 template <class T>
 class Tape {
  public:
-  Tape() = default;
+  Tape() : generation_(detail::new_recording_id()) {}
   Tape(const Tape&) = delete;  // Vars point at their tape
   Tape& operator=(const Tape&) = delete;
 
@@ -232,6 +265,8 @@ class Tape {
       // memory_stats() counts their gradients (a parameter is new only in the first step).
       if (nested_ && std::find(seen_params_.begin(), seen_params_.end(), p) == seen_params_.end())
         seen_params_.push_back(p);
+      // A scratch tape never has a listener: its leaves leave the parameter's recording alone.
+      if (!nested_) n.first_leaf = p.enter_recording(generation_);
     }
     return v;
   }
@@ -330,6 +365,7 @@ class Tape {
   // Forgets every node (their Vars become stale) but keeps the buffers for reuse. Borrowed
   // values (leaves, views) are let go, so their owners' buffers are unshared again; the inputs'
   // gradients go back to the pool.
+  // The listener is part of the recording: clear() removes it too.
   void clear() {
     for (size_t i = 0; i < size_; ++i) {
       Node<T>& n = nodes_[i];
@@ -337,10 +373,19 @@ class Tape {
       if (n.pooled) give_back(n);
     }
     size_ = 0;
-    ++generation_;
+    generation_ = detail::new_recording_id();
     swept_any_ = false;
+    listener_ = nullptr;
+    first_closure_ = -1;
   }
   size_t size() const { return size_; }
+
+  // The listener of this recording's sweeps (nullptr: none), until clear(). It must outlive the
+  // sweeps it hears.
+  void set_listener(SweepListener<T>* listener) { listener_ = listener; }
+  SweepListener<T>* listener() const { return listener_; }
+  // This recording's identity, unique among all tapes of the process; clear() starts a new one.
+  uint64_t recording_id() const { return generation_; }
 
   Node<T>& node(int32_t id) { return nodes_[static_cast<size_t>(id)]; }
 
@@ -447,6 +492,7 @@ class Tape {
       if (track && reads_inputs(reads)) mark_read(in.id_);
     }
     if (track && reads_output(reads)) mark_read(id);
+    if (track && always_track && first_closure_ < 0) first_closure_ = id;
     return Var<T>(this, id, generation_);
   }
 
@@ -494,6 +540,7 @@ class Tape {
     n.backward = nullptr;
     n.grad_ready = false;
     n.swept = false;
+    n.first_leaf = false;
     n.is_leaf = false;
     n.borrowed = false;
     n.retain = false;
@@ -551,7 +598,10 @@ class Tape {
     }
     if (!nested_) pool_->reset_peak();
     Node<T>& o = nodes_[last];
-    if (!o.requires_grad) return;  // nothing upstream needs a gradient
+    if (!o.requires_grad) {  // nothing upstream needs a gradient
+      if (listener_) listener_->sweep_done();
+      return;
+    }
     if (!o.is_param || o.param.take_pending_zero()) {
       if (!o.is_param) start_grad(o);
       if (seed)
@@ -565,15 +615,28 @@ class Tape {
         o.grad.array() += T(1);
     }
     o.grad_ready = true;
+    // With a listener, leaves recorded after the first closure op (a checkpointed segment, which
+    // may add into any parameter's gradient) are reported once the sweep has passed it.
+    const size_t held =
+        listener_ && first_closure_ >= 0 && static_cast<size_t>(first_closure_) <= last
+            ? static_cast<size_t>(first_closure_)
+            : SIZE_MAX;
     for (size_t i = last + 1; i-- > 0;) {
       Node<T>& n = nodes_[i];
-      if (!n.grad_ready || n.backward == nullptr) continue;
-      OpContext<T> c(*this, n);
-      n.backward(c);
-      n.swept = !retain_graph;
-      if (n.pooled) give_back(n);  // its backward was its last reader
+      if (!n.grad_ready || n.backward == nullptr) {
+        if (n.first_leaf && listener_ && i < held) listener_->gradient_ready(n.param);
+      } else {
+        OpContext<T> c(*this, n);
+        n.backward(c);
+        n.swept = !retain_graph;
+        if (n.pooled) give_back(n);  // its backward was its last reader
+      }
+      if (i == held)
+        for (size_t j = held + 1; j <= last; ++j)
+          if (nodes_[j].first_leaf) listener_->gradient_ready(nodes_[j].param);
     }
     swept_any_ = swept_any_ || !retain_graph;
+    if (listener_) listener_->sweep_done();
   }
 
   // A gradient buffer for n (not a parameter), sized but not initialised: lent by the pool
@@ -594,7 +657,7 @@ class Tape {
 
   std::vector<Node<T>> nodes_;
   size_t size_ = 0;
-  uint64_t generation_ = 0;
+  uint64_t generation_;     // the recording's id (detail::new_recording_id)
   bool swept_any_ = false;  // a backward without retain_graph ran since clear()
   bool inplace_ = true;
   BufferPool<T> own_pool_;
@@ -602,6 +665,8 @@ class Tape {
   std::unique_ptr<Tape> scratch_;          // where checkpointed segments run (ops/checkpoint.hpp)
   bool nested_ = false;                    // this is another tape's scratch
   std::vector<Parameter<T>> seen_params_;  // a scratch tape's parameters, across clear()
+  SweepListener<T>* listener_ = nullptr;
+  int32_t first_closure_ = -1;  // the first op recorded by record_closure (tracked), or -1
 };
 
 // What a backward function sees: its node's output, its output gradient, its inputs, and the

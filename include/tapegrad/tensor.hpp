@@ -157,6 +157,26 @@ class Tensor {
   }
   Tensor reshape(const Shape& s) const { return reshape(s.dims()); }
   Tensor flatten() const { return reshape({numel()}); }
+  // Rows [start, start + length) of dim 0, sharing this storage (torch.narrow(0, start,
+  // length)): writes through either are seen by both. Since Eigen maps of a tensor assume
+  // 64-byte alignment, the rows must start at a multiple of 64 bytes from the storage's start
+  // (e.g. a multiple of 16 floats in a flat tensor); otherwise it throws ValueError.
+  Tensor narrow(int64_t start, int64_t length) const {
+    if (rank() < 1 || start < 0 || length < 0 || start + length > shape_[0])
+      detail::fail<ShapeError>("narrow: rows [", start, ", ", start + length, ") of shape ",
+                               shape_);
+    const int64_t row = shape_[0] > 0 ? numel() / shape_[0] : 0;
+    const int64_t offset = start * row;
+    if ((offset * static_cast<int64_t>(sizeof(T))) % static_cast<int64_t>(alignment) != 0)
+      detail::fail<ValueError>("narrow: rows from ", start, " of shape ", shape_, " start at byte ",
+                               offset * static_cast<int64_t>(sizeof(T)), ", not a multiple of ",
+                               alignment, " (tensors are 64-byte aligned)");
+    Tensor t = *this;
+    t.data_ = std::shared_ptr<T>(data_, data_.get() + offset);
+    t.shape_[0] = length;
+    t.capacity_ = length * row;
+    return t;
+  }
   Tensor clone() const {
     Tensor t(shape_);
     if (numel()) std::memcpy(t.data(), data(), sizeof(T) * static_cast<size_t>(numel()));

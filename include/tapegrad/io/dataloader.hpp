@@ -12,6 +12,11 @@
 // orders in every run, and set_epoch(e) replays epoch e (resuming from a checkpoint).
 // Normalisation: x' = (x - mean) / std, as torchvision.transforms.Normalize.
 //
+// A Sampler replaces the loader's own order (torch.utils.data.DataLoader(sampler=...)): each
+// epoch visits the indices the sampler gives for it, which may leave samples out or repeat them;
+// distributed::DistributedSampler gives each process its share of the data set. With a sampler,
+// shuffle must be off (the sampler decides the order), as in PyTorch.
+//
 // The batch lives in buffers the loader reuses: after the first batch nothing is allocated,
 // provided the previous batch's tensor is no longer held (clear the tape that used it). A batch
 // still held elsewhere is never overwritten: the loader then takes a fresh buffer.
@@ -21,7 +26,9 @@
 #include <cstdint>
 #include <cstring>
 #include <iterator>
+#include <memory>
 #include <optional>
+#include <span>
 #include <utility>
 #include <vector>
 
@@ -63,6 +70,26 @@ class DataLoaderOptions {
   std::optional<Normalize> normalize_;
 };
 
+// The permutation of [0, out.size()) a shuffling DataLoader with this seed visits in epoch
+// `epoch`. One generator per (seed, epoch): epochs are independent of how many were run before.
+inline void epoch_permutation(uint64_t seed, int64_t epoch, std::span<int64_t> out) {
+  const auto n = static_cast<int64_t>(out.size());
+  for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = i;
+  Generator g(seed + 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(epoch + 1));
+  for (int64_t i = n - 1; i > 0; --i)  // Fisher-Yates
+    std::swap(out[static_cast<size_t>(i)], out[g.below(static_cast<uint64_t>(i) + 1)]);
+}
+
+// The sample order of every epoch, for a DataLoader (see above).
+class Sampler {
+ public:
+  virtual ~Sampler() = default;
+  // Indices per epoch.
+  virtual int64_t size() const = 0;
+  // Writes epoch `epoch`'s size() indices, each in [0, dataset size), to out.
+  virtual void indices(int64_t epoch, std::span<int64_t> out) const = 0;
+};
+
 template <class T>
 struct Batch {
   Tensor<T> images;             // [B, ...] with the dataset's per-sample shape
@@ -75,8 +102,12 @@ struct Batch {
 template <class T>
 class DataLoader {
  public:
-  DataLoader(Tensor<T> images, std::vector<int64_t> labels, DataLoaderOptions options = {})
-      : images_(std::move(images)), labels_(std::move(labels)), opt_(options) {
+  DataLoader(Tensor<T> images, std::vector<int64_t> labels, DataLoaderOptions options = {},
+             std::shared_ptr<const Sampler> sampler = nullptr)
+      : images_(std::move(images)),
+        labels_(std::move(labels)),
+        opt_(options),
+        sampler_(std::move(sampler)) {
     if (images_.rank() < 1 || images_.size(0) != static_cast<int64_t>(labels_.size()))
       tapegrad::detail::fail<ShapeError>("DataLoader: images of shape ", images_.shape(), " and ",
                                          labels_.size(), " labels: one label per image needed");
@@ -88,19 +119,29 @@ class DataLoader {
       tapegrad::detail::fail<ValueError>("DataLoader: normalize(mean ", opt_.normalize()->mean,
                                          ", std ", opt_.normalize()->std,
                                          ") needs a finite mean and a positive finite std");
+    if (sampler_ && opt_.shuffle())
+      tapegrad::detail::fail<ValueError>(
+          "DataLoader: a sampler and shuffle(true) are mutually exclusive (the sampler decides "
+          "the order)");
+    if (sampler_ && sampler_->size() < 0)
+      tapegrad::detail::fail<ValueError>("DataLoader: the sampler's size is ", sampler_->size());
     const int64_t n = num_samples();
     sample_numel_ = n > 0 ? images_.numel() / n : 0;
-    order_.resize(static_cast<size_t>(n));
-    for (int64_t i = 0; i < n; ++i) order_[static_cast<size_t>(i)] = i;
-    batch_.labels.reserve(static_cast<size_t>(std::min(opt_.batch_size(), n)));
+    order_.resize(static_cast<size_t>(sampler_ ? sampler_->size() : n));
+    for (int64_t i = 0; i < n && !sampler_; ++i) order_[static_cast<size_t>(i)] = i;
+    batch_.labels.reserve(static_cast<size_t>(std::min(opt_.batch_size(), epoch_samples())));
   }
 
+  // Samples in the data set.
   int64_t num_samples() const { return static_cast<int64_t>(labels_.size()); }
+  // Samples visited per epoch: num_samples(), or the sampler's size.
+  int64_t epoch_samples() const { return static_cast<int64_t>(order_.size()); }
   // Batches per epoch.
   int64_t size() const {
-    const int64_t n = num_samples(), b = opt_.batch_size();
+    const int64_t n = epoch_samples(), b = opt_.batch_size();
     return opt_.drop_last() ? n / b : (n + b - 1) / b;
   }
+  const std::shared_ptr<const Sampler>& sampler() const { return sampler_; }
   const DataLoaderOptions& options() const { return opt_; }
   // The epoch the next begin() starts (0 at first).
   int64_t epoch() const { return epoch_; }
@@ -147,7 +188,7 @@ class DataLoader {
       tapegrad::detail::fail<ValueError>("DataLoader: batch ", i, " out of range (", size(),
                                          " batches)");
     const int64_t first = i * opt_.batch_size();
-    const int64_t b = std::min(opt_.batch_size(), num_samples() - first);
+    const int64_t b = std::min(opt_.batch_size(), epoch_samples() - first);
     Shape s = images_.shape();
     s[0] = b;
     batch_.images.resize(s);  // keeps the buffer unless it is held elsewhere or too small
@@ -171,13 +212,16 @@ class DataLoader {
 
  private:
   void start_epoch() {
-    if (opt_.shuffle()) {
+    if (sampler_) {
+      sampler_->indices(epoch_, order_);
       const int64_t n = num_samples();
-      for (int64_t i = 0; i < n; ++i) order_[static_cast<size_t>(i)] = i;
-      // One generator per (seed, epoch): epochs are independent of how many were run before.
-      Generator g(opt_.seed() + 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(epoch_ + 1));
-      for (int64_t i = n - 1; i > 0; --i)  // Fisher-Yates
-        std::swap(order_[static_cast<size_t>(i)], order_[g.below(static_cast<uint64_t>(i) + 1)]);
+      for (size_t k = 0; k < order_.size(); ++k)
+        if (order_[k] < 0 || order_[k] >= n)
+          tapegrad::detail::fail<ValueError>("DataLoader: the sampler gave index ", order_[k],
+                                             " (position ", k, " of epoch ", epoch_,
+                                             ") for a data set of ", n, " samples");
+    } else if (opt_.shuffle()) {
+      epoch_permutation(opt_.seed(), epoch_, order_);
     }
     ++epoch_;
   }
@@ -185,6 +229,7 @@ class DataLoader {
   Tensor<T> images_;
   std::vector<int64_t> labels_;
   DataLoaderOptions opt_;
+  std::shared_ptr<const Sampler> sampler_;
   int64_t sample_numel_ = 0;
   std::vector<int64_t> order_;
   Batch<T> batch_;

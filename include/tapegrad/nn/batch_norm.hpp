@@ -16,8 +16,14 @@
 //
 // Module::summary() runs the model once on zeros: in training mode that call normalises with the
 // batch statistics but leaves the running statistics untouched.
+//
+// set_stats_reducer(r) makes the layer take its training statistics over several processes
+// (ops/norm.hpp; distributed::convert_sync_batchnorm sets it on every BatchNorm of a model, and
+// its name() then reads "SyncBatchNorm(...)"). As in PyTorch, only a module in training mode
+// synchronises, and summary() never does.
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <sstream>
 #include <string>
@@ -49,7 +55,11 @@ class BatchNorm : public Module<T> {
     const bool use_batch_stats = this->is_training() || !track_running_stats_;
     int64_t per_channel = s[0];
     for (int d = 2; d < s.rank(); ++d) per_channel *= s[d];
-    if (use_batch_stats && per_channel == 1)  // an empty batch (0) passes, as in PyTorch
+    // With a reducer the count over all processes decides (batch_norm checks it), and every
+    // process must reach the reduction.
+    const BatchStatsReducer* reducer =
+        this->is_training() && !in_summary() ? reducer_.get() : nullptr;
+    if (use_batch_stats && per_channel == 1 && !reducer)  // an empty batch (0) passes
       tapegrad::detail::fail<ValueError>(
           name(), ": Expected more than 1 value per channel when training, got input size ", s);
     Tape<T>& tape = x.tape();
@@ -59,12 +69,12 @@ class BatchNorm : public Module<T> {
     const bool keep_stats = track_running_stats_ && !(this->is_training() && in_summary());
     return batch_norm(x, g, b, keep_stats ? running_mean : Tensor<T>(),
                       keep_stats ? running_var : Tensor<T>(), use_batch_stats, momentum_, eps_,
-                      keep_stats ? num_batches_tracked : Tensor<T>());
+                      keep_stats ? num_batches_tracked : Tensor<T>(), reducer);
   }
 
   std::string name() const override {
     std::ostringstream os;
-    os << kind_ << "(" << num_features_;
+    os << (reducer_ ? "SyncBatchNorm" : kind_) << "(" << num_features_;
     if (eps_ != 1e-5) os << ", eps=" << eps_;
     if (momentum_ != std::optional<double>(0.1)) {
       os << ", momentum=";
@@ -84,6 +94,12 @@ class BatchNorm : public Module<T> {
   std::optional<double> momentum() const { return momentum_; }
   bool affine() const { return affine_; }
   bool track_running_stats() const { return track_running_stats_; }
+
+  // Training statistics over several processes (nullptr: this batch alone).
+  void set_stats_reducer(std::shared_ptr<const BatchStatsReducer> reducer) {
+    reducer_ = std::move(reducer);
+  }
+  const std::shared_ptr<const BatchStatsReducer>& stats_reducer() const { return reducer_; }
 
   // running_mean ← 0, running_var ← 1, num_batches_tracked ← 0 (in place).
   void reset_running_stats() {
@@ -138,6 +154,7 @@ class BatchNorm : public Module<T> {
   std::optional<double> momentum_;
   bool affine_, track_running_stats_;
   const char* kind_;
+  std::shared_ptr<const BatchStatsReducer> reducer_;
 };
 
 // torch.nn.BatchNorm1d: input [N,C] or [N,C,L].

@@ -23,16 +23,35 @@
 //
 // Optional operands: an empty Var (`{}`) means no γ / no β; an empty Tensor (`Tensor<T>()`,
 // zero elements) means no running statistics / no batch counter.
+//
+// Batch statistics over several processes (distributed::SyncBatchNorm, torch.nn.SyncBatchNorm):
+// given a BatchStatsReducer, batch_norm in training takes n, μ and σ²_B over the union of every
+// process's batch: it sums the per-channel counts and Σx over the processes, then Σ(x − μ)²
+// (the same two passes as on one batch), and its backward sums Σdy and Σdy·(x − μ) the same way
+// before it computes dx, with n the global count. dγ and dβ stay the sums over this process's
+// batch (a data-parallel trainer averages them like any gradient). Every process must call it,
+// forward and backward, in the same order; the reducer must outlive the recording.
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <optional>
+#include <vector>
 
 #include "tapegrad/tape.hpp"
 #include "tapegrad/threads.hpp"
 
 namespace tapegrad {
+
+// Sums values over every process taking part in a synchronised batch_norm (see above).
+class BatchStatsReducer {
+ public:
+  // Replaces values[0..n) by their sums over the processes, identically on every process.
+  virtual void sum(double* values, int64_t n) const = 0;
+
+ protected:
+  ~BatchStatsReducer() = default;
+};
 
 namespace detail {
 
@@ -50,15 +69,25 @@ constexpr int64_t absent = -1;
 // each task works on whole SIMD vectors of a row.
 constexpr int64_t bn_column_block = 64;
 
-// batch_norm backward. ints: N, C, S, gamma index, beta index, training.
-// saved(0) = per-channel mean used, saved(1) = per-channel 1/√(var + eps) used.
+// Scratch for the reductions of a synchronised batch_norm: grows once, then is reused.
+inline std::vector<double>& bn_reduce_buffer(size_t n) {
+  thread_local std::vector<double> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer;
+}
+
+// batch_norm backward. ints: N, C, S, gamma index, beta index, training, reducer address (0:
+// none). saved(0) = per-channel mean used, saved(1) = per-channel 1/√(var + eps) used;
+// scalars[0] = the count n over all processes when a reducer took part.
 template <class T>
 void batch_norm_backward(OpContext<T>& c) {
   const auto& in = c.node().ints;
   const int64_t N = in[0], C = in[1], S = in[2];
   const int gi = static_cast<int>(in[3]), bi = static_cast<int>(in[4]);
   const bool training = in[5] != 0;
-  const int64_t n = N * S;  // values per channel
+  const auto* reducer = reinterpret_cast<const BatchStatsReducer*>(static_cast<intptr_t>(in[6]));
+  // Values per channel: over all processes with a reducer.
+  const double n = reducer ? c.scalar(0) : static_cast<double>(N * S);
   const T* mean = c.saved(0).data();
   const T* rstd = c.saved(1).data();
   const T* x = c.input(0).data();
@@ -69,6 +98,8 @@ void batch_norm_backward(OpContext<T>& c) {
   const bool need_dx = c.needs_grad(0);
   // Training needs Σdy and Σdy·x̂ for dx; eval only for dγ, dβ.
   const bool need_sums = (training && need_dx) || dgamma || dbeta;
+  // With a reducer, dx needs the sums over all processes: every sum first, then dx.
+  const bool sync = reducer != nullptr && training && need_dx;
 
   // dx = k1·dy + k2·x + k3 per channel. Scratch: k1, k2, k3 (3C), sums Σdy, Σdy·(x−μ) (2C).
   Tensor<T>& scratch = c.saved(2);
@@ -99,6 +130,48 @@ void batch_norm_backward(OpContext<T>& c) {
       if (dbeta) dbeta[ch] += sum_dy[ch];
     }
   };
+  // This process's sums (for dγ, dβ) become the sums over all processes (for dx).
+  auto reduce_sums = [&] {
+    std::vector<double>& buf = bn_reduce_buffer(static_cast<size_t>(2 * C));
+    for (int64_t i = 0; i < 2 * C; ++i) buf[static_cast<size_t>(i)] = sum_dy[i];
+    reducer->sum(buf.data(), 2 * C);
+    for (int64_t i = 0; i < 2 * C; ++i) sum_dy[i] = static_cast<T>(buf[static_cast<size_t>(i)]);
+  };
+
+  if (S > 1 && sync) {
+    // [N,C,S] over several processes: all sums, their reduction, then dx.
+#pragma omp parallel for if (work > parallel_threshold) schedule(static)
+    for (int64_t ch = 0; ch < C; ++ch) {
+      double s1 = 0, s2 = 0;
+      const T mu = mean[ch];
+      for (int64_t r = 0; r < N; ++r) {
+        ConstColArray<T> g(dy + (r * C + ch) * S, S), xv(x + (r * C + ch) * S, S);
+        s1 += g.sum();
+        s2 += (g * (xv - mu)).sum();
+      }
+      sum_dy[ch] = static_cast<T>(s1);
+      sum_dyx[ch] = static_cast<T>(s2);
+    }
+    parameter_grads();
+    reduce_sums();
+    bool assign = false;
+    T* dx = c.grad_in_uninitialized(0, assign).data();
+#pragma omp parallel for if (work > parallel_threshold) schedule(static)
+    for (int64_t ch = 0; ch < C; ++ch) {
+      coefficients(ch);
+      const T k1 = k[ch], k2 = k[C + ch], k3 = k[2 * C + ch];
+      for (int64_t r = 0; r < N; ++r) {
+        const int64_t off = (r * C + ch) * S;
+        ConstColArray<T> g(dy + off, S), xv(x + off, S);
+        ColArray<T> d(dx + off, S);
+        if (assign)
+          d = g * k1 + xv * k2 + k3;
+        else
+          d += g * k1 + xv * k2 + k3;
+      }
+    }
+    return;
+  }
 
   if (S > 1) {
     // [N,C,S]: one channel at a time, its sums and then its dx while its N·S values of dy and
@@ -158,6 +231,7 @@ void batch_norm_backward(OpContext<T>& c) {
       }
     }
     parameter_grads();
+    if (sync) reduce_sums();
   }
   if (!need_dx) return;
   for (int64_t ch = 0; ch < C; ++ch) coefficients(ch);
@@ -236,11 +310,14 @@ void layer_norm_backward(OpContext<T>& c) {
 // gamma, beta: [C] or empty Vars (affine = false). running_mean, running_var: [C] tensors
 // updated in place when training (empty Tensors: no running statistics; then training must be
 // true). momentum: weight of the new batch, or nullopt for the cumulative average, which needs
-// num_batches_tracked (a one-element tensor, incremented on every training call).
+// num_batches_tracked (a one-element tensor, incremented on every training call). reducer: in
+// training, the statistics over several processes (see the top of this file); nullptr: this
+// batch alone.
 template <class T>
 Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tensor<T> running_mean,
                   Tensor<T> running_var, bool training, std::optional<double> momentum = 0.1,
-                  double eps = 1e-5, Tensor<T> num_batches_tracked = Tensor<T>()) {
+                  double eps = 1e-5, Tensor<T> num_batches_tracked = Tensor<T>(),
+                  const BatchStatsReducer* reducer = nullptr) {
   const Shape xs = x.shape();  // a copy: recording may move the nodes
   if (xs.rank() < 2)
     detail::fail<ShapeError>("batch_norm: input of shape ", xs,
@@ -264,7 +341,8 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
     detail::fail<ValueError>("batch_norm: input ", xs,
                              ": eval mode needs running_mean and running_var");
   if (!(eps >= 0)) detail::fail<ValueError>("batch_norm: eps must be >= 0, got ", eps);
-  if (training && N * S == 1)  // the unbiased variance n/(n−1) needs two values
+  if (!training) reducer = nullptr;
+  if (training && !reducer && N * S == 1)  // the unbiased variance n/(n−1) needs two values
     detail::fail<ValueError>(
         "batch_norm: Expected more than 1 value per channel when training, got input size ", xs);
   const bool update = training && has_running && !detail::recomputing;  // see ops/checkpoint.hpp
@@ -286,7 +364,8 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
                                std::span<const Var<T>>(inputs, static_cast<size_t>(n_inputs)),
                                &detail::batch_norm_backward<T>, Reads::inputs);
   Node<T>& node = out.node();
-  node.ints.assign({N, C, S, gi, bi, training ? 1 : 0});
+  node.ints.assign({N, C, S, gi, bi, training ? 1 : 0,
+                    static_cast<int64_t>(reinterpret_cast<intptr_t>(reducer))});
   node.saved[0].resize(Shape{C});
   node.saved[1].resize(Shape{C});
   T* mean = node.saved[0].data();
@@ -298,12 +377,14 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
     if (!momentum) m = 1.0 / static_cast<double>(num_batches_tracked[0]);
   }
   const int64_t n = N * S;
-  if (n == 0) {  // an empty batch, as PyTorch: empty output, running statistics unchanged
+  // An empty batch, as PyTorch: empty output, running statistics unchanged (with a reducer the
+  // other processes' values count: the reductions below take part with zero sums).
+  if (n == 0 && !reducer) {
     std::fill_n(mean, C, T(0));
     std::fill_n(rstd, C, T(1));
     return out;
   }
-  const double unbias = n > 1 ? static_cast<double>(n) / static_cast<double>(n - 1) : 1.0;
+  double unbias = n > 1 ? static_cast<double>(n) / static_cast<double>(n - 1) : 1.0;
   T* rm = update ? running_mean.data() : nullptr;
   T* rv = update ? running_var.data() : nullptr;
   const T* g = gamma.defined() ? gamma.value().data() : nullptr;
@@ -327,6 +408,53 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
       rstd[ch] = static_cast<T>(1.0 / std::sqrt(static_cast<double>(running_var[ch]) + eps));
     }
   }
+  // Statistics over all processes: count and Σx, then Σ(x − μ)² with the global μ.
+  if (reducer) {
+    // buf: [count, Σx per channel], then Σ(x − μ)² in place of Σx; the means after them.
+    std::vector<double>& buf = detail::bn_reduce_buffer(static_cast<size_t>(2 * C + 1));
+    double* mu = buf.data() + C + 1;
+    auto channel_sums = [&](auto&& value) {
+#pragma omp parallel for if (work > parallel_threshold) schedule(static)
+      for (int64_t ch = 0; ch < C; ++ch) {
+        double s = 0;
+        for (int64_t r = 0; r < N; ++r) s += value(r, ch);
+        buf[static_cast<size_t>(ch + 1)] = s;
+      }
+    };
+    buf[0] = static_cast<double>(n);
+    if (S == 1)
+      channel_sums([&](int64_t r, int64_t ch) { return static_cast<double>(xp[r * C + ch]); });
+    else
+      channel_sums([&](int64_t r, int64_t ch) {
+        return static_cast<double>(detail::ConstColArray<T>(xp + (r * C + ch) * S, S).sum());
+      });
+    reducer->sum(buf.data(), C + 1);
+    const double total = buf[0];
+    if (total <= 1)
+      detail::fail<ValueError>(
+          "batch_norm: Expected more than 1 value per channel when training, got input size ", xs,
+          " (", total, " values per channel over all processes)");
+    node.scalars[0] = total;
+    unbias = total / (total - 1);
+    for (int64_t ch = 0; ch < C; ++ch) {
+      mu[ch] = buf[static_cast<size_t>(ch + 1)] / total;
+      mean[ch] = static_cast<T>(mu[ch]);
+    }
+    if (S == 1)
+      channel_sums([&](int64_t r, int64_t ch) {
+        const double d = static_cast<double>(xp[r * C + ch] - mean[ch]);
+        return d * d;
+      });
+    else
+      channel_sums([&](int64_t r, int64_t ch) {
+        return static_cast<double>(
+            (detail::ConstColArray<T>(xp + (r * C + ch) * S, S) - mean[ch]).square().sum());
+      });
+    reducer->sum(buf.data() + 1, C);
+    for (int64_t ch = 0; ch < C; ++ch)
+      finish_channel(ch, mu[ch], buf[static_cast<size_t>(ch + 1)] / total);
+  }
+  const bool local_stats = training && !reducer;
 
   if (S == 1) {
     // [N,C]: statistics down the columns, accumulated row by row (vectorised along C).
@@ -334,7 +462,7 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
     scratch.resize(Shape{2 * C});
     T* scale = scratch.data();
     T* shift = scale + C;
-    if (training) {
+    if (local_stats) {
       detail::ColArray<T>(mean, C).setZero();
       detail::ColArray<T>(rstd, C).setZero();  // holds Σ(x − μ)² first
       const int64_t blocks = (C + detail::bn_column_block - 1) / detail::bn_column_block;
@@ -365,7 +493,7 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
   // mean, again for the variance and once more to write y, while they are still in cache.
 #pragma omp parallel for if (work > parallel_threshold) schedule(static)
   for (int64_t ch = 0; ch < C; ++ch) {
-    if (training) {
+    if (local_stats) {
       double s = 0;
       for (int64_t r = 0; r < N; ++r) s += detail::ConstColArray<T>(xp + (r * C + ch) * S, S).sum();
       const double mu = s / static_cast<double>(n);

@@ -2,6 +2,9 @@
 // Optimizer<T>: the base of every update rule. It owns parameter groups (each with its own lr,
 // weight decay, L1/L2 penalties and constraints) and runs step() as a documented pipeline:
 //
+//  -1. pre-step hooks    add_pre_step_hook(f): f() runs first, in the order added
+//                         (distributed::DistributedDataParallel waits there for the gradients
+//                         it averages across processes, so every stage below sees the average)
 //   0. non-finite check   (policy raise / skip_step only: before anything is modified)
 //   1. penalties          g += l1·sign(w) + 2·l2·w         (penalty.hpp, per group)
 //   2. clipping           by global norm over ALL parameters of the optimizer, then by value
@@ -32,6 +35,7 @@
 #include <array>
 #include <cmath>
 #include <cstdint>
+#include <functional>
 #include <limits>
 #include <optional>
 #include <span>
@@ -122,6 +126,7 @@ class Optimizer {
   // norm_type when clipping by norm, else 2), after the penalties; NaN when norm tracking is off
   // and no norm clipping is set, and for a step skipped before the norm was known.
   double step() {
+    for (const auto& hook : pre_step_hooks_) hook();
     check_groups();
     collect_active();
     const bool penalties = any_penalty();
@@ -190,6 +195,14 @@ class Optimizer {
   void zero_grad() {
     for (auto& s : slots_) s.param.zero_grad();
   }
+
+  // A function step() calls before anything else (stage -1 above); hooks run in the order they
+  // were added. An exception from a hook leaves step() with nothing modified.
+  void add_pre_step_hook(std::function<void()> hook) {
+    if (!hook) tapegrad::detail::fail<ValueError>(name_, ".add_pre_step_hook: empty function");
+    pre_step_hooks_.push_back(std::move(hook));
+  }
+  size_t num_pre_step_hooks() const { return pre_step_hooks_.size(); }
 
   // ---- parameter groups ----
   size_t num_param_groups() const { return groups_.size(); }
@@ -511,6 +524,7 @@ class Optimizer {
   std::vector<ParamGroup<T>> groups_;
   std::vector<double> initial_lr_;
   std::vector<Slot> slots_;
+  std::vector<std::function<void()>> pre_step_hooks_;
   std::vector<size_t> active_;               // slots updated this step
   std::vector<Parameter<T>> active_params_;  // their parameters, for the clipping stages
   std::optional<GradNormClip> clip_norm_;
