@@ -21,6 +21,7 @@
 #include "tapegrad/nn/positional_encoding.hpp"
 #include "tapegrad/nn/transformer.hpp"
 #include "tapegrad/ops/loss.hpp"
+#include "tapegrad/ops/reduce.hpp"
 #include "tapegrad/ops/shape.hpp"
 #include "tapegrad/optim/adam.hpp"
 #include "test_util.hpp"
@@ -235,6 +236,39 @@ TEST(TransformerEncoder, TwoLayerGradcheckWithMasksBothNormPlacements) {
         },
         {randn({L, N, E}, 3)}, enc.parameters());
     EXPECT_TRUE(r) << (norm_first ? "Pre-LN: " : "Post-LN: ") << r;
+  }
+}
+
+// The residual sums and the ReLU run in place (add_, relu_ over the branch's own output): the
+// same values and gradients as without, bit for bit, and less memory on the tape.
+TEST(TransformerEncoder, InPlaceSumsAndReluChangeNothingButMemory) {
+  for (bool norm_first : {false, true}) {
+    nn::TransformerEncoderLayer<double> layer(E, H, small(norm_first));
+    nn::TransformerEncoder<double> enc(
+        layer, 2, norm_first ? std::make_shared<nn::LayerNorm<double>>(E) : nullptr);
+    sine_fill_parameters(enc);
+    const TD x = randn({L, N, E}, 4);
+    std::vector<TD> out, grads;
+    std::vector<int64_t> values;
+    for (bool in_place : {true, false}) {
+      tg::Tape<double> tape;
+      tape.set_inplace(in_place);
+      enc.zero_grad();
+      auto xv = tape.input(x);
+      auto y = enc.forward(xv, {.src_key_padding_mask = key_padding(), .is_causal = true});
+      out.push_back(y.value().clone());
+      tape.backward(tg::sum(tg::square(y)));
+      grads.push_back(xv.grad().clone());
+      for (auto& p : enc.parameters()) grads.push_back(p.grad().clone());
+      values.push_back(tape.memory_stats().values);
+    }
+    const char* what = norm_first ? "Pre-LN" : "Post-LN";
+    EXPECT_TRUE(tapegrad::testing::same_bits(out[0], out[1])) << what;
+    const size_t n = grads.size() / 2;
+    for (size_t k = 0; k < n; ++k)
+      EXPECT_TRUE(tapegrad::testing::same_bits(grads[k], grads[n + k])) << what << " " << k;
+    // Per layer two [L, N, E] sums and one [L, N, FF] ReLU output are not stored again.
+    EXPECT_EQ(values[1] - values[0], 2 * int64_t(sizeof(double)) * L * N * (2 * E + FF)) << what;
   }
 }
 
