@@ -108,13 +108,15 @@ class TransformerEncoderLayer : public Module<T> {
   Var<T> forward(const Var<T>& src) override { return forward(src, EncoderMasks<T>{}); }
 
   Var<T> forward(const Var<T>& src, const EncoderMasks<T>& masks) {
+    // The residual sums and the ReLU are written over the branch's own output when nothing
+    // else needs it (add_, relu_: Tape::record_inplace), as nn::Residual and nn::ReLU do.
     Var<T> x = src;
     if (opt_.norm_first) {
-      x = x + self_attention((*norm1)(x), masks);
-      x = x + feed_forward((*norm2)(x));
+      x = residual(self_attention((*norm1)(x), masks), x);
+      x = residual(feed_forward((*norm2)(x)), x);
     } else {
-      x = (*norm1)(x + self_attention(x, masks));
-      x = (*norm2)(x + feed_forward(x));
+      x = (*norm1)(residual(self_attention(x, masks), x));
+      x = (*norm2)(residual(feed_forward(x), x));
     }
     return x;
   }
@@ -154,9 +156,13 @@ class TransformerEncoderLayer : public Module<T> {
                                       .is_causal = m.is_causal})
                            .output);
   }
+  // branch + x, on the branch's buffer when safe (never on x's: the branch read it).
+  static Var<T> residual(const Var<T>& branch, const Var<T>& x) {
+    return branch.id() == x.id() ? x + x : add_(branch, x);
+  }
   Var<T> feed_forward(const Var<T>& x) {
     const Var<T> h = (*linear1)(x);
-    const Var<T> a = opt_.activation == TransformerActivation::gelu ? gelu(h) : relu(h);
+    const Var<T> a = opt_.activation == TransformerActivation::gelu ? gelu(h) : relu_(h);
     return (*dropout2)((*linear2)((*dropout)(a)));
   }
 
