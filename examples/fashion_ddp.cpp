@@ -218,12 +218,13 @@ int train(dist::Environment& env, int argc, char** argv) {
     for (auto& [n, b] : model->named_buffers()) world.broadcast(b, 0);
     acc = accuracy(*model, test_loader, world);
     const dist::DDPStats& s = ddp.stats();
-    if (rank == 0)
-      std::printf(
-          "epoch %d/%d  train loss %.4f  test accuracy %.4f  %.1f s (%.0f img/s)  "
-          "allreduce %.1f s, %.0f%% hidden behind backward",
-          epoch, epochs, train_loss, acc, seconds, double(seen * p) / seconds,
-          s.communication_seconds, 100 * s.hidden_fraction());
+    if (rank == 0) {
+      std::printf("epoch %d/%d  train loss %.4f  test accuracy %.4f  %.1f s (%.0f img/s)", epoch,
+                  epochs, train_loss, acc, seconds, double(seen * p) / seconds);
+      if (p > 1)
+        std::printf("  allreduce %.1f s, %.0f%% hidden behind backward", s.communication_seconds,
+                    100 * s.hidden_fraction());
+    }
     if (!checkpoint_dir.empty()) {
       const std::string path = checkpoint_dir + "/fashion_ddp_" + kind + "_epoch" +
                                std::to_string(epoch) + ".safetensors";

@@ -103,7 +103,8 @@ struct DDPStats {
   int64_t buckets_launched = 0;      // allreduces started
   int64_t launched_in_backward = 0;  // of them, started before the sweep ended
   double communication_seconds = 0;  // per step, first bucket's start to last one's end
-  double wait_seconds = 0;           // the training thread blocked waiting for them
+  double wait_seconds = 0;           // the training thread blocked in them: starting them (inside
+                                     // MPI_Iallreduce) and waiting for them to end
   // The share of the communication time the training thread did not wait for.
   double hidden_fraction() const {
     return communication_seconds > 0 ? 1.0 - wait_seconds / communication_seconds
@@ -482,10 +483,12 @@ class Reducer final : public SweepListener<T> {
     }
     bk.flat.array() /= static_cast<T>(size_);
     bk.done = false;
+    const double t_call = seconds_now();
     check(
         MPI_Iallreduce(MPI_IN_PLACE, bk.flat.data(), mpi_count(bk.numel, "DistributedDataParallel"),
                        mpi_type<T>(), MPI_SUM, comm_, &bk.request),
         "DistributedDataParallel: MPI_Iallreduce");
+    stats_.wait_seconds += seconds_now() - t_call;  // MPI may do part of the work right here
     {
       std::lock_guard<std::mutex> l(mutex_);
       published_ = b + 1;
