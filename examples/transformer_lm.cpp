@@ -18,7 +18,8 @@
 //   3. prints text sampled from the model with the lowest held-out loss.
 // Output: tables on stdout, and in --out (default transformer_lm_out/): grad_norms_init.svg,
 // loss.svg, grad_norms_init.csv, training.csv, summary.csv, sample.txt.
-// Run with --help for the flags; the README's "Examples" section has the measured figures.
+// Run with --help for the flags; the README's "Attention and Transformers" section has the
+// measured figures.
 
 #include <sys/resource.h>
 #include <sys/stat.h>
@@ -433,9 +434,9 @@ int main(int argc, char** argv) {
 
   try {
     tg::set_num_threads(threads);
-    std::filesystem::create_directories(out);
     const auto wall0 = std::chrono::steady_clock::now();
-    const Corpus corpus = read_corpus(data_dir);
+    const Corpus corpus = read_corpus(data_dir);  // first: no output folder when there is no text
+    std::filesystem::create_directories(out);
     std::printf("Text: %d files of %s, %zu training and %zu held-out characters (96 symbols)\n",
                 corpus.files, data_dir.c_str(), corpus.train.size(), corpus.held_out.size());
     std::printf(
