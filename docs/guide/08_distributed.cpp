@@ -150,8 +150,7 @@ int main(int argc, char** argv) {
                   spread_before, spread_after, spread_trained);
       std::printf("last batch loss: %.6f (rank 0's share), one process alone: %.6f (whole batch)\n",
                   loss, loss_alone);
-      std::printf("largest weight difference, %d ranks against one process: %.3g\n", p,
-                  difference);
+      std::printf("largest weight difference, %d ranks against one process: %.3g\n", p, difference);
     }
     check(p == 1 || spread_before > 0.01, "the ranks start from different weights");
     check(spread_after == 0, "DistributedDataParallel makes them rank 0's, bit for bit");
