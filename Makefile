@@ -1,4 +1,4 @@
-# Thin wrapper over CMakePresets.json. `make demo`, `make test`, `make test-sanitize`.
+# Thin wrapper over CMakePresets.json. `make demo`, `make test`, `make test-sanitize`, `make docs`.
 # `make demo` builds and runs examples/$(DEMO).cpp with $(DEMO_ARGS): by default the
 # vanishing-gradient demo, writing its SVGs and CSVs to vanishing_out/
 # (e.g. `make demo DEMO=fashion_mlp DEMO_ARGS=` for another example).
@@ -7,7 +7,7 @@ DEMO_ARGS ?= --out vanishing_out
 JOBS ?= 2
 MAKEFLAGS += --no-print-directory
 
-.PHONY: all deps demo test test-blas test-sanitize bench bench-ddp compare format clean
+.PHONY: all deps demo test test-blas test-sanitize bench bench-ddp compare docs format clean
 
 all: test
 
@@ -50,6 +50,12 @@ bench-ddp: deps
 # tapegrad against the LibTorch peer: table of ratios (benchmarks/compare.sh --help).
 compare: deps
 	bash benchmarks/compare.sh
+
+# The API reference (Doxygen, docs/Doxyfile) in build/docs/html; any warning, e.g. an undocumented
+# public name, fails it.
+docs: deps
+	@mkdir -p build/docs
+	doxygen docs/Doxyfile
 
 format:
 	find include tests examples benchmarks docs \( -name '*.hpp' -o -name '*.cpp' \) -print0 \

@@ -1,10 +1,11 @@
 #pragma once
-// BufferPool<T>: tensors lent out and taken back, so that buffers needed for part of a step
-// (the gradients of intermediate values during backward) occupy the peak of what is live at
-// once, not the sum. acquire() hands out the smallest free buffer that is large enough (best
-// fit), else allocates one; release() takes it back. A training loop asks for the same sizes in
-// the same order every step, so after the first step every request is met by a buffer the pool
-// already has: no allocation.
+/// \file
+/// BufferPool<T>: tensors lent out and taken back, so that buffers needed for part of a step
+/// (the gradients of intermediate values during backward) occupy the peak of what is live at
+/// once, not the sum. acquire() hands out the smallest free buffer that is large enough (best
+/// fit), else allocates one; release() takes it back. A training loop asks for the same sizes in
+/// the same order every step, so after the first step every request is met by a buffer the pool
+/// already has: no allocation.
 
 #include <cstdint>
 #include <utility>
@@ -14,10 +15,12 @@
 
 namespace tapegrad {
 
+/// Tensors lent out and taken back, so that buffers needed for part of a step occupy the peak of
+/// what is live at once, not the sum (see the file's description).
 template <class T>
 class BufferPool {
  public:
-  // A tensor of shape s whose storage no one else holds; its contents are stale.
+  /// A tensor of shape s whose storage no one else holds; its contents are stale.
   Tensor<T> acquire(const Shape& s) {
     const int64_t n = s.numel();
     size_t best = free_.size();
@@ -38,8 +41,8 @@ class BufferPool {
     peak_in_use_bytes_ = std::max(peak_in_use_bytes_, in_use_bytes_);
     return t;
   }
-  // Takes back a tensor acquire() gave (t is left empty). A buffer someone still holds (a copy
-  // of a gradient a caller kept) is left to them, not lent again.
+  /// Takes back a tensor acquire() gave (t is left empty). A buffer someone still holds (a copy
+  /// of a gradient a caller kept) is left to them, not lent again.
   void release(Tensor<T>& t) {
     in_use_bytes_ -= bytes(t.capacity());
     if (t.use_count() > 1)
@@ -49,10 +52,13 @@ class BufferPool {
     t = Tensor<T>();
   }
 
-  // Bytes lent out now, at most since reset_peak(), and held in all (lent or free).
+  ///@{
+  /// Bytes lent out now, at most since reset_peak(), and held in all (lent or free).
   int64_t in_use_bytes() const { return in_use_bytes_; }
   int64_t peak_in_use_bytes() const { return peak_in_use_bytes_; }
   int64_t owned_bytes() const { return owned_bytes_; }
+  ///@}
+  /// Starts the peak from what is lent out now.
   void reset_peak() { peak_in_use_bytes_ = in_use_bytes_; }
 
  private:

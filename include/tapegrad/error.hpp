@@ -1,7 +1,8 @@
 #pragma once
-// Every exception tapegrad throws derives from tapegrad::Error, so a user can catch one type.
-// Messages name the op (or file) first, then the shapes or bytes involved:
-//   "matmul: [32,784] x [256,10]: inner sizes differ (784 vs 256)"
+/// \file
+/// Every exception tapegrad throws derives from tapegrad::Error, so a user can catch one type.
+/// Messages name the op (or file) first, then the shapes or bytes involved:
+///   "matmul: [32,784] x [256,10]: inner sizes differ (784 vs 256)"
 
 #include <sstream>
 #include <stdexcept>
@@ -13,23 +14,23 @@ namespace tapegrad {
 struct Error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
-// Operands whose shapes do not fit the op.
+/// Operands whose shapes do not fit the op.
 struct ShapeError : Error {
   using Error::Error;
 };
-// Misuse of a tape: Vars of two tapes in one op, a stale Var, backward without a seed.
+/// Misuse of a tape: Vars of two tapes in one op, a stale Var, backward without a seed.
 struct TapeError : Error {
   using Error::Error;
 };
-// An argument outside its domain (negative probability, label out of range, ...).
+/// An argument outside its domain (negative probability, label out of range, ...).
 struct ValueError : Error {
   using Error::Error;
 };
-// A file that cannot be read or written, or whose content is corrupt.
+/// A file that cannot be read or written, or whose content is corrupt.
 struct IOError : Error {
   using Error::Error;
 };
-// A non-finite value where the user asked for an error instead (clipping, optimizer policy).
+/// A non-finite value where the user asked for an error instead (clipping, optimizer policy).
 struct NonFiniteError : Error {
   using Error::Error;
 };

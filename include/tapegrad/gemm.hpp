@@ -1,15 +1,16 @@
 #pragma once
-// dst = lhs · rhs (or +=): the GEMM behind linear, matmul and the recurrent cells.
-//
-// At two or more threads a large product is split by rows of dst: each thread multiplies its
-// own block of rows with Eigen's single-threaded GEMM (Eigen runs sequentially inside a parallel
-// region). On this 2-core Zen 4 machine the split beats Eigen's own parallel GEMM where it
-// matters most, the deep MLPs' 128x256x256 (161-175 GFLOP/s vs 122-150 in three runs of
-// benchmarks/core.cpp's BM_GemmSplit), and matches or beats it on the larger shapes within the
-// machine's noise. Every row block is computed the same way whichever thread takes it, so the
-// results are bit-identical run to run for a thread count.
-//
-// With EIGEN_USE_BLAS the product goes whole to the system BLAS, which has its own threads.
+/// \file
+/// dst = lhs · rhs (or +=): the GEMM behind linear, matmul and the recurrent cells.
+///
+/// At two or more threads a large product is split by rows of dst: each thread multiplies its
+/// own block of rows with Eigen's single-threaded GEMM (Eigen runs sequentially inside a parallel
+/// region). On this 2-core Zen 4 machine the split beats Eigen's own parallel GEMM where it
+/// matters most, the deep MLPs' 128x256x256 (161-175 GFLOP/s vs 122-150 in three runs of
+/// benchmarks/core.cpp's BM_GemmSplit), and matches or beats it on the larger shapes within the
+/// machine's noise. Every row block is computed the same way whichever thread takes it, so the
+/// results are bit-identical run to run for a thread count.
+///
+/// With EIGEN_USE_BLAS the product goes whole to the system BLAS, which has its own threads.
 
 #include <Eigen/Core>
 #include <cstdint>

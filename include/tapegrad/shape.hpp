@@ -1,5 +1,6 @@
 #pragma once
-// Shape: the sizes of a tensor's dimensions, rank 0 (a scalar) to 6, row-major.
+/// \file
+/// Shape: the sizes of a tensor's dimensions, rank 0 (a scalar) to 6, row-major.
 
 #include <array>
 #include <cstdint>
@@ -12,38 +13,53 @@
 
 namespace tapegrad {
 
+/// The sizes of a tensor's dimensions, rank 0 (a scalar) to 6. Sizes must be non-negative: a
+/// negative size or a rank above 6 throws ShapeError.
 class Shape {
  public:
+  /// The largest rank a Shape holds.
   static constexpr int max_rank = 6;
 
-  Shape() = default;  // rank 0: a scalar with one element
+  Shape() = default;  ///< rank 0: a scalar with one element
+  /// The given sizes; throws ShapeError for a negative size or more than max_rank dims.
   Shape(std::initializer_list<int64_t> dims) { assign(std::span(dims.begin(), dims.size())); }
+  /// The given sizes; throws ShapeError for a negative size or more than max_rank dims.
   explicit Shape(std::span<const int64_t> dims) { assign(dims); }
 
+  /// Number of dimensions.
   int rank() const { return rank_; }
+  ///@{
+  /// Size of dimension i (0 <= i < rank(), unchecked).
   int64_t operator[](int i) const { return dims_[static_cast<size_t>(i)]; }
   int64_t& operator[](int i) { return dims_[static_cast<size_t>(i)]; }
-  // Dimension counted from the end for negative i, as in PyTorch: dim(-1) is the last.
+  ///@}
+  /// Dimension counted from the end for negative i, as in PyTorch: dim(-1) is the last.
   int64_t dim(int i) const { return (*this)[normalize(i)]; }
+  /// The index of dimension i in [0, rank()), counting from the end for negative i; throws
+  /// ShapeError if out of range.
   int normalize(int i) const {
     if (i < -rank_ || i >= rank_)
       detail::fail<ShapeError>("dim ", i, " out of range for shape ", str());
     return i < 0 ? i + rank_ : i;
   }
 
+  /// Number of elements: the product of the sizes (1 for rank 0).
   int64_t numel() const {
     int64_t n = 1;
     for (int i = 0; i < rank_; ++i) n *= dims_[i];
     return n;
   }
+  /// The sizes as a span of rank() elements.
   std::span<const int64_t> dims() const { return {dims_.data(), static_cast<size_t>(rank_)}; }
 
+  /// Appends a dimension of size d; throws ShapeError at max_rank or for a negative size.
   void push_back(int64_t d) {
     if (rank_ == max_rank) detail::fail<ShapeError>("Shape: rank above ", max_rank);
     check_dim(d);
     dims_[rank_++] = d;
   }
 
+  /// The sizes as text, e.g. "[2,3]".
   std::string str() const {
     std::string s = "[";
     for (int i = 0; i < rank_; ++i) {
@@ -54,12 +70,14 @@ class Shape {
     return s;
   }
 
+  /// Same rank and sizes.
   friend bool operator==(const Shape& a, const Shape& b) {
     if (a.rank_ != b.rank_) return false;
     for (int i = 0; i < a.rank_; ++i)
       if (a.dims_[i] != b.dims_[i]) return false;
     return true;
   }
+  /// Writes str().
   friend std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.str(); }
 
  private:

@@ -1,44 +1,45 @@
 #pragma once
-// Tape<T>: records, in execution order, one node per op: its value, its inputs and its
-// backward function. Recording order is a topological order, so backward(loss) is one reverse
-// sweep. clear() forgets the nodes but keeps their buffers: the next step's node i reuses
-// node i's storage, so a training loop stops allocating after its first step.
-//
-// Var<T> is a handle (tape, node id, generation). Using a Var after clear() or mixing Vars of
-// two tapes throws TapeError instead of reading the wrong node.
-//
-// Writing an op (see ops/elementwise.hpp for many examples):
-//   Var<T> out = tape.record("exp", x.shape(), {x}, [](OpContext<T>& c) {
-//     c.add_grad(0, c.grad_out().array() * c.value().array());   // d exp(x) = exp(x) dx
-//   });
-//   out.value().array() = x.value().array().exp();
-// The backward is a captureless lambda (a plain function pointer: no allocation); what it
-// needs beyond the inputs and output it finds in the node: saved(k) tensors, scalar(k), ints.
-// record() also takes what the backward reads (Reads: the inputs' values, its own output,
-// both by default), so the tape knows which values must stay intact until backward.
-//
-// Memory. Values live until clear() (a training loop reuses them step after step), but
-//   - gradients of intermediate values are lent by a pool (buffer_pool.hpp) when backward first
-//     writes them and taken back once the node's own backward has read them: the sweep holds
-//     the peak of its live gradients, not one per node. Var::grad() of such a value throws;
-//     call retain_grad() on it before backward to keep it (PyTorch's rule). Inputs' and
-//     parameters' gradients are kept as before;
-//   - in-place ops (record_inplace: relu_, add_, ...) write their output over their input's
-//     value when nothing has read that value and no backward needs it, and mark the input
-//     overwritten: reading it afterwards (Var::value(), or as an op's input) throws TapeError
-//     instead of returning the new values. tape.set_inplace(false) turns this off.
-// memory_stats() reports what the tape holds and the floor backward needs.
-//
-// A SweepListener set on the tape (set_listener) hears, during the reverse sweep, when each
-// parameter's gradient is final and when the sweep ends: DistributedDataParallel starts
-// averaging a group of gradients across processes while the sweep goes on. A parameter's
-// gradient is final when the sweep passes the parameter's first leaf of the recording, since
-// every node that consumes it was recorded after it; parameters' gradients are never lent by
-// the pool, so the listener may read them from then on. A checkpointed segment (a closure op)
-// adds into the gradients of the parameters inside it when the sweep reaches it: leaves
-// recorded after the first such op are reported once the sweep has passed it, and parameters
-// used only inside segments are not reported (the listener treats them at sweep_done()).
-// Without a listener this costs nothing.
+/// \file
+/// Tape<T>: records, in execution order, one node per op: its value, its inputs and its
+/// backward function. Recording order is a topological order, so backward(loss) is one reverse
+/// sweep. clear() forgets the nodes but keeps their buffers: the next step's node i reuses
+/// node i's storage, so a training loop stops allocating after its first step.
+///
+/// Var<T> is a handle (tape, node id, generation). Using a Var after clear() or mixing Vars of
+/// two tapes throws TapeError instead of reading the wrong node.
+///
+/// Writing an op (see ops/elementwise.hpp for many examples):
+///   Var<T> out = tape.record("exp", x.shape(), {x}, [](OpContext<T>& c) {
+///     c.add_grad(0, c.grad_out().array() * c.value().array());   // d exp(x) = exp(x) dx
+///   });
+///   out.value().array() = x.value().array().exp();
+/// The backward is a captureless lambda (a plain function pointer: no allocation); what it
+/// needs beyond the inputs and output it finds in the node: saved(k) tensors, scalar(k), ints.
+/// record() also takes what the backward reads (Reads: the inputs' values, its own output,
+/// both by default), so the tape knows which values must stay intact until backward.
+///
+/// Memory. Values live until clear() (a training loop reuses them step after step), but
+///   - gradients of intermediate values are lent by a pool (buffer_pool.hpp) when backward first
+///     writes them and taken back once the node's own backward has read them: the sweep holds
+///     the peak of its live gradients, not one per node. Var::grad() of such a value throws;
+///     call retain_grad() on it before backward to keep it (PyTorch's rule). Inputs' and
+///     parameters' gradients are kept as before;
+///   - in-place ops (record_inplace: relu_, add_, ...) write their output over their input's
+///     value when nothing has read that value and no backward needs it, and mark the input
+///     overwritten: reading it afterwards (Var::value(), or as an op's input) throws TapeError
+///     instead of returning the new values. tape.set_inplace(false) turns this off.
+/// memory_stats() reports what the tape holds and the floor backward needs.
+///
+/// A SweepListener set on the tape (set_listener) hears, during the reverse sweep, when each
+/// parameter's gradient is final and when the sweep ends: DistributedDataParallel starts
+/// averaging a group of gradients across processes while the sweep goes on. A parameter's
+/// gradient is final when the sweep passes the parameter's first leaf of the recording, since
+/// every node that consumes it was recorded after it; parameters' gradients are never lent by
+/// the pool, so the listener may read them from then on. A checkpointed segment (a closure op)
+/// adds into the gradients of the parameters inside it when the sweep reaches it: leaves
+/// recorded after the first such op are reported once the sweep has passed it, and parameters
+/// used only inside segments are not reported (the listener treats them at sweep_done()).
+/// Without a listener this costs nothing.
 
 #include <algorithm>
 #include <array>
@@ -62,17 +63,22 @@
 
 namespace tapegrad {
 
+/// Records ops in execution order and differentiates them in one reverse sweep (see the file's
+/// description).
 template <class T>
 class Tape;
 template <class T>
 class OpContext;
 
+/// An op's backward: reads its node through the OpContext and adds into its inputs' gradients.
 template <class T>
 using BackwardFn = void (*)(OpContext<T>&);
 
-// What an op's backward reads besides its output gradient and its saved buffers.
+/// What an op's backward reads besides its output gradient and its saved buffers.
 enum class Reads : uint8_t { none = 0, inputs = 1, output = 2, all = 3 };
+/// Whether r includes the op's inputs' values.
 constexpr bool reads_inputs(Reads r) { return (static_cast<uint8_t>(r) & 1) != 0; }
+/// Whether r includes the op's own output value.
 constexpr bool reads_output(Reads r) { return (static_cast<uint8_t>(r) & 2) != 0; }
 
 namespace detail {
@@ -88,7 +94,7 @@ inline uint64_t new_recording_id() {
 }
 }  // namespace detail
 
-// While alive, ops compute values but record no backward (torch.no_grad()).
+/// While alive, ops compute values but record no backward (torch.no_grad()).
 class NoGradGuard {
  public:
   NoGradGuard() : previous_(detail::grad_enabled) { detail::grad_enabled = false; }
@@ -99,67 +105,85 @@ class NoGradGuard {
  private:
   bool previous_;
 };
+/// Whether ops record their backward on this thread (no NoGradGuard alive).
 inline bool is_grad_enabled() { return detail::grad_enabled; }
 
+/// One recorded op: its value, inputs, backward function and the state the sweep needs. For op
+/// authors (OpContext::node()).
 template <class T>
 struct Node {
+  /// The op's name (as in TapeMemoryStats).
   const char* op = "";
+  /// The op's output.
   Tensor<T> value;
-  Tensor<T> grad;               // this sweep's gradient (or, for a parameter, its grad)
-  std::vector<int32_t> inputs;  // node ids, all smaller than this node's id
+  Tensor<T> grad;               ///< this sweep's gradient (or, for a parameter, its grad)
+  std::vector<int32_t> inputs;  ///< node ids, all smaller than this node's id
+  /// The function the sweep calls (nullptr for leaves and ops without gradient).
   BackwardFn<T> backward = nullptr;
+  /// Whether the sweep differentiates this node (an input requires grad and recording was on).
   bool requires_grad = false;
-  bool grad_ready = false;  // grad holds a gradient written in this sweep (or call, for leaves)
+  bool grad_ready = false;  ///< grad holds a gradient written in this sweep (or call, for leaves)
+  /// A constant, input or parameter, not an op's output.
   bool is_leaf = false;
-  bool is_param = false;        // grad aliases param's gradient: add into it, or assign once after
-                                // its zero_grad(); never reset
-  bool swept = false;           // its backward ran in a sweep without retain_graph
-  bool reached = false;         // scratch of Tape::check_not_swept
-  bool pooled = false;          // grad was lent by the tape's pool (given back after this backward)
-  bool retain = false;          // retain_grad(): keep the gradient of this intermediate value
-  bool value_read = false;      // a recorded backward reads this value
-  Reads reads = Reads::all;     // what this node's backward reads
-  int32_t consumers = 0;        // ops recorded with this node as an input
-  int32_t overwritten_by = -1;  // the in-place op that wrote over this value, or -1
-  int32_t storage_of = -1;      // a view or in-place output: the node whose buffer it shares
-  bool in_place = false;        // its value is its input's buffer, written over (storage_of)
-  bool handed_on = false;       // passed from one layer of a Sequential to the next, which is
-                                // its only reader (nn::ReLU & co. may then write over it)
-  bool first_leaf = false;      // the first leaf of its parameter in this recording
-  Parameter<T> param;           // the parameter of an is_param leaf
-  bool borrowed = false;  // value shares storage owned elsewhere (a leaf's tensor, a view, the
-                          // input an in-place op wrote over)
-  std::array<Tensor<T>, 3> saved;  // op-specific buffers for backward, reused across steps
+  bool is_param = false;     ///< grad aliases param's gradient: add into it, or assign once after
+                             ///< its zero_grad(); never reset
+  bool swept = false;        ///< its backward ran in a sweep without retain_graph
+  bool reached = false;      ///< scratch of Tape::check_not_swept
+  bool pooled = false;       ///< grad was lent by the tape's pool (given back after this backward)
+  bool retain = false;       ///< retain_grad(): keep the gradient of this intermediate value
+  bool value_read = false;   ///< a recorded backward reads this value
+  Reads reads = Reads::all;  ///< what this node's backward reads
+  int32_t consumers = 0;     ///< ops recorded with this node as an input
+  int32_t overwritten_by = -1;  ///< the in-place op that wrote over this value, or -1
+  int32_t storage_of = -1;      ///< a view or in-place output: the node whose buffer it shares
+  bool in_place = false;        ///< its value is its input's buffer, written over (storage_of)
+  bool handed_on = false;       ///< passed from one layer of a Sequential to the next, which is
+                                ///< its only reader (nn::ReLU & co. may then write over it)
+  bool first_leaf = false;      ///< the first leaf of its parameter in this recording
+  Parameter<T> param;           ///< the parameter of an is_param leaf
+  bool borrowed = false;  ///< value shares storage owned elsewhere (a leaf's tensor, a view, the
+                          ///< input an in-place op wrote over)
+  std::array<Tensor<T>, 3> saved;  ///< op-specific buffers for backward, reused across steps
+  /// Op-specific scalars for backward (OpContext::scalar).
   std::array<double, 4> scalars{};
+  /// Op-specific integers for backward (sizes, indices).
   std::vector<int64_t> ints;
-  std::function<void(OpContext<T>&)> closure;  // the backward of record_closure's ops
+  std::function<void(OpContext<T>&)> closure;  ///< the backward of record_closure's ops
 };
 
-// What a tape holds, in bytes (Tape::memory_stats()).
+/// What a tape holds, in bytes (Tape::memory_stats()).
+/// What a tape holds, in bytes (Tape::memory_stats()).
 struct TapeMemoryStats {
+  /// The memory of the ops of one name.
   struct Op {
+    /// The op's name.
     const char* op;
+    ///@{
+    /// Nodes of this op, the bytes of their values, of the values a backward reads, and of their
+    /// saved buffers.
     int64_t nodes = 0, values = 0, needed_values = 0, saved = 0;
+    ///@}
   };
-  int64_t values = 0;         // op outputs the tape owns (leaves, views, in-place outputs share)
-  int64_t needed_values = 0;  // of which a recorded backward reads
-  int64_t saved = 0;          // ops' saved buffers
-  int64_t grads = 0;          // intermediate gradients lent out now (none after a backward)
-  int64_t peak_grads = 0;     // intermediate gradients lent out at once, at most, in the last
-                              // backward
-  int64_t grad_pool = 0;      // what the gradient pool holds, lent or free
-  int64_t kept_grads = 0;     // gradients of inputs and retained values
-  int64_t param_grads = 0;    // gradients of the parameters used (on this tape or in its
-                              // checkpointed segments), each once
-  int64_t scratch = 0;        // the scratch tape of checkpointed segments (all of it)
-  std::vector<Op> by_op;      // per op name, most memory first
+  int64_t values = 0;         ///< op outputs the tape owns (leaves, views, in-place outputs share)
+  int64_t needed_values = 0;  ///< of which a recorded backward reads
+  int64_t saved = 0;          ///< ops' saved buffers
+  int64_t grads = 0;          ///< intermediate gradients lent out now (none after a backward)
+  int64_t peak_grads = 0;     ///< intermediate gradients lent out at once, at most, in the last
+                              ///< backward
+  int64_t grad_pool = 0;      ///< what the gradient pool holds, lent or free
+  int64_t kept_grads = 0;     ///< gradients of inputs and retained values
+  int64_t param_grads = 0;    ///< gradients of the parameters used (on this tape or in its
+                              ///< checkpointed segments), each once
+  int64_t scratch = 0;        ///< the scratch tape of checkpointed segments (all of it)
+  std::vector<Op> by_op;      ///< per op name, most memory first
 
-  // Most held at once during the step: values and saved buffers stay all step, intermediate
-  // gradients peak during backward.
+  /// Most held at once during the step: values and saved buffers stay all step, intermediate
+  /// gradients peak during backward.
   int64_t peak() const { return values + saved + peak_grads + kept_grads + param_grads + scratch; }
-  // What the step cannot do with less: the values backward reads, the saved buffers, the
-  // parameters' gradients and the largest set of intermediate gradients alive at once.
+  /// What the step cannot do with less: the values backward reads, the saved buffers, the
+  /// parameters' gradients and the largest set of intermediate gradients alive at once.
   int64_t floor() const { return needed_values + saved + peak_grads + param_grads; }
+  /// A table of the figures in MB, per op below.
   std::string str() const {
     std::ostringstream os;
     auto mb = [](int64_t b) { return double(b) / (1 << 20); };
@@ -180,53 +204,64 @@ struct TapeMemoryStats {
   }
 };
 
-// Hears a reverse sweep as it runs (Tape::set_listener).
+/// Hears a reverse sweep as it runs (Tape::set_listener).
 template <class T>
 class SweepListener {
  public:
-  // p's gradient is final for this sweep: every node consuming p was differentiated (or is not
-  // reached from the output). Called once per sweep for each parameter the recording entered
-  // as a leaf with gradient, among the nodes the sweep covers (those recorded up to its output).
+  /// p's gradient is final for this sweep: every node consuming p was differentiated (or is not
+  /// reached from the output). Called once per sweep for each parameter the recording entered
+  /// as a leaf with gradient, among the nodes the sweep covers (those recorded up to its output).
   virtual void gradient_ready(const Parameter<T>& p) = 0;
-  // The sweep has ended (every backward() call that gets past its checks ends with it).
+  /// The sweep has ended (every backward() call that gets past its checks ends with it).
   virtual void sweep_done() = 0;
 
  protected:
   ~SweepListener() = default;
 };
 
+/// A handle to a node of a tape: (tape, node id, recording). Cheap to copy. Using it after the
+/// tape's clear(), or with another tape's Vars, throws TapeError.
 template <class T>
 class Var {
  public:
-  Var() = default;  // an empty handle; using it throws
+  Var() = default;  ///< an empty handle; using it throws
 
+  /// The tape it belongs to; throws TapeError if the handle is empty or stale.
   Tape<T>& tape() const {
     check();
     return *tape_;
   }
+  /// The node's id on its tape.
   int32_t id() const { return id_; }
+  /// Whether the handle refers to a node (a default-constructed Var does not).
   bool defined() const { return tape_ != nullptr; }
 
-  // The op's output. Mutable so that an op can fill it right after recording. Throws
-  // TapeError if an in-place op has written over it since.
+  /// The op's output. Mutable so that an op can fill it right after recording. Throws
+  /// TapeError if an in-place op has written over it since.
   Tensor<T>& value() const;
+  /// The shape of the value.
   const Shape& shape() const { return node().value.shape(); }
+  /// Number of dimensions of the value.
   int rank() const { return shape().rank(); }
+  /// Number of elements of the value.
   int64_t numel() const { return shape().numel(); }
+  /// Size of dimension dim of the value (negative counts from the end).
   int64_t size(int dim) const { return shape().dim(dim); }
+  /// The value of a one-element result (a loss); throws ShapeError otherwise.
   T item() const { return value().item(); }
+  /// Whether backward computes a gradient for this value.
   bool requires_grad() const { return node().requires_grad; }
-  // Gradient of the last backward() with respect to this value; zeros if none reached it.
-  // For an intermediate value (an op's output) only after retain_grad(), else TapeError.
+  /// Gradient of the last backward() with respect to this value; zeros if none reached it.
+  /// For an intermediate value (an op's output) only after retain_grad(), else TapeError.
   Tensor<T> grad() const;
-  // Keeps this intermediate value's gradient after backward (torch.Tensor.retain_grad());
-  // call it before backward. Inputs and parameters keep theirs anyway.
+  /// Keeps this intermediate value's gradient after backward (torch.Tensor.retain_grad());
+  /// call it before backward. Inputs and parameters keep theirs anyway.
   const Var& retain_grad() const {
     node().retain = true;
     return *this;
   }
 
-  // For op authors: the node behind this handle.
+  /// For op authors: the node behind this handle.
   Node<T>& node() const;
 
  private:
@@ -239,18 +274,20 @@ class Var {
   uint64_t generation_ = 0;
 };
 
+/// Records ops in execution order, one node per op, and differentiates them in one reverse sweep;
+/// clear() forgets the nodes but keeps their buffers. Not copyable.
 template <class T>
 class Tape {
  public:
   Tape() : generation_(detail::new_recording_id()) {}
-  Tape(const Tape&) = delete;  // Vars point at their tape
+  Tape(const Tape&) = delete;  ///< Vars point at their tape
   Tape& operator=(const Tape&) = delete;
 
-  // A leaf without gradient (data, labels, fixed masks). Shares the tensor's storage.
+  /// A leaf without gradient (data, labels, fixed masks). Shares the tensor's storage.
   Var<T> constant(const Tensor<T>& t) { return leaf("constant", t, false); }
-  // A leaf whose gradient is kept on the tape: read it with Var::grad() after backward.
+  /// A leaf whose gradient is kept on the tape: read it with Var::grad() after backward.
   Var<T> input(const Tensor<T>& t) { return leaf("input", t, is_grad_enabled()); }
-  // A leaf whose gradient is added into p.grad() by backward.
+  /// A leaf whose gradient is added into p.grad() by backward.
   Var<T> param(const Parameter<T>& p) {
     const bool track = p.requires_grad() && is_grad_enabled();
     Var<T> v = leaf("parameter", p.value(), track);
@@ -271,9 +308,10 @@ class Tape {
     return v;
   }
 
-  // Records an op node with an uninitialised value of the given shape; the caller fills it.
-  // The node takes part in backward only when an input requires grad and recording is on.
-  // `reads`: what its backward reads (Reads::all when in doubt).
+  ///@{
+  /// Records an op node with an uninitialised value of the given shape; the caller fills it.
+  /// The node takes part in backward only when an input requires grad and recording is on.
+  /// `reads`: what its backward reads (Reads::all when in doubt).
   Var<T> record(const char* op, const Shape& shape, std::initializer_list<Var<T>> inputs,
                 BackwardFn<T> backward, Reads reads = Reads::all) {
     return record(op, shape, std::span<const Var<T>>(inputs.begin(), inputs.size()), backward,
@@ -283,19 +321,20 @@ class Tape {
                 BackwardFn<T> backward, Reads reads = Reads::all) {
     return record_impl(op, &shape, nullptr, inputs, backward, reads, -1, false);
   }
-  // Records an op whose value is a view sharing another tensor's storage (reshape).
+  ///@}
+  /// Records an op whose value is a view sharing another tensor's storage (reshape).
   Var<T> record_view(const char* op, const Tensor<T>& view, std::initializer_list<Var<T>> inputs,
                      BackwardFn<T> backward, Reads reads = Reads::all) {
     return record_impl(op, nullptr, &view, std::span<const Var<T>>(inputs.begin(), inputs.size()),
                        backward, reads, inputs.begin()->id_, false);
   }
-  // Records an elementwise op whose output has input k's shape, on input k's buffer when that
-  // is safe (relu_, add_): in-place is on, input k is an op's output (not a leaf or a view;
-  // an in-place output is fine), no op has taken it as an input yet, no backward reads its
-  // buffer, and nobody else holds the buffer. Then the output shares input k's buffer and
-  // input k is marked overwritten. in_place tells which happened; either way the caller
-  // computes the output elementwise from input k's value into the output's (one buffer or
-  // two). The backward of such an op must not read its inputs (they may be gone).
+  /// Records an elementwise op whose output has input k's shape, on input k's buffer when that
+  /// is safe (relu_, add_): in-place is on, input k is an op's output (not a leaf or a view;
+  /// an in-place output is fine), no op has taken it as an input yet, no backward reads its
+  /// buffer, and nobody else holds the buffer. Then the output shares input k's buffer and
+  /// input k is marked overwritten. in_place tells which happened; either way the caller
+  /// computes the output elementwise from input k's value into the output's (one buffer or
+  /// two). The backward of such an op must not read its inputs (they may be gone).
   Var<T> record_inplace(const char* op, int k, std::initializer_list<Var<T>> inputs,
                         BackwardFn<T> backward, Reads reads, bool& in_place) {
     if (reads_inputs(reads))
@@ -313,10 +352,10 @@ class Tape {
     nodes_[static_cast<size_t>(y.id_)].in_place = true;
     return y;
   }
-  // Records an op whose backward is a closure that holds state (checkpoint: the segment to run
-  // again; a capture of a pointer or two is stored without allocation). It takes part in
-  // backward whenever gradients are on, whatever its inputs. Its value is empty: the caller
-  // sizes it (value().resize()) once it knows the shape.
+  /// Records an op whose backward is a closure that holds state (checkpoint: the segment to run
+  /// again; a capture of a pointer or two is stored without allocation). It takes part in
+  /// backward whenever gradients are on, whatever its inputs. Its value is empty: the caller
+  /// sizes it (value().resize()) once it knows the shape.
   Var<T> record_closure(const char* op, std::span<const Var<T>> inputs,
                         std::function<void(OpContext<T>&)> backward, Reads reads = Reads::inputs) {
     const Shape empty{0};
@@ -325,8 +364,8 @@ class Tape {
     if (n.backward) n.closure = std::move(backward);
     return y;
   }
-  // The tape checkpointed segments run on (ops/checkpoint.hpp), made on first use; its buffers
-  // are kept for the next segment, like this tape's.
+  /// The tape checkpointed segments run on (ops/checkpoint.hpp), made on first use; its buffers
+  /// are kept for the next segment, like this tape's.
   Tape& scratch() {
     if (!scratch_) {
       scratch_ = std::make_unique<Tape>();
@@ -337,15 +376,16 @@ class Tape {
     return *scratch_;
   }
 
-  // Whether in-place ops may write over their inputs (default on).
+  /// Whether in-place ops may write over their inputs (default on).
   void set_inplace(bool on) { inplace_ = on; }
+  /// Whether in-place ops may write over their inputs.
   bool inplace() const { return inplace_; }
 
-  // Reverse sweep from a scalar loss (seed 1). Each op is differentiated once, as in PyTorch: a
-  // backward() that would run the backward of an op an earlier backward() already ran (the
-  // same loss twice, or two losses sharing a trunk) throws TapeError before changing anything,
-  // since it would add the same gradients into the parameters again; unless the earlier one
-  // passed retain_graph = true. Outputs of disjoint parts of a recording may each be swept.
+  /// Reverse sweep from a scalar loss (seed 1). Each op is differentiated once, as in PyTorch: a
+  /// backward() that would run the backward of an op an earlier backward() already ran (the
+  /// same loss twice, or two losses sharing a trunk) throws TapeError before changing anything,
+  /// since it would add the same gradients into the parameters again; unless the earlier one
+  /// passed retain_graph = true. Outputs of disjoint parts of a recording may each be swept.
   void backward(const Var<T>& loss, bool retain_graph = false) {
     check_own(loss, "backward");
     if (loss.numel() != 1)
@@ -353,7 +393,7 @@ class Tape {
                               "; pass a seed gradient of that shape for a non-scalar output");
     sweep(loss, nullptr, retain_graph);
   }
-  // Reverse sweep from any output, seeded with d(objective)/d(output).
+  /// Reverse sweep from any output, seeded with d(objective)/d(output).
   void backward(const Var<T>& out, const Tensor<T>& seed, bool retain_graph = false) {
     check_own(out, "backward");
     if (!(seed.shape() == out.shape()))
@@ -362,10 +402,10 @@ class Tape {
     sweep(out, &seed, retain_graph);
   }
 
-  // Forgets every node (their Vars become stale) but keeps the buffers for reuse. Borrowed
-  // values (leaves, views) are let go, so their owners' buffers are unshared again; the inputs'
-  // gradients go back to the pool.
-  // The listener is part of the recording: clear() removes it too.
+  /// Forgets every node (their Vars become stale) but keeps the buffers for reuse. Borrowed
+  /// values (leaves, views) are let go, so their owners' buffers are unshared again; the inputs'
+  /// gradients go back to the pool.
+  /// The listener is part of the recording: clear() removes it too.
   void clear() {
     for (size_t i = 0; i < size_; ++i) {
       Node<T>& n = nodes_[i];
@@ -378,18 +418,21 @@ class Tape {
     listener_ = nullptr;
     first_closure_ = -1;
   }
+  /// Number of nodes recorded since the last clear().
   size_t size() const { return size_; }
 
-  // The listener of this recording's sweeps (nullptr: none), until clear(). It must outlive the
-  // sweeps it hears.
+  /// The listener of this recording's sweeps (nullptr: none), until clear(). It must outlive the
+  /// sweeps it hears.
   void set_listener(SweepListener<T>* listener) { listener_ = listener; }
+  /// The listener set by set_listener(), or nullptr.
   SweepListener<T>* listener() const { return listener_; }
-  // This recording's identity, unique among all tapes of the process; clear() starts a new one.
+  /// This recording's identity, unique among all tapes of the process; clear() starts a new one.
   uint64_t recording_id() const { return generation_; }
 
+  /// For op authors: the node of id id (unchecked).
   Node<T>& node(int32_t id) { return nodes_[static_cast<size_t>(id)]; }
 
-  // What the tape holds now and held at most in its last backward (see TapeMemoryStats).
+  /// What the tape holds now and held at most in its last backward (see TapeMemoryStats).
   TapeMemoryStats memory_stats() const {
     TapeMemoryStats m;
     std::vector<const void*> params;
@@ -669,24 +712,33 @@ class Tape {
   int32_t first_closure_ = -1;  // the first op recorded by record_closure (tracked), or -1
 };
 
-// What a backward function sees: its node's output, its output gradient, its inputs, and the
-// gradients of its inputs to add into.
+/// What a backward function sees: its node's output, its output gradient, its inputs, and the
+/// gradients of its inputs to add into.
 template <class T>
 class OpContext {
  public:
+  /// The context of node on tape (the tape's sweep creates it).
   OpContext(Tape<T>& tape, Node<T>& node) : tape_(tape), node_(node) {}
 
+  /// The node being differentiated.
   Node<T>& node() { return node_; }
+  /// The tape the node is on.
   Tape<T>& tape() { return tape_; }
+  /// The op's output value.
   const Tensor<T>& value() const { return node_.value; }
+  /// The gradient of the objective with respect to the output (same shape as value()).
   const Tensor<T>& grad_out() const { return node_.grad; }
+  /// The value of input k.
   const Tensor<T>& input(int k) const { return in(k).value; }
+  /// The op's saved buffer k (0 to 2), written in forward.
   Tensor<T>& saved(int k) { return node_.saved[static_cast<size_t>(k)]; }
+  /// The op's scalar k (0 to 3), written in forward.
   double scalar(int k) const { return node_.scalars[static_cast<size_t>(k)]; }
+  /// Whether input k needs a gradient (skip computing it when not).
   bool needs_grad(int k) const { return in(k).requires_grad; }
 
-  // Adds an Eigen array expression (with numel() elements of input k) to input k's gradient.
-  // The first write of a sweep assigns, so buffers need no zeroing.
+  /// Adds an Eigen array expression (with numel() elements of input k) to input k's gradient.
+  /// The first write of a sweep assigns, so buffers need no zeroing.
   template <class Expr>
   void add_grad(int k, const Expr& e) {
     Node<T>& n = in(k);
@@ -696,7 +748,7 @@ class OpContext {
     else
       n.grad.array() += e;
   }
-  // Same for a matrix expression (e.g. a product) viewed as rows x cols of input k's gradient.
+  /// Same for a matrix expression (e.g. a product) viewed as rows x cols of input k's gradient.
   template <class Expr>
   void add_grad_matrix(int k, int64_t rows, int64_t cols, const Expr& e) {
     Node<T>& n = in(k);
@@ -706,7 +758,7 @@ class OpContext {
     else
       n.grad.matrix(rows, cols).noalias() += e;
   }
-  // Same for the product lhs · rhs, through detail::gemm (split among the threads when large).
+  /// Same for the product lhs · rhs, through detail::gemm (split among the threads when large).
   template <class Lhs, class Rhs>
   void add_grad_product(int k, int64_t rows, int64_t cols, const Lhs& lhs, const Rhs& rhs) {
     Node<T>& n = in(k);
@@ -714,17 +766,17 @@ class OpContext {
     const bool assign = fresh(n);
     detail::gemm(n.grad.matrix(rows, cols), lhs, rhs, !assign);
   }
-  // Input k's gradient buffer, zeroed if this sweep has not written it yet; for ops that
-  // scatter into it (max, slice, pooling).
+  /// Input k's gradient buffer, zeroed if this sweep has not written it yet; for ops that
+  /// scatter into it (max, slice, pooling).
   Tensor<T>& grad_in(int k) {
     Node<T>& n = in(k);
     if (fresh(n)) n.grad.zero_();
     return n.grad;
   }
-  // Input k's gradient buffer without grad_in's zero fill, for a backward that writes every
-  // element itself (one pass instead of zero fill + read-modify-write): `assign` comes back
-  // true when this sweep has not written the buffer yet (then assign every element: it holds
-  // stale values), false when the backward must add into it. Only for inputs that need_grad.
+  /// Input k's gradient buffer without grad_in's zero fill, for a backward that writes every
+  /// element itself (one pass instead of zero fill + read-modify-write): `assign` comes back
+  /// true when this sweep has not written the buffer yet (then assign every element: it holds
+  /// stale values), false when the backward must add into it. Only for inputs that need_grad.
   Tensor<T>& grad_in_uninitialized(int k, bool& assign) {
     Node<T>& n = in(k);
     assign = fresh(n);

@@ -1,6 +1,7 @@
 #pragma once
-// tapegrad: the umbrella header. Includes every public header; `namespace tg = tapegrad;`
-// is defined for brevity.
+/// \file
+/// tapegrad: the umbrella header. Includes every public header; `namespace tg = tapegrad;`
+/// is defined for brevity.
 
 // Core: tensors, the tape, parameters.
 #include "tapegrad/any_tensor.hpp"
@@ -74,8 +75,11 @@
 #include "tapegrad/io/safetensors.hpp"
 
 namespace tapegrad {
+/// The library's major version.
 inline constexpr int version_major = 0;
+/// The library's minor version.
 inline constexpr int version_minor = 1;
+/// The library's patch version.
 inline constexpr int version_patch = 0;
 }  // namespace tapegrad
 

@@ -1,10 +1,11 @@
 #pragma once
-// Tensor<T>: a contiguous row-major array of float or double with a Shape. Tensor<int64_t>
-// holds integers (optimizer step counts for checkpoints, token indices for embedding) and
-// Tensor<bool> boolean masks (attention): both have the storage and shape functions, no
-// arithmetic.
-// Copies share storage (like torch.Tensor); clone() copies the data. Compute goes through
-// Eigen maps of the storage (matrix(), array()), so kernels are Eigen expressions or GEMMs.
+/// \file
+/// Tensor<T>: a contiguous row-major array of float or double with a Shape. Tensor<int64_t>
+/// holds integers (optimizer step counts for checkpoints, token indices for embedding) and
+/// Tensor<bool> boolean masks (attention): both have the storage and shape functions, no
+/// arithmetic.
+/// Copies share storage (like torch.Tensor); clone() copies the data. Compute goes through
+/// Eigen maps of the storage (matrix(), array()), so kernels are Eigen expressions or GEMMs.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -26,6 +27,9 @@
 
 namespace tapegrad {
 
+/// A contiguous row-major array of T with a Shape, 64-byte aligned. Copies share storage (as
+/// torch.Tensor); clone() copies the data. Shape mismatches throw ShapeError, invalid arguments
+/// ValueError (error.hpp).
 template <class T>
 class Tensor {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double> ||
@@ -34,32 +38,45 @@ class Tensor {
                 "state, bool for masks)");
 
  public:
+  /// The element type.
   using Scalar = T;
-  // 64-byte alignment: AVX-512 loads, and Eigen maps may assume Aligned64.
+  /// 64-byte alignment: AVX-512 loads, and Eigen maps may assume Aligned64.
   static constexpr size_t alignment = 64;
+  /// A writable Eigen row-major matrix view of the storage (matrix()).
   using MatrixMap = Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
                                Eigen::Aligned64>;
+  /// A read-only Eigen row-major matrix view of the storage (matrix() const).
   using ConstMatrixMap =
       Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>,
                  Eigen::Aligned64>;
+  /// A writable flat Eigen array view of the storage (array()).
   using ArrayMap = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>, Eigen::Aligned64>;
+  /// A read-only flat Eigen array view of the storage (array() const).
   using ConstArrayMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>, Eigen::Aligned64>;
 
-  Tensor() : shape_{0} {}  // an empty tensor of shape [0]; allocates nothing
+  Tensor() : shape_{0} {}  ///< an empty tensor of shape [0]; allocates nothing
 
-  // Uninitialised storage of the given shape.
+  /// Uninitialised storage of the given shape.
   explicit Tensor(const Shape& shape) : shape_(shape) { allocate(shape.numel()); }
 
   // ---- creation ----
+  /// Uninitialised storage of shape s.
   static Tensor empty(const Shape& s) { return Tensor(s); }
+  /// All zeros.
   static Tensor zeros(const Shape& s) { return full(s, T(0)); }
+  /// All ones.
   static Tensor ones(const Shape& s) { return full(s, T(1)); }
+  /// Every element v.
   static Tensor full(const Shape& s, T v) {
     Tensor t(s);
     t.fill_(v);
     return t;
   }
+  /// A rank-0 tensor holding v.
   static Tensor scalar(T v) { return full(Shape{}, v); }
+  ///@{
+  /// From values in row-major order: with the shape s (throws ShapeError if values.size() is not
+  /// s.numel()), or as a rank-1 tensor.
   static Tensor from(const std::vector<T>& values, const Shape& s) {
     if (static_cast<int64_t>(values.size()) != s.numel())
       detail::fail<ShapeError>("Tensor::from: ", values.size(), " values for shape ", s, " (",
@@ -71,17 +88,26 @@ class Tensor {
   static Tensor from(const std::vector<T>& values) {
     return from(values, Shape{static_cast<int64_t>(values.size())});
   }
-  // Nested initializer lists, as torch::tensor({{1, 2}, {3, 4}}).
+  ///@}
+  /// One-level initializer list (a vector); the List types nest as torch::tensor({{1, 2}, {3, 4}}).
   using List1 = std::initializer_list<T>;
+  /// Two-level initializer list (a matrix).
   using List2 = std::initializer_list<List1>;
+  /// Three-level initializer list.
   using List3 = std::initializer_list<List2>;
+  /// Four-level initializer list.
   using List4 = std::initializer_list<List3>;
+  ///@{
+  /// From nested initializer lists, as torch::tensor({{1, 2}, {3, 4}}); throws ShapeError if the
+  /// lists are ragged.
   static Tensor from(List1 l) { return from(std::vector<T>(l)); }
   static Tensor from(List2 l) { return from_nested(l); }
   static Tensor from(List3 l) { return from_nested(l); }
   static Tensor from(List4 l) { return from_nested(l); }
+  ///@}
 
-  // 0, 1, ..., n-1 and start, start+step, ... < stop, as torch.arange.
+  ///@{
+  /// 0, 1, ..., n-1 and start, start+step, ... < stop, as torch.arange.
   static Tensor arange(int64_t n) { return arange(T(0), T(n), T(1)); }
   static Tensor arange(T start, T stop, T step = T(1)) {
     if (step == T(0) || !std::isfinite(start) || !std::isfinite(stop))
@@ -91,11 +117,14 @@ class Tensor {
     for (int64_t i = 0; i < t.numel(); ++i) t[i] = start + T(i) * step;
     return t;
   }
+  ///@}
+  /// Uniform in [lo, hi) from g.
   static Tensor rand(const Shape& s, Generator& g, T lo = T(0), T hi = T(1)) {
     Tensor t(s);
     for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<T>(g.uniform(lo, hi));
     return t;
   }
+  /// Normal with the given mean and standard deviation from g.
   static Tensor randn(const Shape& s, Generator& g, T mean = T(0), T stddev = T(1)) {
     Tensor t(s);
     for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<T>(g.normal(mean, stddev));
@@ -103,21 +132,34 @@ class Tensor {
   }
 
   // ---- properties ----
+  /// The sizes of the dimensions.
   const Shape& shape() const { return shape_; }
+  /// Number of dimensions.
   int rank() const { return shape_.rank(); }
+  /// Number of elements.
   int64_t numel() const { return shape_.numel(); }
+  /// Size of dimension dim (negative counts from the end). Throws ShapeError if out of range.
   int64_t size(int dim) const { return shape_.dim(dim); }
+  ///@{
+  /// Pointer to the first element.
   T* data() { return data_.get(); }
   const T* data() const { return data_.get(); }
-  // True when both tensors view the same storage.
+  ///@}
+  /// True when both tensors view the same storage.
   bool shares_storage(const Tensor& o) const { return data_ == o.data_; }
-  // How many Tensors share this storage; 1 means this one alone.
+  /// How many Tensors share this storage; 1 means this one alone.
   long use_count() const { return data_.use_count(); }
+  /// Elements the storage can hold (at least numel()).
   int64_t capacity() const { return capacity_; }
 
   // ---- element access ----
+  ///@{
+  /// Element i of the flat row-major storage, unchecked.
   T& operator[](int64_t i) { return data_.get()[i]; }  // flat, unchecked
   const T& operator[](int64_t i) const { return data_.get()[i]; }
+  ///@}
+  ///@{
+  /// Element at a multi-index (one index per dimension), unchecked.
   template <class... I>
   T& operator()(I... idx) {  // multi-index, unchecked
     return data_.get()[offset_unchecked(idx...)];
@@ -126,6 +168,10 @@ class Tensor {
   const T& operator()(I... idx) const {
     return data_.get()[offset_unchecked(idx...)];
   }
+  ///@}
+  ///@{
+  /// Element at a multi-index, bounds-checked: throws ShapeError for a wrong number of indices or
+  /// an index out of range.
   template <class... I>
   T& at(I... idx) {  // multi-index, bounds-checked
     return data_.get()[offset_checked({static_cast<int64_t>(idx)...})];
@@ -134,6 +180,8 @@ class Tensor {
   const T& at(I... idx) const {
     return data_.get()[offset_checked({static_cast<int64_t>(idx)...})];
   }
+  ///@}
+  /// The value of a one-element tensor; throws ShapeError otherwise.
   T item() const {
     if (numel() != 1)
       detail::fail<ShapeError>("item: tensor of shape ", shape_, " has ", numel(),
@@ -142,8 +190,9 @@ class Tensor {
   }
 
   // ---- shape changes (sharing storage) and copies ----
-  // One size may be -1: it is inferred from the others. Allocates nothing (training loops
-  // reshape every step).
+  ///@{
+  /// One size may be -1: it is inferred from the others. Allocates nothing (training loops
+  /// reshape every step).
   Tensor reshape(std::span<const int64_t> dims) const {
     Tensor t = *this;
     t.shape_ = infer_shape(dims);
@@ -156,11 +205,13 @@ class Tensor {
     return reshape(std::span<const int64_t>(dims));
   }
   Tensor reshape(const Shape& s) const { return reshape(s.dims()); }
+  ///@}
+  /// The same storage as one dimension of numel() elements.
   Tensor flatten() const { return reshape({numel()}); }
-  // Rows [start, start + length) of dim 0, sharing this storage (torch.narrow(0, start,
-  // length)): writes through either are seen by both. Since Eigen maps of a tensor assume
-  // 64-byte alignment, the rows must start at a multiple of 64 bytes from the storage's start
-  // (e.g. a multiple of 16 floats in a flat tensor); otherwise it throws ValueError.
+  /// Rows [start, start + length) of dim 0, sharing this storage (torch.narrow(0, start,
+  /// length)): writes through either are seen by both. Since Eigen maps of a tensor assume
+  /// 64-byte alignment, the rows must start at a multiple of 64 bytes from the storage's start
+  /// (e.g. a multiple of 16 floats in a flat tensor); otherwise it throws ValueError.
   Tensor narrow(int64_t start, int64_t length) const {
     if (rank() < 1 || start < 0 || length < 0 || start + length > shape_[0])
       detail::fail<ShapeError>("narrow: rows [", start, ", ", start + length, ") of shape ",
@@ -177,31 +228,35 @@ class Tensor {
     t.capacity_ = length * row;
     return t;
   }
+  /// A copy with its own storage.
   Tensor clone() const {
     Tensor t(shape_);
     if (numel()) std::memcpy(t.data(), data(), sizeof(T) * static_cast<size_t>(numel()));
     return t;
   }
+  /// Sets every element to v; returns *this.
   Tensor& fill_(T v) {
     std::fill_n(data(), numel(), v);
     return *this;
   }
+  /// Sets every element to zero; returns *this.
   Tensor& zero_() { return fill_(T(0)); }
-  // Copies values from a tensor with the same number of elements into this storage.
+  /// Copies values from a tensor with the same number of elements into this storage.
   Tensor& copy_(const Tensor& src) {
     if (src.numel() != numel()) detail::fail<ShapeError>("copy_: ", src.shape(), " into ", shape_);
     if (numel() && src.data() != data())
       std::memmove(data(), src.data(), sizeof(T) * static_cast<size_t>(numel()));
     return *this;
   }
+  /// A copy converted element by element to U (static_cast).
   template <class U>
   Tensor<U> to() const {
     Tensor<U> t(shape_);
     for (int64_t i = 0; i < numel(); ++i) t[i] = static_cast<U>((*this)[i]);
     return t;
   }
-  // Gives this tensor the shape s, keeping its storage when it is large enough and not shared
-  // with another tensor; otherwise allocates. The tape uses it to reuse buffers step after step.
+  /// Gives this tensor the shape s, keeping its storage when it is large enough and not shared
+  /// with another tensor; otherwise allocates. The tape uses it to reuse buffers step after step.
   void resize(const Shape& s) {
     const int64_t n = s.numel();
     if (n > capacity_ || data_.use_count() > 1) allocate(n);
@@ -209,10 +264,14 @@ class Tensor {
   }
 
   // ---- Eigen views (no copies) ----
-  // matrix(): rank >= 2 folds the leading dims into rows, the last dim is the columns;
-  // rank 1 is one row; rank 0 is 1x1.
+  ///@{
+  /// matrix(): rank >= 2 folds the leading dims into rows, the last dim is the columns;
+  /// rank 1 is one row; rank 0 is 1x1.
   MatrixMap matrix() { return matrix(rows(), cols()); }
   ConstMatrixMap matrix() const { return matrix(rows(), cols()); }
+  ///@}
+  ///@{
+  /// A view of the storage as r x c rows and columns; throws ShapeError if r * c is not numel().
   MatrixMap matrix(int64_t r, int64_t c) {
     check_view(r, c);
     return MatrixMap(data(), r, c);
@@ -221,8 +280,12 @@ class Tensor {
     check_view(r, c);
     return ConstMatrixMap(data(), r, c);
   }
+  ///@}
+  ///@{
+  /// The flat storage as an Eigen array of numel() elements.
   ArrayMap array() { return ArrayMap(data(), numel()); }
   ConstArrayMap array() const { return ConstArrayMap(data(), numel()); }
+  ///@}
 
  private:
   template <class U>
@@ -330,8 +393,8 @@ class Tensor {
   Shape shape_;
 };
 
-// |a - b| <= atol + rtol * |b| elementwise, as torch.allclose; shapes must be equal.
-// NaN is never close to anything.
+/// |a - b| <= atol + rtol * |b| elementwise, as torch.allclose; shapes must be equal.
+/// NaN is never close to anything.
 template <class T>
 bool allclose(const Tensor<T>& a, const Tensor<T>& b, double rtol = 1e-5, double atol = 1e-8) {
   if (!(a.shape() == b.shape())) return false;
@@ -370,8 +433,8 @@ void print_dim(std::ostream& os, const Tensor<T>& t, int dim, int64_t offset, in
 }
 }  // namespace detail
 
-// tensor([[    1.0000,     2.0000], ...], shape=[2,2]); tensors above 1000 elements show only
-// the first and last three entries of each dimension, as PyTorch does.
+/// tensor([[    1.0000,     2.0000], ...], shape=[2,2]); tensors above 1000 elements show only
+/// the first and last three entries of each dimension, as PyTorch does.
 template <class T>
 std::ostream& operator<<(std::ostream& os, const Tensor<T>& t) {
   const auto flags = os.flags();

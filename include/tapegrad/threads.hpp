@@ -1,5 +1,6 @@
 #pragma once
-// One switch for both thread pools: Eigen's GEMM and our own OpenMP loops.
+/// \file
+/// One switch for both thread pools: Eigen's GEMM and our own OpenMP loops.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -11,6 +12,7 @@
 
 namespace tapegrad {
 
+/// Sets the threads of Eigen's GEMM and of tapegrad's OpenMP loops to n (at least 1).
 inline void set_num_threads(int n) {
   if (n < 1) n = 1;
   Eigen::setNbThreads(n);
@@ -19,6 +21,7 @@ inline void set_num_threads(int n) {
 #endif
 }
 
+/// The threads OpenMP loops use (1 without OpenMP).
 inline int get_num_threads() {
 #ifdef _OPENMP
   return omp_get_max_threads();
@@ -27,8 +30,8 @@ inline int get_num_threads() {
 #endif
 }
 
-// Elementwise loops go parallel only above this many elements: below it, waking threads
-// costs more than the loop.
+/// Elementwise loops go parallel only above this many elements: below it, waking threads
+/// costs more than the loop.
 inline constexpr int64_t parallel_threshold = 1 << 15;
 
 namespace detail {

@@ -1,16 +1,17 @@
 #pragma once
-// gradcheck: compares the tape's gradients with central finite differences, in double.
-//
-//   auto r = tg::gradcheck([](tg::Tape<double>& t, const std::vector<tg::Var<double>>& x) {
-//     return tg::sum(tg::tanh(x[0]) * x[1]);
-//   }, {a, b});
-//   EXPECT_TRUE(r) << r;   // prints the worst element: analytic vs numeric
-//
-// f may return a non-scalar: the check then differentiates sum(w * f) for fixed random w, so
-// every output element takes part. Parameters named in `params` are checked too (f reaches
-// them through tape.param or a module). f must be deterministic.
-// The error of one element is |analytic - numeric| / max(1, |analytic|, |numeric|): relative
-// for large gradients, absolute for small ones.
+/// \file
+/// gradcheck: compares the tape's gradients with central finite differences, in double.
+///
+///   auto r = tg::gradcheck([](tg::Tape<double>& t, const std::vector<tg::Var<double>>& x) {
+///     return tg::sum(tg::tanh(x[0]) * x[1]);
+///   }, {a, b});
+///   EXPECT_TRUE(r) << r;   // prints the worst element: analytic vs numeric
+///
+/// f may return a non-scalar: the check then differentiates sum(w * f) for fixed random w, so
+/// every output element takes part. Parameters named in `params` are checked too (f reaches
+/// them through tape.param or a module). f must be deterministic.
+/// The error of one element is |analytic - numeric| / max(1, |analytic|, |numeric|): relative
+/// for large gradients, absolute for small ones.
 
 #include <algorithm>
 #include <cmath>
@@ -23,13 +24,21 @@
 
 namespace tapegrad {
 
+/// The outcome of gradcheck: whether every element agreed, and the worst one.
 struct GradcheckResult {
+  /// Whether every element's error is within the tolerance.
   bool ok = true;
-  double max_error = 0;  // the worst element's error (see above)
-  std::string worst;     // "input 1 [5]" or "param 0 [3]"
+  double max_error = 0;  ///< the worst element's error (see above)
+  std::string worst;     ///< "input 1 [5]" or "param 0 [3]"
+  ///@{
+  /// The worst element's analytic (tape) and numeric (finite-difference) gradient.
   double analytic = 0, numeric = 0;
-  int64_t checked = 0;  // number of elements compared
+  ///@}
+  int64_t checked = 0;  ///< number of elements compared
+  /// ok.
   explicit operator bool() const { return ok; }
+  /// Writes "gradcheck passed/FAILED: worst ... analytic ... numeric ... error ... over ...
+  /// elements".
   friend std::ostream& operator<<(std::ostream& os, const GradcheckResult& r) {
     return os << "gradcheck " << (r.ok ? "passed" : "FAILED") << ": worst " << r.worst
               << " analytic " << r.analytic << " numeric " << r.numeric << " error " << r.max_error
@@ -37,9 +46,12 @@ struct GradcheckResult {
   }
 };
 
+/// The function gradcheck differentiates: builds its output on the tape from the input Vars.
 using GradcheckFn =
     std::function<Var<double>(Tape<double>&, const std::vector<Var<double>>& inputs)>;
 
+/// Compares the tape's gradients of f with respect to inputs and params with central differences of
+/// step eps; ok when every element's error (see the file's description) is at most tolerance.
 inline GradcheckResult gradcheck(const GradcheckFn& f, std::vector<Tensor<double>> inputs,
                                  std::vector<Parameter<double>> params = {},
                                  double tolerance = 1e-6, double eps = 1e-6) {

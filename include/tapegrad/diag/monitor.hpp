@@ -1,42 +1,43 @@
 #pragma once
-// GradientMonitor: watches the gradient of every layer during training and says what is wrong.
-//
-//   diag::GradientMonitor<float> monitor(model);
-//   ... tape.backward(loss); monitor.record(step); optimizer.step(); ...
-//   std::cout << monitor.report() << monitor.diagnosis();
-//   monitor.write_csv("grad_norms.csv");
-//
-// Layers are the parameters grouped by their name up to the last '.', in model order:
-// "0.weight" and "0.bias" are layer "0", "block1.bn1.weight" is layer "block1.bn1". A layer's
-// norm is the L2 norm of all its parameters' gradients together, computed in double
-// (sqrt(sum g^2), rescaled when the squares would overflow). Ratios compare a layer with the
-// last *weight layer* (one with a matrix or kernel: Dense, Conv2D, ...), and the first/last
-// ratio the weight layer nearest the input with the one nearest the loss: in a deep sigmoid
-// network the gradient shrinks by up to 4x per layer on its way back (sigma' <= 1/4), so that
-// ratio falls geometrically with depth (Glorot & Bengio 2010; He et al. 2015).
-//
-// Flags, for the latest record:
-//   vanishing   a layer's norm below vanishing_threshold, or (weight layers only) its ratio to
-//               the last weight layer below vanishing_ratio
-//   exploding   a layer's norm above exploding_threshold, (weight layers only) its ratio to the
-//               last weight layer above exploding_ratio, or "growing": over the last
-//               growth_window records the norm rose at least 3 times in 4 and grew at least
-//               growth_factor-fold
-//   non_finite  a NaN or Inf in a layer's gradient
-// Normalisation layers (only vectors: gamma, beta) are judged by the thresholds alone: their
-// few parameters have a small norm next to a large output layer's by count, not by vanishing.
-//
-// Transformers: each nn::TransformerEncoderLayer is a block whose attention ("self_attn",
-// "self_attn.out_proj") and feed-forward ("linear1", "linear2") gradient norms are reported
-// together, input side first. Xiong et al. 2020 ("On Layer Normalization in the Transformer
-// Architecture") show that at initialisation a Post-LN Transformer's gradients are largest for
-// the blocks near the output, so that a large learning rate at the start diverges unless it is
-// warmed up, while a Pre-LN one's are about equal across the blocks. Flag:
-//   needs_warmup  Post-LN blocks (norm_first = false) whose last block's gradient norm is above
-//                 warmup_ratio times the first block's; the diagnosis prescribes a learning-rate
-//                 warm-up or Pre-LN (or, after set_warmup(), says the warm-up is on).
-// History is a ring buffer of `history` records: memory stays bounded over any run length, and
-// recording allocates nothing.
+/// \file
+/// GradientMonitor: watches the gradient of every layer during training and says what is wrong.
+///
+///   diag::GradientMonitor<float> monitor(model);
+///   ... tape.backward(loss); monitor.record(step); optimizer.step(); ...
+///   std::cout << monitor.report() << monitor.diagnosis();
+///   monitor.write_csv("grad_norms.csv");
+///
+/// Layers are the parameters grouped by their name up to the last '.', in model order:
+/// "0.weight" and "0.bias" are layer "0", "block1.bn1.weight" is layer "block1.bn1". A layer's
+/// norm is the L2 norm of all its parameters' gradients together, computed in double
+/// (sqrt(sum g^2), rescaled when the squares would overflow). Ratios compare a layer with the
+/// last *weight layer* (one with a matrix or kernel: Dense, Conv2D, ...), and the first/last
+/// ratio the weight layer nearest the input with the one nearest the loss: in a deep sigmoid
+/// network the gradient shrinks by up to 4x per layer on its way back (sigma' <= 1/4), so that
+/// ratio falls geometrically with depth (Glorot & Bengio 2010; He et al. 2015).
+///
+/// Flags, for the latest record:
+///   vanishing   a layer's norm below vanishing_threshold, or (weight layers only) its ratio to
+///               the last weight layer below vanishing_ratio
+///   exploding   a layer's norm above exploding_threshold, (weight layers only) its ratio to the
+///               last weight layer above exploding_ratio, or "growing": over the last
+///               growth_window records the norm rose at least 3 times in 4 and grew at least
+///               growth_factor-fold
+///   non_finite  a NaN or Inf in a layer's gradient
+/// Normalisation layers (only vectors: gamma, beta) are judged by the thresholds alone: their
+/// few parameters have a small norm next to a large output layer's by count, not by vanishing.
+///
+/// Transformers: each nn::TransformerEncoderLayer is a block whose attention ("self_attn",
+/// "self_attn.out_proj") and feed-forward ("linear1", "linear2") gradient norms are reported
+/// together, input side first. Xiong et al. 2020 ("On Layer Normalization in the Transformer
+/// Architecture") show that at initialisation a Post-LN Transformer's gradients are largest for
+/// the blocks near the output, so that a large learning rate at the start diverges unless it is
+/// warmed up, while a Pre-LN one's are about equal across the blocks. Flag:
+///   needs_warmup  Post-LN blocks (norm_first = false) whose last block's gradient norm is above
+///                 warmup_ratio times the first block's; the diagnosis prescribes a learning-rate
+///                 warm-up or Pre-LN (or, after set_warmup(), says the warm-up is on).
+/// History is a ring buffer of `history` records: memory stays bounded over any run length, and
+/// recording allocates nothing.
 
 #include <algorithm>
 #include <cctype>
@@ -57,9 +58,10 @@
 
 namespace tapegrad::diag {
 
-// The hidden activation, which decides the likely cause of vanishing gradients.
+/// The hidden activation, which decides the likely cause of vanishing gradients.
 enum class Activation { Unknown, Sigmoid, Tanh, ReLU };
 
+/// "Sigmoid", "Tanh", "ReLU" or "unknown".
 inline const char* activation_name(Activation a) {
   switch (a) {
     case Activation::Sigmoid:
@@ -74,28 +76,35 @@ inline const char* activation_name(Activation a) {
   return "unknown";
 }
 
+/// Thresholds and history of a GradientMonitor.
 struct MonitorOptions {
-  int64_t every = 1;                  // record() records only steps divisible by this
-  double vanishing_threshold = 1e-7;  // a layer norm below this is vanishing
-  double vanishing_ratio = 1e-2;      // a layer/last-layer ratio below this is vanishing
-  double exploding_threshold = 1e3;   // a layer norm above this is exploding
-  double exploding_ratio = 1e2;       // a layer/last-layer ratio above this is exploding
-  int growth_window = 8;              // records examined for steady growth
-  double growth_factor = 10;          // growth over the window that counts as exploding
-  int64_t history = 1000;             // records kept (a ring buffer)
-  // Post-LN last/first block gradient ratio that calls for a warm-up. Measured at initialisation
-  // (examples/transformer_lm.cpp, 4 layers): Post-LN 1.4, Pre-LN 0.9.
+  int64_t every = 1;                  ///< record() records only steps divisible by this
+  double vanishing_threshold = 1e-7;  ///< a layer norm below this is vanishing
+  double vanishing_ratio = 1e-2;      ///< a layer/last-layer ratio below this is vanishing
+  double exploding_threshold = 1e3;   ///< a layer norm above this is exploding
+  double exploding_ratio = 1e2;       ///< a layer/last-layer ratio above this is exploding
+  int growth_window = 8;              ///< records examined for steady growth
+  double growth_factor = 10;          ///< growth over the window that counts as exploding
+  int64_t history = 1000;             ///< records kept (a ring buffer)
+  /// Post-LN last/first block gradient ratio that calls for a warm-up. Measured at initialisation
+  /// (examples/transformer_lm.cpp, 4 layers): Post-LN 1.4, Pre-LN 0.9.
   double warmup_ratio = 1.2;
 };
 
+/// One layer's gradient in the latest record, and its diagnosis.
 struct LayerStatus {
-  std::string layer;          // the name prefix, e.g. "0" or "block1.bn1"
-  std::string module;         // the module's name() when known, e.g. "Dense(784, 256)"
-  double norm = 0;            // L2 norm of the layer's gradients
-  double ratio_to_last = 0;   // norm / last weight layer's norm (NaN when that is 0 or not finite)
-  bool weight_layer = false;  // has a matrix or kernel (the ratio rules apply to it)
+  std::string layer;         ///< the name prefix, e.g. "0" or "block1.bn1"
+  std::string module;        ///< the module's name() when known, e.g. "Dense(784, 256)"
+  double norm = 0;           ///< L2 norm of the layer's gradients
+  double ratio_to_last = 0;  ///< norm / last weight layer's norm (NaN when that is 0 or not finite)
+  bool weight_layer = false;  ///< has a matrix or kernel (the ratio rules apply to it)
+  ///@{
+  /// The layer's flags: vanishing or exploding (by norm or ratio), growing steadily over the
+  /// window, or holding NaN/inf.
   bool vanishing = false, exploding = false, growing = false, non_finite = false;
+  ///@}
 
+  /// "NON-FINITE", "GROWING", "EXPLODING", "VANISHING" or "ok".
   std::string flag() const {
     if (non_finite) return "NON-FINITE";
     if (growing) return "GROWING";
@@ -105,32 +114,44 @@ struct LayerStatus {
   }
 };
 
-// One Transformer block (an nn::TransformerEncoderLayer): gradient L2 norms of its attention and
-// feed-forward parameters, and of both together.
+/// One Transformer block (an nn::TransformerEncoderLayer): gradient L2 norms of its attention and
+/// feed-forward parameters, and of both together.
 struct BlockStatus {
-  std::string block;  // its name prefix, e.g. "encoder.layers.0"
+  std::string block;  ///< its name prefix, e.g. "encoder.layers.0"
+  ///@{
+  /// L2 norms of the block's attention parameters, of its feed-forward parameters, and of both.
   double attention = 0, feed_forward = 0, norm = 0;
+  ///@}
 };
 
+/// The diagnosis of the latest record: per layer, per Transformer block, and overall.
 struct GradientFlags {
-  int64_t step = -1;  // the step of the latest record, -1 before any
+  int64_t step = -1;  ///< the step of the latest record, -1 before any
+  /// Per layer, input side first.
   std::vector<LayerStatus> layers;
-  double first_last_ratio = 0;  // first weight layer's norm / last weight layer's norm
-  double total_norm = 0;        // L2 norm over all layers (what clip_grad_norm_ sees)
+  double first_last_ratio = 0;  ///< first weight layer's norm / last weight layer's norm
+  double total_norm = 0;        ///< L2 norm over all layers (what clip_grad_norm_ sees)
+  ///@{
+  /// Whether any layer is vanishing, exploding, growing or non-finite.
   bool vanishing = false, exploding = false, growing = false, non_finite = false;
-  std::vector<BlockStatus> blocks;  // Transformer blocks, input side first (empty if none)
-  bool post_ln = false;             // the blocks normalise after the residual (norm_first = false)
-  double block_ratio = NAN;         // last block's norm / first block's (NaN without 2 blocks)
-  bool needs_warmup = false;        // Post-LN and block_ratio > warmup_ratio
+  ///@}
+  std::vector<BlockStatus> blocks;  ///< Transformer blocks, input side first (empty if none)
+  bool post_ln = false;       ///< the blocks normalise after the residual (norm_first = false)
+  double block_ratio = NAN;   ///< last block's norm / first block's (NaN without 2 blocks)
+  bool needs_warmup = false;  ///< Post-LN and block_ratio > warmup_ratio
 
+  /// Whether anything is flagged (vanishing, exploding, non-finite, or a warm-up needed).
   bool any() const { return vanishing || exploding || non_finite || needs_warmup; }
+  /// any().
   explicit operator bool() const { return any(); }
 };
 
+/// Per-layer gradient norms after backward, their history, and a diagnosis of vanishing and
+/// exploding gradients with the likely cause and cure (see the file's description).
 template <class T>
 class GradientMonitor {
  public:
-  // Attaches to a model: its parameters, and its module names to recognise the activation.
+  /// Attaches to a model: its parameters, and its module names to recognise the activation.
   explicit GradientMonitor(const nn::Module<T>& model, MonitorOptions options = {})
       : opt_(options) {
     setup(model.named_parameters());
@@ -141,24 +162,26 @@ class GradientMonitor {
     detect_architecture();
     find_blocks();
   }
-  // Attaches to parameters only (no module names: tell it the activation if you know it).
+  /// Attaches to parameters only (no module names: tell it the activation if you know it).
   explicit GradientMonitor(const std::vector<std::pair<std::string, Parameter<T>>>& named,
                            MonitorOptions options = {})
       : opt_(options) {
     setup(named);
   }
 
-  // States the hidden activation, for models whose module names do not show it.
+  /// States the hidden activation, for models whose module names do not show it.
   void set_activation(Activation a) { activation_ = a; }
+  /// The hidden activation (detected from module names or set).
   Activation activation() const { return activation_; }
+  /// The options given at construction.
   const MonitorOptions& options() const { return opt_; }
 
-  // Tells the diagnosis that the learning rate is warmed up over the first `steps` steps (0: not),
-  // so that it does not prescribe a warm-up that is already on.
+  /// Tells the diagnosis that the learning rate is warmed up over the first `steps` steps (0: not),
+  /// so that it does not prescribe a warm-up that is already on.
   void set_warmup(int64_t steps) { warmup_steps_ = steps; }
 
-  // Tells the diagnosis which clipping the optimizer applies (read now, not kept in sync), so
-  // it does not prescribe what is already on and says what the clipping does to this step.
+  /// Tells the diagnosis which clipping the optimizer applies (read now, not kept in sync), so
+  /// it does not prescribe what is already on and says what the clipping does to this step.
   void set_clipping(const optim::Optimizer<T>& optimizer) {
     const auto& n = optimizer.clip_grad_norm();
     const auto& v = optimizer.clip_grad_value();
@@ -167,16 +190,18 @@ class GradientMonitor {
     clip_value_ = v ? v->clip_value : NAN;
   }
 
+  /// Number of layers (parameters grouped by name prefix).
   int64_t num_layers() const { return static_cast<int64_t>(layers_.size()); }
+  /// The layers' names, input side first.
   std::vector<std::string> layer_names() const {
     std::vector<std::string> out;
     for (const auto& l : layers_) out.push_back(l.name);
     return out;
   }
 
-  // Measures every layer's gradient norm now, if step is one to record (step % every == 0).
-  // Call after backward() and before the optimizer changes the gradients. Returns whether it
-  // recorded.
+  /// Measures every layer's gradient norm now, if step is one to record (step % every == 0).
+  /// Call after backward() and before the optimizer changes the gradients. Returns whether it
+  /// recorded.
   bool record(int64_t step) {
     if (step % opt_.every != 0) return false;
     const size_t cap = static_cast<size_t>(opt_.history);
@@ -193,22 +218,25 @@ class GradientMonitor {
     return true;
   }
 
-  // Records in the history (at most options().history).
+  /// Records in the history (at most options().history).
   int64_t size() const { return static_cast<int64_t>(count_); }
-  // Records ever made, including those the ring buffer has dropped.
+  /// Records ever made, including those the ring buffer has dropped.
   int64_t total_records() const { return total_records_; }
+  /// Records that held a NaN or inf gradient.
   int64_t non_finite_records() const { return non_finite_records_; }
-  // Record k of the history, 0 = oldest: its step and per-layer norms.
+  /// Record k of the history, 0 = oldest: its step and per-layer norms.
   int64_t step_at(int64_t k) const { return steps_[index(k)]; }
+  /// The per-layer norms of record k, 0 = oldest (k in [0, size())).
   std::span<const double> norms_at(int64_t k) const {
     return {&norms_[index(k) * layers_.size()], layers_.size()};
   }
+  /// The per-layer norms of the latest record; throws ValueError before any.
   std::span<const double> latest() const {
     if (count_ == 0) tapegrad::detail::fail<ValueError>("GradientMonitor: nothing recorded yet");
     return norms_at(size() - 1);
   }
 
-  // Flags for the latest record (all false before any record).
+  /// Flags for the latest record (all false before any record).
   GradientFlags flags() const {
     GradientFlags f;
     if (count_ == 0) return f;
@@ -255,7 +283,7 @@ class GradientMonitor {
     return f;
   }
 
-  // A per-layer table of the latest record: layer, module, norm, ratio to the last layer, flag.
+  /// A per-layer table of the latest record: layer, module, norm, ratio to the last layer, flag.
   std::string report() const {
     std::ostringstream os;
     if (count_ == 0) return "GradientMonitor: no gradients recorded yet\n";
@@ -302,8 +330,8 @@ class GradientMonitor {
     return os.str();
   }
 
-  // The likely cause of what the latest record shows and the remedies that fit, wrapped at
-  // 100 columns.
+  /// The likely cause of what the latest record shows and the remedies that fit, wrapped at
+  /// 100 columns.
   std::string diagnosis() const { return wrap(diagnosis_text(), 100); }
 
  private:
@@ -447,8 +475,9 @@ class GradientMonitor {
   }
 
  public:
-  // The history as CSV: "step,layer,norm", one row per layer per record, oldest first.
+  /// The history as CSV: "step,layer,norm", one row per layer per record, oldest first.
   void write_csv(const std::string& path) const { io::write_file_atomically(path, csv()); }
+  /// The history as CSV text (see write_csv).
   std::string csv() const {
     std::string out = "step,layer,norm\n";
     char num[40];
@@ -468,7 +497,7 @@ class GradientMonitor {
   struct Layer {
     std::string name, module;
     std::vector<Parameter<T>> params;
-    bool weight_layer = false;  // a parameter of rank >= 2: a matrix or a kernel
+    bool weight_layer = false;  ///< a parameter of rank >= 2: a matrix or a kernel
   };
 
   void setup(const std::vector<std::pair<std::string, Parameter<T>>>& named) {
@@ -669,7 +698,7 @@ class GradientMonitor {
   struct Block {
     std::string prefix;
     bool norm_first;
-    std::vector<size_t> attention, feed_forward;  // indices into layers_
+    std::vector<size_t> attention, feed_forward;  ///< indices into layers_
   };
   std::vector<Block> blocks_;
   int64_t warmup_steps_ = 0;

@@ -1,21 +1,22 @@
 #pragma once
-// LinePlot: a line chart written as a standalone SVG file (no plotting dependency), readable in
-// any browser: several named series, a linear or log10 y axis, ticks with labels, axis titles,
-// a title and a legend.
-//
-//   diag::LinePlot plot;
-//   plot.title("Gradient norm per layer at initialisation").x_label("layer").y_label("norm")
-//       .log_y();
-//   plot.add("sigmoid, default init", layers, norms_a).add("ReLU, He", layers, norms_b);
-//   plot.save("out/vanishing.svg");
-//
-// On a log axis, values that cannot be drawn (zero, negative, NaN, Inf) are skipped and break
-// the line; on a linear axis NaN and Inf do. Ticks of a log axis are whole decades (1e-12 ...
-// 1e0), thinned to at most about 12 labels. save() writes atomically (tmp + rename).
-//
-// y_limits(lo, hi) fixes the y range instead of fitting it to the data (matplotlib's ylim):
-// lines leaving it are cut at the frame, so one diverging series (a loss of 1e20) does not
-// flatten all the others.
+/// \file
+/// LinePlot: a line chart written as a standalone SVG file (no plotting dependency), readable in
+/// any browser: several named series, a linear or log10 y axis, ticks with labels, axis titles,
+/// a title and a legend.
+///
+///   diag::LinePlot plot;
+///   plot.title("Gradient norm per layer at initialisation").x_label("layer").y_label("norm")
+///       .log_y();
+///   plot.add("sigmoid, default init", layers, norms_a).add("ReLU, He", layers, norms_b);
+///   plot.save("out/vanishing.svg");
+///
+/// On a log axis, values that cannot be drawn (zero, negative, NaN, Inf) are skipped and break
+/// the line; on a linear axis NaN and Inf do. Ticks of a log axis are whole decades (1e-12 ...
+/// 1e0), thinned to at most about 12 labels. save() writes atomically (tmp + rename).
+///
+/// y_limits(lo, hi) fixes the y range instead of fitting it to the data (matplotlib's ylim):
+/// lines leaving it are cut at the frame, so one diverging series (a loss of 1e20) does not
+/// flatten all the others.
 
 #include <algorithm>
 #include <cmath>
@@ -31,20 +32,27 @@
 
 namespace tapegrad::diag {
 
+/// A line chart written as a standalone SVG file: named series, linear or log10 y axis, title, axis
+/// labels and legend. Setters chain.
 class LinePlot {
  public:
+  /// The chart's title.
   LinePlot& title(std::string t) { return title_ = std::move(t), *this; }
+  /// The x axis' title.
   LinePlot& x_label(std::string t) { return x_label_ = std::move(t), *this; }
+  /// The y axis' title.
   LinePlot& y_label(std::string t) { return y_label_ = std::move(t), *this; }
+  /// A log10 y axis (on) or a linear one.
   LinePlot& log_y(bool on = true) { return log_y_ = on, *this; }
-  // A fixed y range (data units, also on a log axis); lo < hi, both finite (and > 0 on a log
-  // axis, checked when the plot is drawn).
+  /// A fixed y range (data units, also on a log axis); lo < hi, both finite (and > 0 on a log
+  /// axis, checked when the plot is drawn).
   LinePlot& y_limits(double lo, double hi) {
     if (!(lo < hi) || !std::isfinite(lo) || !std::isfinite(hi))
       tapegrad::detail::fail<ValueError>("LinePlot::y_limits: (", lo, ", ", hi,
                                          ") is not a finite range with lo < hi");
     return y_limits_ = {lo, hi}, *this;
   }
+  /// The image size in pixels; below 200x150 throws ValueError.
   LinePlot& size(int width, int height) {
     if (width < 200 || height < 150)
       tapegrad::detail::fail<ValueError>("LinePlot: size ", width, "x", height,
@@ -52,7 +60,7 @@ class LinePlot {
     return width_ = width, height_ = height, *this;
   }
 
-  // A series of points (x[i], y[i]).
+  /// A series of points (x[i], y[i]).
   LinePlot& add(std::string name, std::vector<double> x, std::vector<double> y) {
     if (x.size() != y.size())
       tapegrad::detail::fail<ValueError>("LinePlot::add: series \"", name, "\" has ", x.size(),
@@ -60,17 +68,20 @@ class LinePlot {
     series_.push_back({std::move(name), std::move(x), std::move(y)});
     return *this;
   }
-  // A series at x = 1, 2, ..., n (layers, epochs).
+  /// A series at x = 1, 2, ..., n (layers, epochs).
   LinePlot& add(std::string name, std::vector<double> y) {
     std::vector<double> x(y.size());
     for (size_t i = 0; i < x.size(); ++i) x[i] = double(i + 1);
     return add(std::move(name), std::move(x), std::move(y));
   }
 
+  /// Number of series added.
   size_t num_series() const { return series_.size(); }
 
+  /// Writes svg() to path atomically (IOError on failure).
   void save(const std::string& path) const { io::write_file_atomically(path, svg()); }
 
+  /// The chart as SVG text.
   std::string svg() const {
     // ---- data ranges over the drawable points ----
     double xmin = INFINITY, xmax = -INFINITY, ymin = INFINITY, ymax = -INFINITY;

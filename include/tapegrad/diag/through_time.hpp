@@ -1,32 +1,33 @@
 #pragma once
-// Gradient norms through time: the GradientMonitor's view of a recurrent network, per time step
-// instead of per layer.
-//
-//   std::vector<tg::Var<float>> hs;
-//   auto out = rnn.forward(x, {}, &hs);             // hs[t] = h_t of the last layer
-//   tape.backward(loss);
-//   auto norms = tg::diag::grad_norms_through_time(hs);   // norms[t] = ||dL/dh_t||
-//   auto flags = tg::diag::through_time_flags(norms);      // e.g. "VANISHING (x0.42/step)"
-//
-// dL/dh_t is the whole gradient that reaches step t, through every later step. In a vanilla
-// RNN it is multiplied by W_hh^T diag(act') once per step back in time, so its norm changes
-// geometrically: it shrinks when those Jacobians' norms are below 1 (tanh' <= 1 and a small
-// W_hh: vanishing) and grows when they are above (exploding) (Bengio, Simard & Frasconi 1994;
-// Pascanu, Mikolov & Bengio 2013). An LSTM's cell state passes it on multiplied by the forget
-// gate only, so where the gates stay open it neither vanishes nor explodes.
-//
-// through_time_flags fits log ||dL/dh_t|| = a + b t by least squares and reports
-//   factor_per_step = exp(-b): the norm's factor per step back in time (< 1 decays, > 1 grows),
-//   span            = factor_per_step^(t_last - t_first): the fitted first-to-last ratio,
-//   r2              = the fit's R^2 (near 1: geometric),
-// and flags vanishing when span < vanishing_ratio, exploding when span > exploding_ratio
-// (the same defaults as GradientMonitor's layer ratios: 1e-2 and 1e2), non_finite when a norm is
-// NaN or infinite. A step whose gradient is exactly zero while a later step has one (the
-// gradient died on the way back: saturated tanh units, whose derivative is 0 in floating point,
-// or a dead ReLU) is counted in dead_steps, left out of the fit, and sets vanishing too; with
-// fewer than two steps left to fit, factor_per_step and span are 0. A detach() also cuts the
-// gradient: pass only the steps of the window you train through.
-// Norms are computed in double and scaled by the largest |g|, so they do not overflow.
+/// \file
+/// Gradient norms through time: the GradientMonitor's view of a recurrent network, per time step
+/// instead of per layer.
+///
+///   std::vector<tg::Var<float>> hs;
+///   auto out = rnn.forward(x, {}, &hs);             // hs[t] = h_t of the last layer
+///   tape.backward(loss);
+///   auto norms = tg::diag::grad_norms_through_time(hs);   // norms[t] = ||dL/dh_t||
+///   auto flags = tg::diag::through_time_flags(norms);      // e.g. "VANISHING (x0.42/step)"
+///
+/// dL/dh_t is the whole gradient that reaches step t, through every later step. In a vanilla
+/// RNN it is multiplied by W_hh^T diag(act') once per step back in time, so its norm changes
+/// geometrically: it shrinks when those Jacobians' norms are below 1 (tanh' <= 1 and a small
+/// W_hh: vanishing) and grows when they are above (exploding) (Bengio, Simard & Frasconi 1994;
+/// Pascanu, Mikolov & Bengio 2013). An LSTM's cell state passes it on multiplied by the forget
+/// gate only, so where the gates stay open it neither vanishes nor explodes.
+///
+/// through_time_flags fits log ||dL/dh_t|| = a + b t by least squares and reports
+///   factor_per_step = exp(-b): the norm's factor per step back in time (< 1 decays, > 1 grows),
+///   span            = factor_per_step^(t_last - t_first): the fitted first-to-last ratio,
+///   r2              = the fit's R^2 (near 1: geometric),
+/// and flags vanishing when span < vanishing_ratio, exploding when span > exploding_ratio
+/// (the same defaults as GradientMonitor's layer ratios: 1e-2 and 1e2), non_finite when a norm is
+/// NaN or infinite. A step whose gradient is exactly zero while a later step has one (the
+/// gradient died on the way back: saturated tanh units, whose derivative is 0 in floating point,
+/// or a dead ReLU) is counted in dead_steps, left out of the fit, and sets vanishing too; with
+/// fewer than two steps left to fit, factor_per_step and span are 0. A detach() also cuts the
+/// gradient: pass only the steps of the window you train through.
+/// Norms are computed in double and scaled by the largest |g|, so they do not overflow.
 
 #include <algorithm>
 #include <cmath>
@@ -60,8 +61,8 @@ double scaled_l2_norm(const Tensor<T>& g) {
 }
 }  // namespace detail
 
-// norms[t] = ||dL/dh_t|| for every Var of `steps` after a backward (0 where no gradient
-// reached). Writes into `norms` (no allocation once its capacity suffices).
+/// norms[t] = ||dL/dh_t|| for every Var of `steps` after a backward (0 where no gradient
+/// reached). Writes into `norms` (no allocation once its capacity suffices).
 template <class T>
 void grad_norms_through_time(std::span<const Var<T>> steps, std::vector<double>& norms) {
   norms.resize(steps.size());
@@ -77,6 +78,7 @@ void grad_norms_through_time(std::span<const Var<T>> steps, std::vector<double>&
                               : 0.0;
   }
 }
+/// ‖dL/dh_t‖ for each step's Var after backward (a step without gradient gives 0).
 template <class T>
 std::vector<double> grad_norms_through_time(const std::vector<Var<T>>& steps) {
   std::vector<double> norms;
@@ -84,22 +86,32 @@ std::vector<double> grad_norms_through_time(const std::vector<Var<T>>& steps) {
   return norms;
 }
 
+/// The thresholds of through_time_flags.
 struct ThroughTimeOptions {
-  double vanishing_ratio = 1e-2;  // fitted first/last ratio below this: vanishing
-  double exploding_ratio = 1e2;   // above this: exploding
+  double vanishing_ratio = 1e-2;  ///< fitted first/last ratio below this: vanishing
+  double exploding_ratio = 1e2;   ///< above this: exploding
 };
 
+/// The fitted decay of gradient norms through time and its diagnosis (see the file's description).
 struct ThroughTimeFlags {
+  /// The norm's factor per step back in time, exp(−b) (NaN with fewer than two fitted steps).
   double factor_per_step = std::numeric_limits<double>::quiet_NaN();
+  /// The fitted first-to-last ratio, factor_per_step^(t_last − t_first).
   double span = std::numeric_limits<double>::quiet_NaN();
+  /// The fit's R² (near 1: geometric).
   double r2 = std::numeric_limits<double>::quiet_NaN();
-  int64_t fitted_steps = 0;  // steps with a finite, nonzero norm
-  int64_t dead_steps = 0;    // steps with a zero norm before a step with a nonzero one
+  int64_t fitted_steps = 0;  ///< steps with a finite, nonzero norm
+  int64_t dead_steps = 0;    ///< steps with a zero norm before a step with a nonzero one
+  ///@{
+  /// Whether the gradient vanishes, explodes or holds NaN/inf.
   bool vanishing = false, exploding = false, non_finite = false;
+  ///@}
 
+  /// Whether anything is flagged.
   bool any() const { return vanishing || exploding || non_finite; }
+  /// any().
   explicit operator bool() const { return any(); }
-  // "ok", "VANISHING", "EXPLODING" or "NON-FINITE", with the factor per step.
+  /// "ok", "VANISHING", "EXPLODING" or "NON-FINITE", with the factor per step.
   std::string flag() const {
     std::ostringstream os;
     os << (non_finite ? "NON-FINITE" : exploding ? "EXPLODING" : vanishing ? "VANISHING" : "ok");
@@ -108,6 +120,9 @@ struct ThroughTimeFlags {
   }
 };
 
+///@{
+/// Fits log ‖dL/dh_t‖ = a + b·t by least squares over the finite, nonzero norms and flags vanishing
+/// and exploding (see the file's description).
 inline ThroughTimeFlags through_time_flags(std::span<const double> norms,
                                            ThroughTimeOptions o = {}) {
   ThroughTimeFlags f;
@@ -144,5 +159,6 @@ inline ThroughTimeFlags through_time_flags(const std::vector<double>& norms,
                                            ThroughTimeOptions o = {}) {
   return through_time_flags(std::span<const double>(norms), o);
 }
+///@}
 
 }  // namespace tapegrad::diag

@@ -1,21 +1,22 @@
 #pragma once
-// Checkpoints of data-parallel training: rank 0 writes, every rank reads.
-//
-//   distributed::save_checkpoint("ckpt.safetensors", ddp, opt, {{"epoch", "3"}});
-//   auto meta = distributed::load_checkpoint("ckpt.safetensors", ddp, opt);
-//
-// save_checkpoint: rank 0 writes ddp.module() (and the optimizer) with io::save_checkpoint,
-// atomically as always; the file is the one a single process writes (names without the
-// "module." prefix), so a one-process run, PyTorch or another job size can read it. The replicas
-// are identical, so rank 0's state is everyone's; Dropout streams are saved as rank 0's, from
-// which every rank derives its own. Every rank returns once the file is complete, or throws the
-// same IOError when rank 0 could not write it (a collective: no rank is left waiting).
-//
-// load_checkpoint: every rank reads the file (it must be reachable from every machine: a shared
-// file system, or a copy per machine) into ddp.module() and the optimizer, then re-derives the
-// per-rank Dropout seeds (DistributedDataParallel::sync_dropout_seeds). If any rank fails, every
-// rank throws an IOError naming the ranks that failed and the first one's error (the others may
-// have loaded the file by then). Resuming thus continues exactly the uninterrupted training.
+/// \file
+/// Checkpoints of data-parallel training: rank 0 writes, every rank reads.
+///
+///   distributed::save_checkpoint("ckpt.safetensors", ddp, opt, {{"epoch", "3"}});
+///   auto meta = distributed::load_checkpoint("ckpt.safetensors", ddp, opt);
+///
+/// save_checkpoint: rank 0 writes ddp.module() (and the optimizer) with io::save_checkpoint,
+/// atomically as always; the file is the one a single process writes (names without the
+/// "module." prefix), so a one-process run, PyTorch or another job size can read it. The replicas
+/// are identical, so rank 0's state is everyone's; Dropout streams are saved as rank 0's, from
+/// which every rank derives its own. Every rank returns once the file is complete, or throws the
+/// same IOError when rank 0 could not write it (a collective: no rank is left waiting).
+///
+/// load_checkpoint: every rank reads the file (it must be reachable from every machine: a shared
+/// file system, or a copy per machine) into ddp.module() and the optimizer, then re-derives the
+/// per-rank Dropout seeds (DistributedDataParallel::sync_dropout_seeds). If any rank fails, every
+/// rank throws an IOError naming the ranks that failed and the first one's error (the others may
+/// have loaded the file by then). Resuming thus continues exactly the uninterrupted training.
 
 #include <string>
 #include <vector>
@@ -50,6 +51,9 @@ std::string error_of(F&& f) {
 }
 }  // namespace detail
 
+///@{
+/// Rank 0 writes ddp.module() (and the optimizer's state) with io::save_checkpoint; every rank
+/// returns once the file is complete, or throws the same IOError (a collective).
 template <class T>
 void save_checkpoint(const std::string& path, DistributedDataParallel<T>& ddp,
                      const io::Metadata& metadata = {}) {
@@ -72,7 +76,12 @@ void save_checkpoint(const std::string& path, DistributedDataParallel<T>& ddp, c
   error = g.broadcast(error, 0);
   if (!error.empty()) tapegrad::detail::fail<IOError>("save_checkpoint (rank 0): ", error);
 }
+///@}
 
+///@{
+/// Every rank reads the file into ddp.module() (and the optimizer), then re-derives the per-rank
+/// Dropout seeds; returns the metadata. If any rank fails, every rank throws an IOError naming them
+/// (a collective).
 template <class T>
 io::Metadata load_checkpoint(const std::string& path, DistributedDataParallel<T>& ddp) {
   io::Metadata meta;
@@ -94,5 +103,6 @@ requires io::OptimizerState<O> io::Metadata load_checkpoint(const std::string& p
   ddp.sync_dropout_seeds();
   return meta;
 }
+///@}
 
 }  // namespace tapegrad::distributed

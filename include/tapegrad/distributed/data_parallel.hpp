@@ -1,63 +1,64 @@
 #pragma once
-// DistributedDataParallel<T>: data-parallel training over MPI, as torch.nn.parallel.
-// DistributedDataParallel. Every process holds a replica of the model and trains it on its own
-// part of each global batch; the gradients are averaged across the processes during the backward
-// pass, so every replica takes the same optimizer step and the replicas stay identical.
-//
-//   distributed::Environment env(argc, argv);
-//   auto model = std::make_shared<nn::Sequential<float>>(...);
-//   distributed::DistributedDataParallel<float> ddp(model, env.world());
-//   optim::SGD<float> opt(ddp.named_parameters(), {.lr = 0.1, .momentum = 0.9});
-//   ddp.attach(opt);                 // optional: step() waits for the averaging (see below)
-//   for (...) {                      // each rank its own batch (DistributedSampler)
-//     tape.clear();
-//     opt.zero_grad();
-//     auto loss = cross_entropy(ddp(tape.constant(batch.images)), batch.labels);
-//     tape.backward(loss);           // averaging starts while the sweep runs
-//     opt.step();                    // every rank: the same step on the averaged gradient
-//   }
-//
-// Construction (a collective of the group): every rank must pass the same model: the ranks
-// compare their parameters' and buffers' names and shapes, the dtype and the options, and on a
-// difference every rank throws DistributedError naming the first differing entry and the ranks
-// (no rank is left waiting). Then rank 0's parameters and buffers are broadcast, so the replicas
-// start equal whatever each rank initialised; and every Dropout inside gets a per-rank seed,
-// rank_seed(rank 0's seed, rank) with rank 0's call count (rank 0 keeps its own, so rank 0 draws
-// the masks a single process would).
-//
-// Gradient buckets: the parameters (those with requires_grad), in reverse registration order
-// (roughly the order their gradients become final), are packed into buckets: the first closes
-// once it holds first_bucket_cap_mb (1 MB), each later one at bucket_cap_mb (25 MB), as
-// PyTorch's. A bucket is one contiguous buffer, and each parameter's gradient a view into it
-// (PyTorch's gradient_as_bucket_view): no copy in or out.
-//
-// The backward pass: the forward through this module sets it as the tape's SweepListener. The
-// tape tells it when each parameter's gradient is final; once every gradient of a bucket is, and
-// every earlier bucket has been started, the bucket is divided by the number of processes and
-// its MPI_Iallreduce (sum) starts, while the sweep goes on through the earlier layers. A
-// progress thread (option progress_thread; it needs MPI_THREAD_MULTIPLE, Environment's default)
-// calls MPI_Test on the pending buckets every progress_interval_us, so MPI moves their data
-// while the training thread computes. Buckets start in the same order on every rank. Parameters
-// that received no gradient on a rank (not used in its forward, or not reached from the loss:
-// PyTorch's find_unused_parameters, always on here) count with the gradient they hold, zeros
-// after zero_grad(); their buckets start when the sweep ends.
-//
-// Waiting: when an optimizer is attached (attach(opt): a pre-step hook of the optimizer) its
-// step() waits for the buckets before its pipeline, so the non-finite check, the penalties and
-// the clipping's total norm all see the averaged gradient, and raise / skip_step decide the same
-// on every rank (a NaN on one rank is a NaN in the average). Without an attached optimizer the
-// end of the sweep waits (as PyTorch's backward). synchronize() waits by hand: call it before
-// reading gradients between backward() and an attached optimizer's step() (GradientMonitor).
-//
-// no_sync(): while the guard lives, forwards do not synchronise and their backward passes only
-// accumulate locally (gradient accumulation); the first backward after it averages the sums.
-//
-// Buffers (BatchNorm's running statistics): with broadcast_buffers (default, as PyTorch) rank
-// 0's buffers are broadcast at the start of every forward with gradients on, so all ranks
-// normalise with the same ones; SyncBatchNorm (sync_batch_norm.hpp) keeps them equal anyway.
-//
-// With gradients off (NoGradGuard) the forward communicates nothing: one rank may evaluate alone.
-// Every rank must otherwise run the same forwards and backwards in the same order.
+/// \file
+/// DistributedDataParallel<T>: data-parallel training over MPI, as torch.nn.parallel.
+/// DistributedDataParallel. Every process holds a replica of the model and trains it on its own
+/// part of each global batch; the gradients are averaged across the processes during the backward
+/// pass, so every replica takes the same optimizer step and the replicas stay identical.
+///
+///   distributed::Environment env(argc, argv);
+///   auto model = std::make_shared<nn::Sequential<float>>(...);
+///   distributed::DistributedDataParallel<float> ddp(model, env.world());
+///   optim::SGD<float> opt(ddp.named_parameters(), {.lr = 0.1, .momentum = 0.9});
+///   ddp.attach(opt);                 // optional: step() waits for the averaging (see below)
+///   for (...) {                      // each rank its own batch (DistributedSampler)
+///     tape.clear();
+///     opt.zero_grad();
+///     auto loss = cross_entropy(ddp(tape.constant(batch.images)), batch.labels);
+///     tape.backward(loss);           // averaging starts while the sweep runs
+///     opt.step();                    // every rank: the same step on the averaged gradient
+///   }
+///
+/// Construction (a collective of the group): every rank must pass the same model: the ranks
+/// compare their parameters' and buffers' names and shapes, the dtype and the options, and on a
+/// difference every rank throws DistributedError naming the first differing entry and the ranks
+/// (no rank is left waiting). Then rank 0's parameters and buffers are broadcast, so the replicas
+/// start equal whatever each rank initialised; and every Dropout inside gets a per-rank seed,
+/// rank_seed(rank 0's seed, rank) with rank 0's call count (rank 0 keeps its own, so rank 0 draws
+/// the masks a single process would).
+///
+/// Gradient buckets: the parameters (those with requires_grad), in reverse registration order
+/// (roughly the order their gradients become final), are packed into buckets: the first closes
+/// once it holds first_bucket_cap_mb (1 MB), each later one at bucket_cap_mb (25 MB), as
+/// PyTorch's. A bucket is one contiguous buffer, and each parameter's gradient a view into it
+/// (PyTorch's gradient_as_bucket_view): no copy in or out.
+///
+/// The backward pass: the forward through this module sets it as the tape's SweepListener. The
+/// tape tells it when each parameter's gradient is final; once every gradient of a bucket is, and
+/// every earlier bucket has been started, the bucket is divided by the number of processes and
+/// its MPI_Iallreduce (sum) starts, while the sweep goes on through the earlier layers. A
+/// progress thread (option progress_thread; it needs MPI_THREAD_MULTIPLE, Environment's default)
+/// calls MPI_Test on the pending buckets every progress_interval_us, so MPI moves their data
+/// while the training thread computes. Buckets start in the same order on every rank. Parameters
+/// that received no gradient on a rank (not used in its forward, or not reached from the loss:
+/// PyTorch's find_unused_parameters, always on here) count with the gradient they hold, zeros
+/// after zero_grad(); their buckets start when the sweep ends.
+///
+/// Waiting: when an optimizer is attached (attach(opt): a pre-step hook of the optimizer) its
+/// step() waits for the buckets before its pipeline, so the non-finite check, the penalties and
+/// the clipping's total norm all see the averaged gradient, and raise / skip_step decide the same
+/// on every rank (a NaN on one rank is a NaN in the average). Without an attached optimizer the
+/// end of the sweep waits (as PyTorch's backward). synchronize() waits by hand: call it before
+/// reading gradients between backward() and an attached optimizer's step() (GradientMonitor).
+///
+/// no_sync(): while the guard lives, forwards do not synchronise and their backward passes only
+/// accumulate locally (gradient accumulation); the first backward after it averages the sums.
+///
+/// Buffers (BatchNorm's running statistics): with broadcast_buffers (default, as PyTorch) rank
+/// 0's buffers are broadcast at the start of every forward with gradients on, so all ranks
+/// normalise with the same ones; SyncBatchNorm (sync_batch_norm.hpp) keeps them equal anyway.
+///
+/// With gradients off (NoGradGuard) the forward communicates nothing: one rank may evaluate alone.
+/// Every rank must otherwise run the same forwards and backwards in the same order.
 
 #include <algorithm>
 #include <atomic>
@@ -84,28 +85,29 @@
 
 namespace tapegrad::distributed {
 
-// The keyword arguments of torch's DistributedDataParallel that apply here, and two of our own.
+/// The keyword arguments of torch's DistributedDataParallel that apply here, and two of our own.
 struct DDPOptions {
-  double bucket_cap_mb = 25;       // a bucket closes once it holds this many MB (1 MB = 2^20 B)
-  double first_bucket_cap_mb = 1;  // the first bucket (the last layers' gradients) closes earlier
-  bool broadcast_buffers = true;   // rank 0's buffers to every rank at each forward
-  // Poll MPI from a thread while buckets are pending (needs MPI_THREAD_MULTIPLE), every so many
-  // microseconds; without it the buckets progress only inside MPI calls of the training thread.
+  double bucket_cap_mb = 25;       ///< a bucket closes once it holds this many MB (1 MB = 2^20 B)
+  double first_bucket_cap_mb = 1;  ///< the first bucket (the last layers' gradients) closes earlier
+  bool broadcast_buffers = true;   ///< rank 0's buffers to every rank at each forward
+  /// Poll MPI from a thread while buckets are pending (needs MPI_THREAD_MULTIPLE), every so many
+  /// microseconds; without it the buckets progress only inside MPI calls of the training thread.
   bool progress_thread = true;
+  /// The progress thread's polling interval in microseconds.
   int progress_interval_us = 50;
-  // Give every Dropout inside a per-rank seed derived from rank 0's (see above).
+  /// Give every Dropout inside a per-rank seed derived from rank 0's (see above).
   bool per_rank_dropout_seeds = true;
 };
 
-// What the averaging cost, summed over the synchronised backward passes since reset_stats().
+/// What the averaging cost, summed over the synchronised backward passes since reset_stats().
 struct DDPStats {
-  int64_t steps = 0;                 // backward passes whose gradients were averaged
-  int64_t buckets_launched = 0;      // allreduces started
-  int64_t launched_in_backward = 0;  // of them, started before the sweep ended
-  double communication_seconds = 0;  // per step, first bucket's start to last one's end
-  double wait_seconds = 0;           // the training thread blocked in them: starting them (inside
-                                     // MPI_Iallreduce) and waiting for them to end
-  // The share of the communication time the training thread did not wait for.
+  int64_t steps = 0;                 ///< backward passes whose gradients were averaged
+  int64_t buckets_launched = 0;      ///< allreduces started
+  int64_t launched_in_backward = 0;  ///< of them, started before the sweep ended
+  double communication_seconds = 0;  ///< per step, first bucket's start to last one's end
+  double wait_seconds = 0;           ///< the training thread blocked in them: starting them (inside
+                                     ///< MPI_Iallreduce) and waiting for them to end
+  /// The share of the communication time the training thread did not wait for.
   double hidden_fraction() const {
     return communication_seconds > 0 ? 1.0 - wait_seconds / communication_seconds
                                      : std::numeric_limits<double>::quiet_NaN();
@@ -578,16 +580,20 @@ class Reducer final : public SweepListener<T> {
 
 }  // namespace detail
 
+/// Data-parallel training over a ProcessGroup, torch's DistributedDataParallel: the wrapped module
+/// runs on each process's share of the batch, and its gradients are averaged across processes in
+/// buckets while backward runs (see the file's description).
 template <class T>
 class DistributedDataParallel : public nn::Module<T> {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "DistributedDataParallel<T>: T must be float or double");
 
  public:
+  /// A shared pointer to a module.
   using Ptr = std::shared_ptr<nn::Module<T>>;
 
-  // Wraps `module` (its parameters then read "module.<name>", as in PyTorch). A collective over
-  // the group: see the top of this file.
+  /// Wraps `module` (its parameters then read "module.<name>", as in PyTorch). A collective over
+  /// the group: see the top of this file.
   DistributedDataParallel(Ptr module, ProcessGroup& group, DDPOptions options = {})
       : group_(group) {
     if (!module) tapegrad::detail::fail<ValueError>("DistributedDataParallel: the module is null");
@@ -595,7 +601,7 @@ class DistributedDataParallel : public nn::Module<T> {
     module_ = this->register_module("module", std::move(module));
     reducer_ = std::make_shared<detail::Reducer<T>>(*module_, group, options);
   }
-  // The same for a module the caller owns (it must outlive this one).
+  /// The same for a module the caller owns (it must outlive this one).
   DistributedDataParallel(nn::Module<T>& module, ProcessGroup& group, DDPOptions options = {})
       : DistributedDataParallel(Ptr(&module, [](nn::Module<T>*) {}), group, options) {}
 
@@ -605,13 +611,17 @@ class DistributedDataParallel : public nn::Module<T> {
   }
   std::string name() const override { return "DistributedDataParallel"; }
 
+  /// The wrapped module.
   nn::Module<T>& module() const { return *module_; }
+  /// The group the gradients are averaged over.
   ProcessGroup& process_group() const { return group_; }
+  /// This process's rank in the group.
   int rank() const { return reducer_->rank(); }
+  /// Number of processes in the group.
   int world_size() const { return reducer_->size(); }
 
-  // Makes opt.step() wait for the averaged gradients (a pre-step hook); from then on the end of
-  // the backward pass no longer waits. The hook does nothing once this object is gone.
+  /// Makes opt.step() wait for the averaged gradients (a pre-step hook); from then on the end of
+  /// the backward pass no longer waits. The hook does nothing once this object is gone.
   void attach(optim::Optimizer<T>& opt) {
     std::weak_ptr<detail::Reducer<T>> weak = reducer_;
     auto token = std::make_shared<char>(0);  // lives as long as the optimizer's hook
@@ -621,11 +631,13 @@ class DistributedDataParallel : public nn::Module<T> {
     });
   }
 
-  // Waits for the averaging of the last backward pass (nothing to do when it is done).
+  /// Waits for the averaging of the last backward pass (nothing to do when it is done).
   void synchronize() { reducer_->synchronize(); }
 
+  /// The guard no_sync() returns: while it lives, backward passes do not average.
   class NoSync {
    public:
+    /// Suspends averaging on d until destroyed.
     explicit NoSync(DistributedDataParallel& d) : d_(d) { ++d_.no_sync_depth_; }
     ~NoSync() { --d_.no_sync_depth_; }
     NoSync(const NoSync&) = delete;
@@ -634,18 +646,20 @@ class DistributedDataParallel : public nn::Module<T> {
    private:
     DistributedDataParallel& d_;
   };
-  // While the returned guard lives, forward passes do not synchronise (torch's no_sync()).
+  /// While the returned guard lives, forward passes do not synchronise (torch's no_sync()).
   [[nodiscard]] NoSync no_sync() { return NoSync(*this); }
 
-  // Re-derives the per-rank Dropout seeds from rank 0's (a collective): after loading a
-  // checkpoint, which gives every rank rank 0's (distributed::load_checkpoint calls it).
+  /// Re-derives the per-rank Dropout seeds from rank 0's (a collective): after loading a
+  /// checkpoint, which gives every rank rank 0's (distributed::load_checkpoint calls it).
   void sync_dropout_seeds() { reducer_->sync_dropout_seeds(); }
 
-  // The parameter names of each bucket, in the order the buckets are averaged.
+  /// The parameter names of each bucket, in the order the buckets are averaged.
   std::vector<std::vector<std::string>> bucket_names() const { return reducer_->bucket_names(); }
+  /// Figures of the averaging so far (see DDPStats).
   const DDPStats& stats() const { return reducer_->stats(); }
+  /// Sets the figures to zero.
   void reset_stats() { reducer_->reset_stats(); }
-  // Whether a progress thread polls MPI (see DDPOptions::progress_thread).
+  /// Whether a progress thread polls MPI (see DDPOptions::progress_thread).
   bool has_progress_thread() const { return reducer_->threaded(); }
 
  private:

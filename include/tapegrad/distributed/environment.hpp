@@ -1,33 +1,34 @@
 #pragma once
-// Environment: MPI for the life of a program (MPI_Init_thread in the constructor, MPI_Finalize
-// in the destructor), this process's rank, the world size and the rank on its machine; and the
-// rule that one failing process ends the whole job instead of leaving the others waiting.
-//
-//   int main(int argc, char** argv) {
-//     return tapegrad::distributed::run(argc, argv, [&](distributed::Environment& env) {
-//       ... env.rank(), env.world_size(), env.world() (a ProcessGroup of every process) ...
-//       return 0;
-//     });
-//   }
-//
-// Started by mpirun / mpiexec (`mpirun -np 4 ./train`, `mpirun --hostfile hosts ./train`) or by
-// Slurm (`srun -n 4 ./train`), every process runs main(); a program started alone is a job of
-// one process.
-//
-// A failing rank: the other ranks wait in their next collective for a rank that will never come,
-// so an exception on one rank must end the job. Three safeguards, each printing
-// "tapegrad: rank R: <message>" to stderr before it calls MPI_Abort (which ends every process of
-// the job, exit status non-zero):
-//   - distributed::run(...) catches any exception escaping the function it runs;
-//   - the Environment installs a std::terminate handler (option abort_on_terminate), so an
-//     uncaught exception anywhere (also in another thread) aborts the job;
-//   - the Environment's destructor, reached by an exception propagating out of its scope, aborts
-//     instead of calling MPI_Finalize (which would wait for the others).
-// Environment::abort(message) does the same by hand, e.g. from a catch block.
-//
-// Randomness: rank_seed(seed, rank) derives a per-process seed (data augmentation, Dropout: see
-// DistributedDataParallel); rank 0 keeps the seed itself, so rank 0 of a job draws what a single
-// process would.
+/// \file
+/// Environment: MPI for the life of a program (MPI_Init_thread in the constructor, MPI_Finalize
+/// in the destructor), this process's rank, the world size and the rank on its machine; and the
+/// rule that one failing process ends the whole job instead of leaving the others waiting.
+///
+///   int main(int argc, char** argv) {
+///     return tapegrad::distributed::run(argc, argv, [&](distributed::Environment& env) {
+///       ... env.rank(), env.world_size(), env.world() (a ProcessGroup of every process) ...
+///       return 0;
+///     });
+///   }
+///
+/// Started by mpirun / mpiexec (`mpirun -np 4 ./train`, `mpirun --hostfile hosts ./train`) or by
+/// Slurm (`srun -n 4 ./train`), every process runs main(); a program started alone is a job of
+/// one process.
+///
+/// A failing rank: the other ranks wait in their next collective for a rank that will never come,
+/// so an exception on one rank must end the job. Three safeguards, each printing
+/// "tapegrad: rank R: <message>" to stderr before it calls MPI_Abort (which ends every process of
+/// the job, exit status non-zero):
+///   - distributed::run(...) catches any exception escaping the function it runs;
+///   - the Environment installs a std::terminate handler (option abort_on_terminate), so an
+///     uncaught exception anywhere (also in another thread) aborts the job;
+///   - the Environment's destructor, reached by an exception propagating out of its scope, aborts
+///     instead of calling MPI_Finalize (which would wait for the others).
+/// Environment::abort(message) does the same by hand, e.g. from a catch block.
+///
+/// Randomness: rank_seed(seed, rank) derives a per-process seed (data augmentation, Dropout: see
+/// DistributedDataParallel); rank 0 keeps the seed itself, so rank 0 of a job draws what a single
+/// process would.
 
 #include <cstdint>
 #include <cstdio>
@@ -42,12 +43,13 @@
 
 namespace tapegrad::distributed {
 
+/// The options of an Environment.
 struct EnvironmentOptions {
-  // The thread support asked of MPI. DistributedDataParallel overlaps its averaging with the
-  // backward pass through a progress thread, which needs MPI_THREAD_MULTIPLE; with less it
-  // progresses only when the training thread calls into MPI.
+  /// The thread support asked of MPI. DistributedDataParallel overlaps its averaging with the
+  /// backward pass through a progress thread, which needs MPI_THREAD_MULTIPLE; with less it
+  /// progresses only when the training thread calls into MPI.
   int thread_level = MPI_THREAD_MULTIPLE;
-  // Install a std::terminate handler that prints the uncaught exception and aborts the job.
+  /// Install a std::terminate handler that prints the uncaught exception and aborts the job.
   bool abort_on_terminate = true;
 };
 
@@ -89,8 +91,8 @@ inline std::string describe_current_exception() {
 }
 }  // namespace detail
 
-// A seed for this process from a seed for the job: rank 0 keeps `seed`, every other rank gets
-// a different, well-mixed one (splitmix64 of seed and rank).
+/// A seed for this process from a seed for the job: rank 0 keeps `seed`, every other rank gets
+/// a different, well-mixed one (splitmix64 of seed and rank).
 inline uint64_t rank_seed(uint64_t seed, int rank) {
   if (rank == 0) return seed;
   uint64_t z = seed + 0x9E3779B97F4A7C15ULL * (static_cast<uint64_t>(rank) + 1);
@@ -99,11 +101,16 @@ inline uint64_t rank_seed(uint64_t seed, int rank) {
   return z ^ (z >> 31);
 }
 
+/// MPI for the life of the program: MPI_Init_thread in the constructor, MPI_Finalize in the
+/// destructor; one failing process ends the whole job (see the file's description). Not copyable.
 class Environment {
  public:
+  /// Initialises MPI with the program's arguments (unless the program did); throws DistributedError
+  /// if another Environment is alive or MPI was finalised already.
   Environment(int& argc, char**& argv, EnvironmentOptions options = {}) {
     init(&argc, &argv, options);
   }
+  /// Initialises MPI without the program's arguments.
   explicit Environment(EnvironmentOptions options = {}) { init(nullptr, nullptr, options); }
   Environment(const Environment&) = delete;
   Environment& operator=(const Environment&) = delete;
@@ -120,17 +127,20 @@ class Environment {
     if (owns_mpi_ && detail::mpi_initialized()) MPI_Finalize();
   }
 
+  /// This process's rank among all processes.
   int rank() const { return rank_; }
+  /// The number of processes.
   int world_size() const { return world_size_; }
-  // Rank among the processes on this machine (MPI_COMM_TYPE_SHARED), and their number.
+  /// Rank among the processes on this machine (MPI_COMM_TYPE_SHARED), and their number.
   int local_rank() const { return local_rank_; }
+  /// The number of processes on this machine.
   int local_size() const { return local_size_; }
-  // The thread support MPI provided (MPI_THREAD_SINGLE ... MPI_THREAD_MULTIPLE).
+  /// The thread support MPI provided (MPI_THREAD_SINGLE ... MPI_THREAD_MULTIPLE).
   int thread_level() const { return thread_level_; }
-  // Every process of the job (a duplicate of MPI_COMM_WORLD).
+  /// Every process of the job (a duplicate of MPI_COMM_WORLD).
   ProcessGroup& world() { return *world_; }
 
-  // Prints "tapegrad: rank R: message" to stderr and ends the whole job (MPI_Abort).
+  /// Prints "tapegrad: rank R: message" to stderr and ends the whole job (MPI_Abort).
   [[noreturn]] static void abort(const std::string& message, int code = 1) {
     detail::abort_job(message, code);
   }
@@ -200,14 +210,14 @@ int call_and_abort_on_error(F& fn, A&... args) {
 }
 }  // namespace detail
 
-// Runs fn(env) with a new Environment; an exception escaping fn is printed and aborts the job
-// (see the top of this file). Returns fn's result (0 for a void fn), for main() to return.
+/// Runs fn(env) with a new Environment; an exception escaping fn is printed and aborts the job
+/// (see the top of this file). Returns fn's result (0 for a void fn), for main() to return.
 template <class F>
 int run(int& argc, char**& argv, F&& fn, EnvironmentOptions options = {}) {
   Environment env(argc, argv, options);
   return detail::call_and_abort_on_error(fn, env);
 }
-// The same with an Environment already alive: runs fn().
+/// The same with an Environment already alive: runs fn().
 template <class F>
 int run(F&& fn) {
   detail::require_mpi("distributed::run");

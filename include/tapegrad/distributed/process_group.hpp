@@ -1,32 +1,33 @@
 #pragma once
-// ProcessGroup: collective operations on tensors among the processes of an MPI communicator, as
-// torch.distributed's ProcessGroup (MPI backend). Every process of the group must call the same
-// collectives in the same order, with tensors of the same shape and dtype (as in
-// torch.distributed; MPI cannot tell a mismatch from a late process).
-//
-//   distributed::Environment env(argc, argv);          // MPI_Init_thread (environment.hpp)
-//   distributed::ProcessGroup& world = env.world();
-//   world.allreduce(t, distributed::ReduceOp::avg);    // in place, blocking
-//   distributed::Work w = world.allreduce_async(t);    // non-blocking: MPI_Iallreduce
-//   ... other work ...
-//   w.wait();
-//
-// Operations work in place on the tensor's storage (a Tensor is a handle: pass it by value and
-// the caller's tensor sees the result). allreduce: sum, avg (the sum divided by the group size,
-// for float and double), max, min, elementwise. broadcast: root's values to every process.
-// allgather: every process's tensor stacked along a new first dim, [size, ...]. barrier: returns
-// once every process has entered it.
-//
-// The _async forms return a Work whose wait() blocks until the operation is complete (test()
-// tells without blocking). Until then the tensor must not be read or written. MPI moves data
-// only inside MPI calls: an operation progresses while wait(), test() or any other MPI call of
-// the process runs (DistributedDataParallel polls from a thread of its own). A Work destroyed
-// while pending waits for its operation, since MPI has no way to abandon a collective.
-//
-// The group works on a duplicate of the communicator it is given (MPI_Comm_dup), so its traffic
-// never mixes with other traffic on that communicator; creating a group is itself a collective
-// over the communicator. MPI errors are fatal (MPI_ERRORS_ARE_FATAL, MPI's default): they end
-// the whole job, never one process alone.
+/// \file
+/// ProcessGroup: collective operations on tensors among the processes of an MPI communicator, as
+/// torch.distributed's ProcessGroup (MPI backend). Every process of the group must call the same
+/// collectives in the same order, with tensors of the same shape and dtype (as in
+/// torch.distributed; MPI cannot tell a mismatch from a late process).
+///
+///   distributed::Environment env(argc, argv);          // MPI_Init_thread (environment.hpp)
+///   distributed::ProcessGroup& world = env.world();
+///   world.allreduce(t, distributed::ReduceOp::avg);    // in place, blocking
+///   distributed::Work w = world.allreduce_async(t);    // non-blocking: MPI_Iallreduce
+///   ... other work ...
+///   w.wait();
+///
+/// Operations work in place on the tensor's storage (a Tensor is a handle: pass it by value and
+/// the caller's tensor sees the result). allreduce: sum, avg (the sum divided by the group size,
+/// for float and double), max, min, elementwise. broadcast: root's values to every process.
+/// allgather: every process's tensor stacked along a new first dim, [size, ...]. barrier: returns
+/// once every process has entered it.
+///
+/// The _async forms return a Work whose wait() blocks until the operation is complete (test()
+/// tells without blocking). Until then the tensor must not be read or written. MPI moves data
+/// only inside MPI calls: an operation progresses while wait(), test() or any other MPI call of
+/// the process runs (DistributedDataParallel polls from a thread of its own). A Work destroyed
+/// while pending waits for its operation, since MPI has no way to abandon a collective.
+///
+/// The group works on a duplicate of the communicator it is given (MPI_Comm_dup), so its traffic
+/// never mixes with other traffic on that communicator; creating a group is itself a collective
+/// over the communicator. MPI errors are fatal (MPI_ERRORS_ARE_FATAL, MPI's default): they end
+/// the whole job, never one process alone.
 
 // MPI's C API only: its deprecated C++ bindings stay out (they also warn under -Wextra).
 #ifndef OMPI_SKIP_MPICXX
@@ -50,14 +51,16 @@
 
 namespace tapegrad::distributed {
 
-// An error of the distributed layer: MPI not initialised, the processes disagreeing (models,
-// options), a rank's failure reported to every rank.
+/// An error of the distributed layer: MPI not initialised, the processes disagreeing (models,
+/// options), a rank's failure reported to every rank.
 struct DistributedError : Error {
   using Error::Error;
 };
 
+/// The reductions of allreduce (avg: the sum divided by the group's size).
 enum class ReduceOp { sum, avg, max, min };
 
+/// "sum", "avg", "max" or "min".
 inline const char* reduce_op_name(ReduceOp op) {
   switch (op) {
     case ReduceOp::sum:
@@ -138,14 +141,16 @@ inline void check(int rc, const char* what) {
 
 }  // namespace detail
 
-// A pending non-blocking operation (torch.distributed's Work). Move-only.
+/// A pending non-blocking operation (torch.distributed's Work). Move-only.
 class Work {
  public:
   Work() = default;
+  /// Takes over o's pending operation.
   Work(Work&& o) noexcept
       : request_(std::exchange(o.request_, MPI_REQUEST_NULL)),
         finish_(std::move(o.finish_)),
         pending_(std::exchange(o.pending_, false)) {}
+  /// Completes this one's pending operation (quietly), then takes over o's.
   Work& operator=(Work&& o) noexcept {
     if (this != &o) {
       complete_quietly();
@@ -159,13 +164,13 @@ class Work {
   Work& operator=(const Work&) = delete;
   ~Work() { complete_quietly(); }
 
-  // Blocks until the operation has completed (at once when it has).
+  /// Blocks until the operation has completed (at once when it has).
   void wait() {
     if (!pending_) return;
     detail::check(MPI_Wait(&request_, MPI_STATUS_IGNORE), "Work::wait: MPI_Wait");
     finish();
   }
-  // True when the operation has completed (then wait() returns at once); never blocks.
+  /// True when the operation has completed (then wait() returns at once); never blocks.
   bool test() {
     if (!pending_) return true;
     int flag = 0;
@@ -173,6 +178,7 @@ class Work {
     if (flag) finish();
     return flag != 0;
   }
+  /// Whether the operation is known to have completed (no MPI call).
   bool completed() const { return !pending_; }
 
  private:
@@ -199,9 +205,11 @@ class Work {
   bool pending_ = false;
 };
 
+/// A group of processes and the collectives on its communicator: allreduce, broadcast, allgather,
+/// barrier, blocking or returning a Work. Not copyable. MPI errors throw DistributedError.
 class ProcessGroup {
  public:
-  // A group of the processes of comm, communicating on a duplicate of it (a collective call).
+  /// A group of the processes of comm, communicating on a duplicate of it (a collective call).
   explicit ProcessGroup(MPI_Comm comm = MPI_COMM_WORLD) {
     detail::require_mpi("ProcessGroup");
     detail::check(MPI_Comm_dup(comm, &comm_), "ProcessGroup: MPI_Comm_dup");
@@ -214,12 +222,15 @@ class ProcessGroup {
   ProcessGroup(const ProcessGroup&) = delete;
   ProcessGroup& operator=(const ProcessGroup&) = delete;
 
+  /// This process's rank in the group.
   int rank() const { return rank_; }
+  /// Number of processes in the group.
   int size() const { return size_; }
-  // The group's own communicator (a duplicate), for calls of one's own.
+  /// The group's own communicator (a duplicate), for calls of one's own.
   MPI_Comm comm() const { return comm_; }
 
   // ---- allreduce ----
+  /// Reduces t over the processes, in place on every process (t's storage).
   template <class T>
   void allreduce(Tensor<T> t, ReduceOp op = ReduceOp::sum) {
     check_op<T>(op, "allreduce");
@@ -228,6 +239,8 @@ class ProcessGroup {
                   "allreduce: MPI_Allreduce");
     if (op == ReduceOp::avg) divide(t);
   }
+  /// allreduce, non-blocking: t holds the result once the Work completes; t must not be touched
+  /// before.
   template <class T>
   Work allreduce_async(Tensor<T> t, ReduceOp op = ReduceOp::sum) {
     check_op<T>(op, "allreduce_async");
@@ -242,7 +255,7 @@ class ProcessGroup {
       if constexpr (std::is_floating_point_v<T>) t.array() /= static_cast<T>(n);
     });
   }
-  // One number: the reduction of every process's value.
+  /// One number: the reduction of every process's value.
   template <class S>
   requires std::is_arithmetic_v<S> S allreduce(S value, ReduceOp op = ReduceOp::sum) {
     if constexpr (std::is_integral_v<S>) {
@@ -262,6 +275,7 @@ class ProcessGroup {
   }
 
   // ---- broadcast ----
+  /// root's t on every process, in place; the shapes must match.
   template <class T>
   void broadcast(Tensor<T> t, int root = 0) {
     check_root(root, "broadcast");
@@ -269,6 +283,7 @@ class ProcessGroup {
                             detail::mpi_type<T>(), root, comm_),
                   "broadcast: MPI_Bcast");
   }
+  /// broadcast, non-blocking: t holds the result once the Work completes.
   template <class T>
   Work broadcast_async(Tensor<T> t, int root = 0) {
     check_root(root, "broadcast_async");
@@ -280,6 +295,7 @@ class ProcessGroup {
   }
 
   // ---- allgather: [size, ...shape] ----
+  /// Every process's t, stacked in rank order: [size, ...shape]; shapes must match.
   template <class T>
   Tensor<T> allgather(const Tensor<T>& t) {
     Tensor<T> out(stacked(t.shape()));
@@ -290,7 +306,7 @@ class ProcessGroup {
         "allgather: MPI_Allgather");
     return out;
   }
-  // Non-blocking: out (resized to [size, ...shape]) holds the result once the Work completes.
+  /// Non-blocking: out (resized to [size, ...shape]) holds the result once the Work completes.
   template <class T>
   Work allgather_async(const Tensor<T>& t, Tensor<T>& out) {
     out.resize(stacked(t.shape()));
@@ -301,7 +317,7 @@ class ProcessGroup {
                   "allgather_async: MPI_Iallgather");
     return Work(r, [t, o = out]() {});
   }
-  // Every process's string, in rank order (strings may differ in length).
+  /// Every process's string, in rank order (strings may differ in length).
   std::vector<std::string> allgather(const std::string& s) {
     const int len = detail::mpi_count(static_cast<int64_t>(s.size()), "allgather");
     std::vector<int> lens(static_cast<size_t>(size_)), offsets(static_cast<size_t>(size_));
@@ -322,7 +338,7 @@ class ProcessGroup {
                                static_cast<size_t>(lens[static_cast<size_t>(r)])));
     return out;
   }
-  // root's string on every process.
+  /// root's string on every process.
   std::string broadcast(std::string s, int root = 0) {
     check_root(root, "broadcast");
     int64_t len = static_cast<int64_t>(s.size());
@@ -334,7 +350,9 @@ class ProcessGroup {
   }
 
   // ---- barrier ----
+  /// Waits until every process of the group has called it.
   void barrier() { detail::check(MPI_Barrier(comm_), "barrier: MPI_Barrier"); }
+  /// barrier, non-blocking.
   Work barrier_async() {
     MPI_Request r;
     detail::check(MPI_Ibarrier(comm_, &r), "barrier_async: MPI_Ibarrier");

@@ -1,17 +1,18 @@
 #pragma once
-// AtomicFile: writes a file so that readers see either the old content or the complete new
-// one, never a half-written file, also when several processes save to the same path. Data goes
-// to a temporary file of its own in the same directory, "<path>.tmp-<pid>-<random>", created
-// with O_EXCL (never someone else's file); commit() flushes it to disk (fsync), renames it over
-// <path> (atomic on POSIX: the last rename wins) and syncs the directory so the rename itself
-// survives a power cut. Destroying an uncommitted AtomicFile (an exception while writing)
-// removes the temporary file and leaves <path> as it was. A process killed while writing
-// (SIGKILL, power loss) leaves its temporary file behind: files matching "<path>.tmp-*" are
-// such leftovers and may be deleted when no save is running.
-//
-//   io::AtomicFile f(path);
-//   f.write(header.data(), header.size());
-//   f.commit();
+/// \file
+/// AtomicFile: writes a file so that readers see either the old content or the complete new
+/// one, never a half-written file, also when several processes save to the same path. Data goes
+/// to a temporary file of its own in the same directory, "<path>.tmp-<pid>-<random>", created
+/// with O_EXCL (never someone else's file); commit() flushes it to disk (fsync), renames it over
+/// `path` (atomic on POSIX: the last rename wins) and syncs the directory so the rename itself
+/// survives a power cut. Destroying an uncommitted AtomicFile (an exception while writing)
+/// removes the temporary file and leaves `path` as it was. A process killed while writing
+/// (SIGKILL, power loss) leaves its temporary file behind: files matching "<path>.tmp-*" are
+/// such leftovers and may be deleted when no save is running.
+///
+///   io::AtomicFile f(path);
+///   f.write(header.data(), header.size());
+///   f.commit();
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -37,8 +38,11 @@ namespace detail {
 inline thread_local void (*before_rename_hook)(const std::string& tmp_path) = nullptr;
 }  // namespace detail
 
+/// Writes a file so that readers see either the old content or the complete new one (see the file's
+/// description). Not copyable.
 class AtomicFile {
  public:
+  /// Creates the temporary file next to path; throws IOError if it cannot.
   explicit AtomicFile(std::string path) : path_(std::move(path)) {
     if (path_.empty()) tapegrad::detail::fail<IOError>("cannot write a file: the path is empty");
     struct stat st;
@@ -59,9 +63,13 @@ class AtomicFile {
     if (!committed_) ::unlink(tmp_.c_str());
   }
 
+  /// The file the content goes to.
   const std::string& path() const { return path_; }
+  /// The temporary file being written.
   const std::string& tmp_path() const { return tmp_; }
 
+  ///@{
+  /// Appends bytes to the temporary file; throws IOError on failure.
   void write(const void* data, size_t size) {
     const auto* p = static_cast<const char*>(data);
     while (size > 0) {
@@ -75,8 +83,9 @@ class AtomicFile {
     }
   }
   void write(std::string_view s) { write(s.data(), s.size()); }
+  ///@}
 
-  // Makes the new content visible under path() in one step.
+  /// Makes the new content visible under path() in one step.
   void commit() {
     if (::fsync(fd_) != 0) fail_errno("fsync of " + tmp_ + " failed");
     const int fd = fd_;
@@ -124,7 +133,7 @@ class AtomicFile {
   bool committed_ = false;
 };
 
-// Writes a whole string atomically (CSV exports, SVG plots).
+/// Writes a whole string atomically (CSV exports, SVG plots).
 inline void write_file_atomically(const std::string& path, std::string_view content) {
   AtomicFile f(path);
   f.write(content);

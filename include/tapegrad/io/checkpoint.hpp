@@ -1,26 +1,27 @@
 #pragma once
-// Checkpoints: a model's parameters and buffers, and optionally an optimizer's state, in one
-// safetensors file. Tensors are stored under the model's named_parameters() / named_buffers()
-// names, which are PyTorch's state_dict names ("0.weight", "bn1.running_mean"), so
-//   torch_model.load_state_dict(safetensors.torch.load_file(path), strict=False)
-// reads the model part; the optimizer's entries are stored as "optimizer.<its name>".
-//
-//   io::save_checkpoint("ckpt.safetensors", model, optimizer, {{"epoch", "3"}});
-//   auto meta = io::load_checkpoint("ckpt.safetensors", model, optimizer);
-//
-// Modules' extra state (nn::Module::get_extra_state: Dropout's random stream) goes into the
-// metadata as "<module name>._extra_state", so a resumed run continues exactly.
-//
-// Saving is atomic (see atomic_file.hpp). Loading checks everything before changing anything:
-// missing or unexpected names, dtype and shape against the model; then it copies the values
-// into the existing tensors in place, because parameters are handles an optimizer also holds.
-// A model-only load ignores "optimizer." entries (evaluating a training checkpoint). A module
-// with extra state keeps its own when the file has none for it (files written before tapegrad
-// saved it, or by PyTorch).
-//
-// The optimizer is any type with
-//   NamedTensors state_dict() const;   (tensors of any dtype: optim::StateDict)
-//   void load_state_dict(const NamedTensors&);
+/// \file
+/// Checkpoints: a model's parameters and buffers, and optionally an optimizer's state, in one
+/// safetensors file. Tensors are stored under the model's named_parameters() / named_buffers()
+/// names, which are PyTorch's state_dict names ("0.weight", "bn1.running_mean"), so
+///   torch_model.load_state_dict(safetensors.torch.load_file(path), strict=False)
+/// reads the model part; the optimizer's entries are stored as "optimizer.<its name>".
+///
+///   io::save_checkpoint("ckpt.safetensors", model, optimizer, {{"epoch", "3"}});
+///   auto meta = io::load_checkpoint("ckpt.safetensors", model, optimizer);
+///
+/// Modules' extra state (nn::Module::get_extra_state: Dropout's random stream) goes into the
+/// metadata as "<module name>._extra_state", so a resumed run continues exactly.
+///
+/// Saving is atomic (see atomic_file.hpp). Loading checks everything before changing anything:
+/// missing or unexpected names, dtype and shape against the model; then it copies the values
+/// into the existing tensors in place, because parameters are handles an optimizer also holds.
+/// A model-only load ignores "optimizer." entries (evaluating a training checkpoint). A module
+/// with extra state keeps its own when the file has none for it (files written before tapegrad
+/// saved it, or by PyTorch).
+///
+/// The optimizer is any type with
+///   NamedTensors state_dict() const;   (tensors of any dtype: optim::StateDict)
+///   void load_state_dict(const NamedTensors&);
 
 #include <algorithm>
 #include <concepts>
@@ -42,7 +43,9 @@ concept OptimizerState = requires(O& o, const O& c, const NamedTensors& sd) {
   o.load_state_dict(sd);
 };
 
+/// The prefix of the optimizer's entries in a checkpoint.
 inline constexpr std::string_view optimizer_prefix = "optimizer.";
+/// The suffix of a module's extra state in the metadata ("<module name>._extra_state").
 inline constexpr std::string_view extra_state_suffix = "_extra_state";
 
 namespace detail {
@@ -187,6 +190,9 @@ void match_model(const SafetensorsFile& file, const std::string& name, const nn:
 
 // ---- saving ----
 
+///@{
+/// Writes model's parameters and buffers (and optimizer's state, under "optimizer.") and metadata
+/// to path, atomically; IOError on failure.
 template <class T>
 void save_checkpoint(const std::string& path, const nn::Module<T>& model,
                      const Metadata& metadata = {}) {
@@ -202,9 +208,14 @@ void save_checkpoint(const std::string& path, const nn::Module<T>& model, const 
     entries.emplace_back(std::string(optimizer_prefix) + n, std::move(t));
   save_safetensors(path, entries, detail::full_metadata(metadata, model));
 }
+///@}
 
 // ---- loading from a parsed file (name is used in messages) ----
 
+///@{
+/// Restores model (and optimizer) from a parsed file, name being its name in messages; checks every
+/// name, dtype and shape first (ValueError or ShapeError, nothing changed) and returns the
+/// metadata.
 template <class T>
 Metadata restore_checkpoint(const SafetensorsFile& file, const std::string& name,
                             nn::Module<T>& model) {
@@ -232,9 +243,13 @@ requires OptimizerState<O> Metadata restore_checkpoint(const SafetensorsFile& fi
   for (auto& [dst, src] : copies) dst.copy_(*src);
   return file.metadata;
 }
+///@}
 
 // ---- loading from disk; returns the file's metadata ----
 
+///@{
+/// Loads model (and optimizer) from path as restore_checkpoint does; IOError if the file cannot be
+/// read or parsed.
 template <class T>
 Metadata load_checkpoint(const std::string& path, nn::Module<T>& model) {
   return restore_checkpoint(load_safetensors(path), path, model);
@@ -245,5 +260,6 @@ requires OptimizerState<O> Metadata load_checkpoint(const std::string& path, nn:
                                                     O& optimizer) {
   return restore_checkpoint(load_safetensors(path), path, model, optimizer);
 }
+///@}
 
 }  // namespace tapegrad::io

@@ -1,15 +1,16 @@
 #pragma once
-// FashionMNIST: Zalando's 28x28 grey images of 10 clothing classes (60000 train, 10000 test),
-// in IDX files, as torchvision.datasets.FashionMNIST. Images come as floats in [0, 1] (pixel /
-// 255), [N, 1, 28, 28] (NCHW, for convolutions) or [N, 784] (for MLPs); labels as int64.
-//
-// Where the files are looked for, first match wins:
-//   1. the directory passed to the constructor (a program's --data-dir flag), if not empty;
-//   2. else the directory in $TAPEGRAD_FASHION_MNIST_DIR, if set;
-//   3. else /usr/share/datasets/fashion-mnist, where Debian's dataset-fashion-mnist package
-//      installs them.
-// A directory given explicitly (1 or 2) is the only one searched: a mistyped flag should fail,
-// not silently fall back to other data. Each file may be gzip-compressed (".gz") or not.
+/// \file
+/// FashionMNIST: Zalando's 28x28 grey images of 10 clothing classes (60000 train, 10000 test),
+/// in IDX files, as torchvision.datasets.FashionMNIST. Images come as floats in [0, 1] (pixel /
+/// 255), [N, 1, 28, 28] (NCHW, for convolutions) or [N, 784] (for MLPs); labels as int64.
+///
+/// Where the files are looked for, first match wins:
+///   1. the directory passed to the constructor (a program's --data-dir flag), if not empty;
+///   2. else the directory in $TAPEGRAD_FASHION_MNIST_DIR, if set;
+///   3. else /usr/share/datasets/fashion-mnist, where Debian's dataset-fashion-mnist package
+///      installs them.
+/// A directory given explicitly (1 or 2) is the only one searched: a mistyped flag should fail,
+/// not silently fall back to other data. Each file may be gzip-compressed (".gz") or not.
 
 #include <sys/stat.h>
 
@@ -26,26 +27,40 @@
 
 namespace tapegrad::io {
 
+/// The training (60000 images) or the test set (10000 images).
 enum class Split { Train, Test };
+/// The image tensor's layout.
 enum class ImageLayout {
-  NCHW,  // [N, 1, 28, 28]
+  NCHW,  ///< [N, 1, 28, 28]
   Flat   // [N, 784]
 };
 
+/// Fashion-MNIST, torchvision.datasets.FashionMNIST: 28x28 grey images of 10 clothing classes as
+/// floats in [0, 1] and int64 labels (see the file's description for where the files are looked
+/// for).
 class FashionMNIST {
  public:
+  /// The names of the classes, by label.
   static constexpr std::array<std::string_view, 10> class_names = {
       "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
       "Sandal",      "Shirt",   "Sneaker",  "Bag",   "Ankle boot"};
+  /// Number of classes.
   static constexpr int num_classes = 10;
+  ///@{
+  /// Image height and width.
   static constexpr int64_t height = 28, width = 28;
+  ///@}
+  /// Where Debian's dataset-fashion-mnist package installs the files.
   static constexpr const char* default_directory = "/usr/share/datasets/fashion-mnist";
+  /// The environment variable naming a directory to read from.
   static constexpr const char* environment_variable = "TAPEGRAD_FASHION_MNIST_DIR";
 
-  Tensor<float> images;         // [N, 1, 28, 28] or [N, 784], values in [0, 1]
-  std::vector<int64_t> labels;  // N class indices in 0..9
-  std::string directory;        // where the files were found
+  Tensor<float> images;         ///< [N, 1, 28, 28] or [N, 784], values in [0, 1]
+  std::vector<int64_t> labels;  ///< N class indices in 0..9
+  std::string directory;        ///< where the files were found
 
+  /// Reads split from dir (or the directory the search order finds) in layout; IOError if the files
+  /// are missing or malformed.
   explicit FashionMNIST(Split split, const std::string& dir = "",
                         ImageLayout layout = ImageLayout::NCHW) {
     directory = find_directory(split, dir);
@@ -78,10 +93,11 @@ class FashionMNIST {
     }
   }
 
+  /// Number of images.
   int64_t size() const { return static_cast<int64_t>(labels.size()); }
 
-  // The directory that holds the split's files, following the search order above, or an
-  // IOError that lists the directories searched and says how to install the data.
+  /// The directory that holds the split's files, following the search order above, or an
+  /// IOError that lists the directories searched and says how to install the data.
   static std::string find_directory(Split split, const std::string& dir = "") {
     const std::string prefix = split == Split::Train ? "train" : "t10k";
     const char* env = std::getenv(environment_variable);

@@ -1,10 +1,11 @@
 #pragma once
-// InputFile: a regular file opened for reading, its size known before anything is read, so a
-// reader can check a header against it and read only what the header promises; read_at()
-// reads exactly the bytes asked for or throws. Devices, pipes and directories are refused with
-// an IOError naming the file: /dev/zero or a FIFO would otherwise be read forever.
-// read_file_bytes: a whole regular file in memory (the IDX reader parses from memory, so the
-// same code serves files and fuzzers).
+/// \file
+/// InputFile: a regular file opened for reading, its size known before anything is read, so a
+/// reader can check a header against it and read only what the header promises; read_at()
+/// reads exactly the bytes asked for or throws. Devices, pipes and directories are refused with
+/// an IOError naming the file: /dev/zero or a FIFO would otherwise be read forever.
+/// read_file_bytes: a whole regular file in memory (the IDX reader parses from memory, so the
+/// same code serves files and fuzzers).
 
 #include <fcntl.h>
 #include <sys/stat.h>
@@ -21,8 +22,11 @@
 
 namespace tapegrad::io {
 
+/// A regular file opened for reading, its size known before anything is read (see the file's
+/// description). Not copyable.
 class InputFile {
  public:
+  /// Opens path; throws IOError if it cannot be opened or is not a regular file.
   explicit InputFile(std::string path) : path_(std::move(path)) {
     // O_NONBLOCK: opening a FIFO must not wait for a writer; it is refused below anyway.
     fd_ = ::open(path_.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK);
@@ -49,11 +53,12 @@ class InputFile {
     if (fd_ >= 0) ::close(fd_);
   }
 
+  /// The file's path.
   const std::string& path() const { return path_; }
-  // The size when the file was opened.
+  /// The size when the file was opened.
   uint64_t size() const { return size_; }
 
-  // Reads exactly n bytes at offset into out.
+  /// Reads exactly n bytes at offset into out.
   void read_at(uint64_t offset, void* out, size_t n) {
     auto* p = static_cast<char*>(out);
     size_t done = 0;
@@ -84,6 +89,7 @@ class InputFile {
   uint64_t size_ = 0;
 };
 
+/// The whole regular file at path in memory; IOError on failure.
 inline std::vector<uint8_t> read_file_bytes(const std::string& path) {
   InputFile f(path);
   std::vector<uint8_t> bytes(static_cast<size_t>(f.size()));

@@ -1,9 +1,10 @@
 #pragma once
-// GzipReader: decompresses a gzip stream held in memory, a piece at a time, through zlib's
-// inflate (link with -lz). Reading piecewise lets a caller check a header before it commits
-// memory to the body, so a tiny file claiming gigabytes costs nothing.
-// Concatenated gzip members (as `cat a.gz b.gz` makes) are read as one stream, like gzip -d;
-// anything else after the last member is an error, not silently ignored.
+/// \file
+/// GzipReader: decompresses a gzip stream held in memory, a piece at a time, through zlib's
+/// inflate (link with -lz). Reading piecewise lets a caller check a header before it commits
+/// memory to the body, so a tiny file claiming gigabytes costs nothing.
+/// Concatenated gzip members (as `cat a.gz b.gz` makes) are read as one stream, like gzip -d;
+/// anything else after the last member is an error, not silently ignored.
 
 #include <zlib.h>
 
@@ -17,14 +18,16 @@
 
 namespace tapegrad::io {
 
-// True when the bytes start with the gzip magic number 1f 8b.
+/// True when the bytes start with the gzip magic number 1f 8b.
 inline bool is_gzip(std::span<const uint8_t> bytes) {
   return bytes.size() >= 2 && bytes[0] == 0x1f && bytes[1] == 0x8b;
 }
 
+/// Decompresses a gzip stream held in memory, a piece at a time (see the file's description).
+/// Malformed data throws IOError.
 class GzipReader {
  public:
-  // name is used in error messages (the file name).
+  /// name is used in error messages (the file name).
   GzipReader(std::span<const uint8_t> in, std::string name) : in_(in), name_(std::move(name)) {
     // 16 + MAX_WBITS: expect a gzip header and trailer (CRC-32 and length are checked).
     if (inflateInit2(&z_, 16 + MAX_WBITS) != Z_OK)
@@ -34,7 +37,7 @@ class GzipReader {
   GzipReader& operator=(const GzipReader&) = delete;
   ~GzipReader() { inflateEnd(&z_); }
 
-  // Fills up to n bytes of out; returns fewer only at the end of the stream.
+  /// Fills up to n bytes of out; returns fewer only at the end of the stream.
   size_t read(uint8_t* out, size_t n) {
     size_t produced = 0;
     while (produced < n && !done_) {
@@ -76,8 +79,9 @@ class GzipReader {
     return produced;
   }
 
+  /// Whether the stream has ended.
   bool done() const { return done_; }
-  // Bytes of uncompressed output produced so far.
+  /// Bytes of uncompressed output produced so far.
   uint64_t total_out() const { return total_out_; }
 
  private:

@@ -1,15 +1,16 @@
 #pragma once
-// IDX files, the format of MNIST and Fashion-MNIST (http://yann.lecun.com/exdb/mnist/):
-//   bytes 0-1  magic, always 0x0000
-//   byte  2    data type: 0x08 = unsigned byte (the only type these datasets use)
-//   byte  3    number of dimensions n (1..6 here: a tapegrad Shape holds at most 6)
-//   then n sizes, each a 32-bit big-endian integer, then the data, row-major.
-// Files may be gzip-compressed (detected by the gzip magic 1f 8b, not by the file name).
-//
-// The reader trusts nothing: every header field is checked, the data length must equal the
-// product of the sizes exactly, and every failure is an IOError naming the file, the problem and
-// the byte offset: "train-images-idx3-ubyte.gz: truncated: header says 47040000 data bytes,
-// file has 1000". Offsets in a gzip file count decompressed bytes.
+/// \file
+/// IDX files, the format of MNIST and Fashion-MNIST (http://yann.lecun.com/exdb/mnist/):
+///   bytes 0-1  magic, always 0x0000
+///   byte  2    data type: 0x08 = unsigned byte (the only type these datasets use)
+///   byte  3    number of dimensions n (1..6 here: a tapegrad Shape holds at most 6)
+///   then n sizes, each a 32-bit big-endian integer, then the data, row-major.
+/// Files may be gzip-compressed (detected by the gzip magic 1f 8b, not by the file name).
+///
+/// The reader trusts nothing: every header field is checked, the data length must equal the
+/// product of the sizes exactly, and every failure is an IOError naming the file, the problem and
+/// the byte offset: "train-images-idx3-ubyte.gz: truncated: header says 47040000 data bytes,
+/// file has 1000". Offsets in a gzip file count decompressed bytes.
 
 #include <algorithm>
 #include <cstdint>
@@ -26,15 +27,18 @@
 
 namespace tapegrad::io {
 
+/// A parsed IDX file: sizes and bytes.
 struct IdxData {
-  std::vector<int64_t> dims;  // sizes, outermost first: [60000, 28, 28] for MNIST images
-  std::vector<uint8_t> data;  // row-major, numel() bytes
+  std::vector<int64_t> dims;  ///< sizes, outermost first: [60000, 28, 28] for MNIST images
+  std::vector<uint8_t> data;  ///< row-major, numel() bytes
 
+  /// Number of elements: the product of dims.
   int64_t numel() const {
     int64_t n = 1;
     for (int64_t d : dims) n *= d;
     return n;
   }
+  /// dims as a Shape.
   Shape shape() const { return Shape{std::span<const int64_t>(dims)}; }
 };
 
@@ -77,7 +81,7 @@ class IdxSource {
 
 }  // namespace detail
 
-// Parses an IDX file held in memory; name is the file name used in error messages.
+/// Parses an IDX file held in memory; name is the file name used in error messages.
 inline IdxData parse_idx(std::span<const uint8_t> bytes, const std::string& name) {
   using tapegrad::detail::fail;
   detail::IdxSource src(bytes, name);
@@ -150,7 +154,7 @@ inline IdxData parse_idx(std::span<const uint8_t> bytes, const std::string& name
   return out;
 }
 
-// Reads an IDX file (raw or gzip) from disk.
+/// Reads an IDX file (raw or gzip) from disk.
 inline IdxData read_idx(const std::string& path) { return parse_idx(read_file_bytes(path), path); }
 
 }  // namespace tapegrad::io

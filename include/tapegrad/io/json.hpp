@@ -1,19 +1,20 @@
 #pragma once
-// JsonReader: a small strict JSON reader (RFC 8259) for file headers, with no dependency. It is
-// a pull parser: the caller walks the document it expects (begin_object, next_member, string,
-// number, ...) and keeps only what it needs, so memory follows the caller's result, never the
-// size of the text; a value of the wrong kind is reported where it starts, without reading
-// further. It accepts exactly JSON: no comments, no trailing commas, no NaN, no leading zeros,
-// no control characters or invalid UTF-8 in strings, no lone surrogates. Nesting is limited
-// (64 levels). Duplicate keys are for the caller to reject (it knows which keys it keeps).
-// Every failure is an IOError "<file>: JSON syntax error at byte <offset>: <what>", the offset
-// counted in the whole file.
-//
-//   JsonReader r(text, 8, path);
-//   r.begin_object();
-//   for (std::string key; r.next_member(key);)
-//     if (r.peek() == JsonReader::Kind::String) use(key, r.string()); else r.skip_value();
-//   r.end();
+/// \file
+/// JsonReader: a small strict JSON reader (RFC 8259) for file headers, with no dependency. It is
+/// a pull parser: the caller walks the document it expects (begin_object, next_member, string,
+/// number, ...) and keeps only what it needs, so memory follows the caller's result, never the
+/// size of the text; a value of the wrong kind is reported where it starts, without reading
+/// further. It accepts exactly JSON: no comments, no trailing commas, no NaN, no leading zeros,
+/// no control characters or invalid UTF-8 in strings, no lone surrogates. Nesting is limited
+/// (64 levels). Duplicate keys are for the caller to reject (it knows which keys it keeps).
+/// Every failure is an IOError "<file>: JSON syntax error at byte <offset>: <what>", the offset
+/// counted in the whole file.
+///
+///   JsonReader r(text, 8, path);
+///   r.begin_object();
+///   for (std::string key; r.next_member(key);)
+///     if (r.peek() == JsonReader::Kind::String) use(key, r.string()); else r.skip_value();
+///   r.end();
 
 #include <algorithm>
 #include <cstdint>
@@ -26,30 +27,35 @@
 
 namespace tapegrad::io {
 
+/// A small strict JSON pull parser (RFC 8259) for file headers (see the file's description). Every
+/// failure is an IOError naming the file and byte offset.
 class JsonReader {
  public:
+  /// The kind of a JSON value.
   enum class Kind { Null, Bool, Number, String, Array, Object };
+  /// The deepest nesting accepted.
   static constexpr int max_depth = 64;
 
-  // text: the JSON; base: the file offset of text[0] (for messages); name: the file name.
+  /// text: the JSON; base: the file offset of text[0] (for messages); name: the file name.
   JsonReader(std::string_view text, size_t base, std::string name)
       : t_(text), base_(base), name_(std::move(name)), available_(text.size()) {}
 
-  // For text still arriving (a file read in pieces): only text[0, available) is there yet, and
-  // before the reader looks at a byte beyond it, it calls fill(context, end), which must make
-  // text[0, end) valid (at least; end <= text.size()) and return how much now is. So a file is
-  // read only as far as the reader gets: a problem at byte 70 of a 94 MB header costs one piece.
+  /// For text still arriving (a file read in pieces): only text[0, available) is there yet, and
+  /// before the reader looks at a byte beyond it, it calls fill(context, end), which must make
+  /// text[0, end) valid (at least; end <= text.size()) and return how much now is. So a file is
+  /// read only as far as the reader gets: a problem at byte 70 of a 94 MB header costs one piece.
   using Fill = size_t (*)(void* context, size_t end);
+  /// Reads text as it arrives: see Fill.
   void set_source(Fill fill, void* context, size_t available) {
     fill_ = fill;
     context_ = context;
     available_ = available;
   }
 
-  // File offset of the next unread byte.
+  /// File offset of the next unread byte.
   size_t offset() const { return base_ + pos_; }
 
-  // The kind of the value starting at the next non-whitespace byte (fails where none can).
+  /// The kind of the value starting at the next non-whitespace byte (fails where none can).
   Kind peek() {
     skip_ws();
     if (pos_ >= t_.size()) fail("expected a value, found end of the header");
@@ -70,6 +76,7 @@ class JsonReader {
         fail("expected a value, found ", describe());
     }
   }
+  /// The kind's name, for messages.
   static const char* kind_name(Kind k) {
     switch (k) {
       case Kind::Null:
@@ -89,10 +96,11 @@ class JsonReader {
   }
 
   // ---- containers ----
-  // begin_* consumes the opening bracket. next_member / next_item return true while another
-  // element follows (next_member has read its key and the ':'), false once they have consumed
-  // the closing bracket.
+  /// begin_* consumes the opening bracket. next_member / next_item return true while another
+  /// element follows (next_member has read its key and the ':'), false once they have consumed
+  /// the closing bracket.
   void begin_object() { open('{', "an object"); }
+  /// Next key of an object (see begin_object).
   bool next_member(std::string& key) {
     if (!next('}', "in an object")) return false;
     skip_ws();
@@ -103,13 +111,15 @@ class JsonReader {
     expect(':', "after an object key");
     return true;
   }
-  // File offset of the key next_member read last.
+  /// File offset of the key next_member read last.
   size_t key_offset() const { return key_offset_; }
+  /// Consumes '[' (IOError if the next value is not an array).
   void begin_array() { open('[', "an array"); }
+  /// Whether another item follows (see begin_object).
   bool next_item() { return next(']', "in an array"); }
 
   // ---- scalars ----
-  // A string value, decoded to UTF-8.
+  /// A string value, decoded to UTF-8.
   std::string string() {
     skip_ws();
     if (!at('"')) fail("expected a string, found ", describe());
@@ -137,7 +147,7 @@ class JsonReader {
         s += static_cast<char>(c);
     }
   }
-  // A number's literal text, checked against JSON's grammar.
+  /// A number's literal text, checked against JSON's grammar.
   std::string_view number() {
     skip_ws();
     const size_t start = pos_;
@@ -160,8 +170,8 @@ class JsonReader {
     }
     return t_.substr(start, pos_ - start);
   }
-  // A number literal as a uint64_t, if it is a non-negative integer (no sign, fraction or
-  // exponent) that fits; else false.
+  /// A number literal as a uint64_t, if it is a non-negative integer (no sign, fraction or
+  /// exponent) that fits; else false.
   static bool to_u64(std::string_view literal, uint64_t& out) {
     if (literal.empty()) return false;
     uint64_t v = 0;
@@ -174,7 +184,7 @@ class JsonReader {
     out = v;
     return true;
   }
-  // true, false or null; returns the boolean (false for null).
+  /// true, false or null; returns the boolean (false for null).
   bool literal() {
     skip_ws();
     need(pos_ + 5);
@@ -185,7 +195,7 @@ class JsonReader {
       }
     fail("invalid literal, expected true, false or null");
   }
-  // Reads and checks one whole value of any kind, keeping nothing.
+  /// Reads and checks one whole value of any kind, keeping nothing.
   void skip_value() {
     switch (peek()) {
       case Kind::Object: {
@@ -208,12 +218,13 @@ class JsonReader {
     }
   }
 
-  // Only whitespace may follow the document.
+  /// Only whitespace may follow the document.
   void end() {
     skip_ws();
     if (pos_ != t_.size()) fail("unexpected ", describe(), " after the JSON value");
   }
 
+  /// Throws IOError "<file>: JSON syntax error at byte <offset>: <parts...>".
   template <class... Parts>
   [[noreturn]] void fail(Parts&&... parts) const {
     tapegrad::detail::fail<IOError>(name_, ": JSON syntax error at byte ", base_ + pos_, ": ",
@@ -399,8 +410,8 @@ class JsonReader {
   size_t key_offset_ = 0;
 };
 
-// Appends s to out as a JSON string literal (quotes, backslashes and control characters
-// escaped; other UTF-8 kept as is).
+/// Appends s to out as a JSON string literal (quotes, backslashes and control characters
+/// escaped; other UTF-8 kept as is).
 inline void json_append_string(std::string& out, std::string_view s) {
   out += '"';
   for (char ch : s) {
@@ -420,7 +431,7 @@ inline void json_append_string(std::string& out, std::string_view s) {
   out += '"';
 }
 
-// True when s is well-formed UTF-8 (what a JSON string may hold).
+/// True when s is well-formed UTF-8 (what a JSON string may hold).
 inline bool is_valid_utf8(std::string_view s) {
   try {
     std::string quoted;

@@ -1,24 +1,25 @@
 #pragma once
-// The safetensors format (https://github.com/huggingface/safetensors), so Python's
-// `safetensors.torch.load_file` reads what tapegrad writes and the other way round:
-//   8 bytes      N, the header length, unsigned 64-bit little-endian
-//   N bytes      a JSON object: {"__metadata__": {"key": "value", ...},          (optional)
-//                                "<name>": {"dtype": "F32", "shape": [2, 3],
-//                                           "data_offsets": [begin, end]}, ...}
-//                padded with spaces to a multiple of 8, as the reference writer does
-//   the rest     the tensors' bytes, little-endian, row-major; offsets count from here.
-// tapegrad reads and writes F32, F64 and I64. Writing goes through AtomicFile (a unique
-// temporary file, fsync, rename), so an interrupted save leaves the previous file intact.
-//
-// The reader validates everything before it trusts anything (the header length against the file
-// size, JSON syntax, each entry's dtype, shape and offsets, shape product x dtype size against the
-// offsets' span, offsets inside the data area, covering it contiguously without overlap, no
-// duplicate names), and reports each failure as an IOError naming the file, the problem and,
-// where it has one, the byte. It reads the header as it goes (json.hpp's pull reader) and keeps
-// only the entries, so a hostile header costs memory of the order of its size (at most 8 times
-// it plus 1 MB: tensors are allocated only while their spans fit in the data area, and at most
-// 4096 metadata entries are read) and is rejected where its problem is (a shape's 7th
-// dimension, an entry of the wrong kind), not after it has all been parsed.
+/// \file
+/// The safetensors format (https://github.com/huggingface/safetensors), so Python's
+/// `safetensors.torch.load_file` reads what tapegrad writes and the other way round:
+///   8 bytes      N, the header length, unsigned 64-bit little-endian
+///   N bytes      a JSON object: {"__metadata__": {"key": "value", ...},          (optional)
+///                                "<name>": {"dtype": "F32", "shape": [2, 3],
+///                                           "data_offsets": [begin, end]}, ...}
+///                padded with spaces to a multiple of 8, as the reference writer does
+///   the rest     the tensors' bytes, little-endian, row-major; offsets count from here.
+/// tapegrad reads and writes F32, F64 and I64. Writing goes through AtomicFile (a unique
+/// temporary file, fsync, rename), so an interrupted save leaves the previous file intact.
+///
+/// The reader validates everything before it trusts anything (the header length against the file
+/// size, JSON syntax, each entry's dtype, shape and offsets, shape product x dtype size against the
+/// offsets' span, offsets inside the data area, covering it contiguously without overlap, no
+/// duplicate names), and reports each failure as an IOError naming the file, the problem and,
+/// where it has one, the byte. It reads the header as it goes (json.hpp's pull reader) and keeps
+/// only the entries, so a hostile header costs memory of the order of its size (at most 8 times
+/// it plus 1 MB: tensors are allocated only while their spans fit in the data area, and at most
+/// 4096 metadata entries are read) and is rejected where its problem is (a shape's 7th
+/// dimension, an entry of the wrong kind), not after it has all been parsed.
 
 #include <algorithm>
 #include <bit>
@@ -48,20 +49,22 @@ using tapegrad::AnyTensor;
 using tapegrad::dtype_name;
 using tapegrad::NamedTensors;
 using tapegrad::shape_of;
-// String-to-string metadata ("__metadata__"), in order.
+/// String-to-string metadata ("__metadata__"), in order.
 using Metadata = std::vector<std::pair<std::string, std::string>>;
 
+/// A parsed safetensors file: its tensors and metadata.
 struct SafetensorsFile {
-  NamedTensors tensors;  // in the order of the header
+  NamedTensors tensors;  ///< in the order of the header
+  /// The "__metadata__" entries.
   Metadata metadata;
 
-  // The tensor of that name, or nullptr.
+  /// The tensor of that name, or nullptr.
   const AnyTensor* find(std::string_view name) const {
     for (const auto& [n, t] : tensors)
       if (n == name) return &t;
     return nullptr;
   }
-  // The metadata value of that key, or nullptr.
+  /// The metadata value of that key, or nullptr.
   const std::string* meta(std::string_view key) const {
     for (const auto& [k, v] : metadata)
       if (k == key) return &v;
@@ -392,7 +395,7 @@ inline std::vector<TensorSpan> read_header(std::string_view text, uint64_t data_
 
 }  // namespace detail
 
-// Writes tensors (of any dtypes, mixed) and optional metadata to path, atomically.
+/// Writes tensors (of any dtypes, mixed) and optional metadata to path, atomically.
 inline void save_safetensors(const std::string& path, const NamedTensors& tensors,
                              const Metadata& metadata = {}) {
   const auto placement = detail::place(tensors);
@@ -410,6 +413,7 @@ inline void save_safetensors(const std::string& path, const NamedTensors& tensor
   f.commit();
 }
 
+/// The same for tensors of one type.
 template <class T>
 void save_safetensors(const std::string& path,
                       const std::vector<std::pair<std::string, Tensor<T>>>& tensors,
@@ -420,7 +424,7 @@ void save_safetensors(const std::string& path,
   save_safetensors(path, any, metadata);
 }
 
-// Parses a safetensors file held in memory; name is the file name used in error messages.
+/// Parses a safetensors file held in memory; name is the file name used in error messages.
 inline SafetensorsFile parse_safetensors(std::span<const uint8_t> bytes, const std::string& name) {
   const uint64_t n = detail::header_length(bytes, bytes.size(), name);
   const std::string_view text(reinterpret_cast<const char*>(bytes.data() + 8),
@@ -440,9 +444,9 @@ inline SafetensorsFile parse_safetensors(std::span<const uint8_t> bytes, const s
   return out;
 }
 
-// Reads a safetensors file from disk: the length, then the header, then each tensor's bytes
-// straight into its storage, so memory is the tensors plus a small multiple of the header.
-// Only regular files (a device or a pipe has no size to check the header against).
+/// Reads a safetensors file from disk: the length, then the header, then each tensor's bytes
+/// straight into its storage, so memory is the tensors plus a small multiple of the header.
+/// Only regular files (a device or a pipe has no size to check the header against).
 inline SafetensorsFile load_safetensors(const std::string& path) {
   InputFile f(path);
   uint8_t len[8];

@@ -1,33 +1,34 @@
 #pragma once
-// MultiheadAttention(embed_dim, num_heads, dropout = 0, bias = true, batch_first = false):
-// torch.nn.MultiheadAttention with its parameter names, shapes, layout and initialisation, so a
-// PyTorch state_dict loads unchanged:
-//   in_proj_weight [3E, E]   rows [W_q; W_k; W_v],  xavier_uniform_
-//   in_proj_bias   [3E]      zeros                   (bias = true)
-//   out_proj.weight [E, E], out_proj.bias [E]        Linear's default weight init, bias zeros
-// Inputs are time-major [L, N, E] (query) and [S, N, E] (key, value), or [N, L, E] and [N, S, E]
-// with batch_first. With H heads of size D = E / H:
-//   q = query W_q^T + b_q,  k = key W_k^T + b_k,  v = value W_v^T + b_v
-//   head h: O_h = softmax(q_h k_h^T / sqrt(D) + masks) v_h  (q_h: columns h*D .. h*D+D-1)
-//   output = concat_h(O_h) W_o^T + b_o
-// Masks, PyTorch's conventions for this module (the opposite of SDPA's for booleans):
-//   attn_mask         [L, S] or [N*H, L, S]: Tensor<bool>, true = this query may NOT attend to
-//                     this key; or an additive float mask (-inf removes)
-//   key_padding_mask  [N, S]: Tensor<bool>, true = ignore this key (padding); or additive float
-//   is_causal         query i attends to keys j <= i, without a mask tensor (tapegrad builds
-//                     none; PyTorch 2 treats it as a hint and wants attn_mask too)
-// A query with no key left gives a zero row (PyTorch: NaN).
-// need_weights (default true, as PyTorch) also returns the attention weights, averaged over the
-// heads ([N, L, S]) or per head ([N, H, L, S]) with average_attn_weights = false. They are for
-// reading: a constant on the tape, without gradient, and taken before the attention dropout
-// (PyTorch 1.13 returns them after it; in eval mode, where one reads them, both agree).
-//
-// Speed: when query, key and value are the same Var (self-attention) one linear projects all
-// three ([L, N, 3E]); the fused attention kernel (ops/attention.hpp) reads each head's q, k, v
-// as column blocks of it and writes each head's output into its columns of [L, N, E]: no
-// reshaping, no transposing, no copies. Attention dropout is drawn inside the kernel from the
-// child Dropout's stream ("dropout"), so nn::reset_rng and checkpoints cover it.
-// Not implemented (PyTorch options): kdim/vdim, add_bias_kv, add_zero_attn, unbatched 2-D input.
+/// \file
+/// MultiheadAttention(embed_dim, num_heads, dropout = 0, bias = true, batch_first = false):
+/// torch.nn.MultiheadAttention with its parameter names, shapes, layout and initialisation, so a
+/// PyTorch state_dict loads unchanged:
+///   in_proj_weight [3E, E]   rows [W_q; W_k; W_v],  xavier_uniform_
+///   in_proj_bias   [3E]      zeros                   (bias = true)
+///   out_proj.weight [E, E], out_proj.bias [E]        Linear's default weight init, bias zeros
+/// Inputs are time-major [L, N, E] (query) and [S, N, E] (key, value), or [N, L, E] and [N, S, E]
+/// with batch_first. With H heads of size D = E / H:
+///   q = query W_q^T + b_q,  k = key W_k^T + b_k,  v = value W_v^T + b_v
+///   head h: O_h = softmax(q_h k_h^T / sqrt(D) + masks) v_h  (q_h: columns h*D .. h*D+D-1)
+///   output = concat_h(O_h) W_o^T + b_o
+/// Masks, PyTorch's conventions for this module (the opposite of SDPA's for booleans):
+///   attn_mask         [L, S] or [N*H, L, S]: Tensor<bool>, true = this query may NOT attend to
+///                     this key; or an additive float mask (-inf removes)
+///   key_padding_mask  [N, S]: Tensor<bool>, true = ignore this key (padding); or additive float
+///   is_causal         query i attends to keys j <= i, without a mask tensor (tapegrad builds
+///                     none; PyTorch 2 treats it as a hint and wants attn_mask too)
+/// A query with no key left gives a zero row (PyTorch: NaN).
+/// need_weights (default true, as PyTorch) also returns the attention weights, averaged over the
+/// heads ([N, L, S]) or per head ([N, H, L, S]) with average_attn_weights = false. They are for
+/// reading: a constant on the tape, without gradient, and taken before the attention dropout
+/// (PyTorch 1.13 returns them after it; in eval mode, where one reads them, both agree).
+///
+/// Speed: when query, key and value are the same Var (self-attention) one linear projects all
+/// three ([L, N, 3E]); the fused attention kernel (ops/attention.hpp) reads each head's q, k, v
+/// as column blocks of it and writes each head's output into its columns of [L, N, E]: no
+/// reshaping, no transposing, no copies. Attention dropout is drawn inside the kernel from the
+/// child Dropout's stream ("dropout"), so nn::reset_rng and checkpoints cover it.
+/// Not implemented (PyTorch options): kdim/vdim, add_bias_kv, add_zero_attn, unbatched 2-D input.
 
 #include <cmath>
 #include <cstdint>
@@ -45,25 +46,37 @@
 
 namespace tapegrad::nn {
 
-// The optional arguments of MultiheadAttention::forward, under PyTorch's names.
+/// The optional arguments of MultiheadAttention::forward, under PyTorch's names.
 template <class T>
 struct MultiheadAttentionArgs {
+  /// Padding of keys, [N, S]: Tensor<bool> (true = ignore this key) or an additive float mask.
   AttentionMask<T> key_padding_mask{};
+  /// Whether to return the attention weights.
   bool need_weights = true;
+  /// attn_mask, [L, S] or [N*H, L, S]: Tensor<bool> (true = may not attend) or an additive float
+  /// mask.
   AttentionMask<T> attn_mask{};
+  /// Average the weights over the heads ([N, L, S]) or return them per head ([N, H, L, S]).
   bool average_attn_weights = true;
+  /// Add a causal mask (a query attends only to keys at or before its position).
   bool is_causal = false;
 };
 
+/// What MultiheadAttention::forward returns: the output and, when asked for, the attention weights.
 template <class T>
 struct MultiheadAttentionOutput {
-  Var<T> output;   // [L, N, E] (batch_first: [N, L, E])
-  Var<T> weights;  // [N, L, S] or [N, H, L, S]; undefined unless need_weights
+  Var<T> output;   ///< [L, N, E] (batch_first: [N, L, E])
+  Var<T> weights;  ///< [N, L, S] or [N, H, L, S]; undefined unless need_weights
 };
 
+/// Multi-head attention, torch.nn.MultiheadAttention: output = concat_h(softmax(q_h k_h^T / sqrt(D)
+/// + masks) v_h) W_o^T + b_o; query [L, N, E], key and value [S, N, E] (batch_first: [N, L, E], [N,
+/// S, E]). Shapes, masks and parameters in the file's description; wrong shapes throw ShapeError.
 template <class T>
 class MultiheadAttention : public Module<T> {
  public:
+  /// embed_dim E must be divisible by num_heads (ValueError otherwise); dropout on the attention
+  /// weights in training.
   MultiheadAttention(int64_t embed_dim, int64_t num_heads, double dropout = 0.0, bool bias = true,
                      bool batch_first = false, Generator& gen = default_generator())
       : e_(embed_dim), h_(num_heads), bias_(bias), batch_first_(batch_first) {
@@ -78,15 +91,18 @@ class MultiheadAttention : public Module<T> {
     dropout_ = this->register_module("dropout", std::make_shared<Dropout<T>>(dropout, gen));
   }
 
-  Parameter<T> in_proj_weight;  // [3E, E]
-  Parameter<T> in_proj_bias;    // [3E]; undefined when bias = false
+  Parameter<T> in_proj_weight;  ///< [3E, E]
+  Parameter<T> in_proj_bias;    ///< [3E]; undefined when bias = false
+  /// The output projection [E, E] (+ bias [E]), child "out_proj".
   std::shared_ptr<Dense<T>> out_proj;
 
-  // Self-attention without masks: the output only.
+  /// Self-attention without masks: the output only.
   Var<T> forward(const Var<T>& x) override {
     return forward(x, x, x, {.need_weights = false}).output;
   }
 
+  /// Attention of query over key and value with args' masks (see MultiheadAttentionArgs); shapes as
+  /// in the class description.
   MultiheadAttentionOutput<T> forward(const Var<T>& query, const Var<T>& key, const Var<T>& value,
                                       const MultiheadAttentionArgs<T>& args = {}) {
     const Shape sq = query.shape(), sk = key.shape(), sv = value.shape();
@@ -168,10 +184,15 @@ class MultiheadAttention : public Module<T> {
     return out;
   }
 
+  /// The model dimension E.
   int64_t embed_dim() const { return e_; }
+  /// The number of heads H.
   int64_t num_heads() const { return h_; }
+  /// The size of a head, D = E / H.
   int64_t head_dim() const { return e_ / h_; }
+  /// Whether inputs are [N, L, E] rather than [L, N, E].
   bool batch_first() const { return batch_first_; }
+  /// The dropout probability on the attention weights.
   double dropout() const { return dropout_->p(); }
 
   std::string name() const override {

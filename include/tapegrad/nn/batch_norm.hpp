@@ -1,26 +1,27 @@
 #pragma once
-// BatchNorm: batch normalisation over the channels (dim 1) of [N,C] or [N,C,H,W] inputs, as
-// torch.nn.BatchNorm1d / BatchNorm2d (equations in ops/norm.hpp and SEMANTICS.md):
-//   train: normalise with the batch mean and biased variance, then update
-//          running_mean ← (1 − m)·running_mean + m·μ, running_var ← (1 − m)·running_var +
-//          m·σ²·n/(n−1) with m = momentum, or 1/num_batches_tracked when momentum is nullopt;
-//   eval:  normalise with running_mean and running_var (batch statistics again when
-//          track_running_stats = false).
-// Parameters weight (γ = 1) and bias (β = 0) exist when affine; the buffers running_mean (0),
-// running_var (1) and num_batches_tracked (0, a scalar) when track_running_stats, registered so
-// named_buffers() lists them ("bn1.running_mean") and checkpoints save them. The buffers are
-// updated in place: a tensor obtained from named_buffers() sees every update.
-//
-// BatchNorm accepts any input of rank >= 2; BatchNorm1d requires [N,C] or [N,C,L] and
-// BatchNorm2d [N,C,H,W], like PyTorch's.
-//
-// Module::summary() runs the model once on zeros: in training mode that call normalises with the
-// batch statistics but leaves the running statistics untouched.
-//
-// set_stats_reducer(r) makes the layer take its training statistics over several processes
-// (ops/norm.hpp; distributed::convert_sync_batchnorm sets it on every BatchNorm of a model, and
-// its name() then reads "SyncBatchNorm(...)"). As in PyTorch, only a module in training mode
-// synchronises, and summary() never does.
+/// \file
+/// BatchNorm: batch normalisation over the channels (dim 1) of [N,C] or [N,C,H,W] inputs, as
+/// torch.nn.BatchNorm1d / BatchNorm2d (equations in ops/norm.hpp and SEMANTICS.md):
+///   train: normalise with the batch mean and biased variance, then update
+///          running_mean ← (1 − m)·running_mean + m·μ, running_var ← (1 − m)·running_var +
+///          m·σ²·n/(n−1) with m = momentum, or 1/num_batches_tracked when momentum is nullopt;
+///   eval:  normalise with running_mean and running_var (batch statistics again when
+///          track_running_stats = false).
+/// Parameters weight (γ = 1) and bias (β = 0) exist when affine; the buffers running_mean (0),
+/// running_var (1) and num_batches_tracked (0, a scalar) when track_running_stats, registered so
+/// named_buffers() lists them ("bn1.running_mean") and checkpoints save them. The buffers are
+/// updated in place: a tensor obtained from named_buffers() sees every update.
+///
+/// BatchNorm accepts any input of rank >= 2; BatchNorm1d requires [N,C] or [N,C,L] and
+/// BatchNorm2d [N,C,H,W], like PyTorch's.
+///
+/// Module::summary() runs the model once on zeros: in training mode that call normalises with the
+/// batch statistics but leaves the running statistics untouched.
+///
+/// set_stats_reducer(r) makes the layer take its training statistics over several processes
+/// (ops/norm.hpp; distributed::convert_sync_batchnorm sets it on every BatchNorm of a model, and
+/// its name() then reads "SyncBatchNorm(...)"). As in PyTorch, only a module in training mode
+/// synchronises, and summary() never does.
 
 #include <cstdint>
 #include <memory>
@@ -33,17 +34,29 @@
 
 namespace tapegrad::nn {
 
+/// Batch normalisation over the channels (dim 1) of inputs of rank >= 2, as torch.nn.BatchNorm: y =
+/// (x − μ) / √(σ² + eps) · γ + β, with the batch statistics in training and the running ones in
+/// eval (details in the file's description). Throws ShapeError if x's dim 1 is not num_features.
 template <class T>
 class BatchNorm : public Module<T> {
  public:
+  /// num_features channels; momentum nullopt: cumulative average of the batch statistics; affine:
+  /// learn γ and β; track_running_stats: keep running statistics for eval.
   explicit BatchNorm(int64_t num_features, double eps = 1e-5, std::optional<double> momentum = 0.1,
                      bool affine = true, bool track_running_stats = true)
       : BatchNorm("BatchNorm", num_features, eps, momentum, affine, track_running_stats) {}
 
-  // Parameters (undefined when affine = false) and buffers (empty when track_running_stats =
-  // false), public as in torch::nn::BatchNorm2dImpl.
+  ///@{
+  /// Parameters (undefined when affine = false) and buffers (empty when track_running_stats =
+  /// false), public as in torch::nn::BatchNorm2dImpl.
+  /// γ (weight, [C], initially 1) and β (bias, [C], initially 0), defined when affine.
   Parameter<T> weight, bias;
+  ///@}
+  ///@{
+  /// The buffers running_mean [C], running_var [C] and num_batches_tracked (scalar), when
+  /// track_running_stats; updated in place in training.
   Tensor<T> running_mean, running_var, num_batches_tracked;
+  ///@}
 
   Var<T> forward(const Var<T>& x) override {
     const Shape s = x.shape();  // a copy: recording may move the nodes
@@ -89,26 +102,32 @@ class BatchNorm : public Module<T> {
     return os.str();
   }
 
+  /// The number of channels C.
   int64_t num_features() const { return num_features_; }
+  /// The epsilon added to the variance.
   double eps() const { return eps_; }
+  /// The momentum of the running statistics (nullopt: cumulative average).
   std::optional<double> momentum() const { return momentum_; }
+  /// Whether γ and β are learned.
   bool affine() const { return affine_; }
+  /// Whether running statistics are kept.
   bool track_running_stats() const { return track_running_stats_; }
 
-  // Training statistics over several processes (nullptr: this batch alone).
+  /// Training statistics over several processes (nullptr: this batch alone).
   void set_stats_reducer(std::shared_ptr<const BatchStatsReducer> reducer) {
     reducer_ = std::move(reducer);
   }
+  /// The reducer set by set_stats_reducer(), or nullptr.
   const std::shared_ptr<const BatchStatsReducer>& stats_reducer() const { return reducer_; }
 
-  // running_mean ← 0, running_var ← 1, num_batches_tracked ← 0 (in place).
+  /// running_mean ← 0, running_var ← 1, num_batches_tracked ← 0 (in place).
   void reset_running_stats() {
     if (!track_running_stats_) return;
     running_mean.zero_();
     running_var.fill_(T(1));
     num_batches_tracked.zero_();
   }
-  // Also γ ← 1, β ← 0.
+  /// Also γ ← 1, β ← 0.
   void reset_parameters() {
     reset_running_stats();
     if (!affine_) return;
@@ -117,6 +136,7 @@ class BatchNorm : public Module<T> {
   }
 
  protected:
+  /// For BatchNorm1d and BatchNorm2d: kind names the layer in summaries and errors.
   BatchNorm(const char* kind, int64_t num_features, double eps, std::optional<double> momentum,
             bool affine, bool track_running_stats)
       : num_features_(num_features),
@@ -140,7 +160,7 @@ class BatchNorm : public Module<T> {
     }
   }
 
-  // BatchNorm: rank >= 2; the 1d/2d variants narrow it.
+  /// BatchNorm: rank >= 2; the 1d/2d variants narrow it.
   virtual void check_rank(const Shape& s) const {
     if (s.rank() < 2)
       tapegrad::detail::fail<ShapeError>(name(), ": expected an input [N,C] or [N,C,H,W], got ", s);
@@ -157,10 +177,12 @@ class BatchNorm : public Module<T> {
   std::shared_ptr<const BatchStatsReducer> reducer_;
 };
 
-// torch.nn.BatchNorm1d: input [N,C] or [N,C,L].
+/// torch.nn.BatchNorm1d: input [N,C] or [N,C,L].
 template <class T>
 class BatchNorm1d : public BatchNorm<T> {
  public:
+  /// Batch normalisation of [N,C] or [N,C,L] inputs (ShapeError for other ranks); arguments as
+  /// BatchNorm's.
   explicit BatchNorm1d(int64_t num_features, double eps = 1e-5,
                        std::optional<double> momentum = 0.1, bool affine = true,
                        bool track_running_stats = true)
@@ -175,10 +197,12 @@ class BatchNorm1d : public BatchNorm<T> {
   }
 };
 
-// torch.nn.BatchNorm2d: input [N,C,H,W].
+/// torch.nn.BatchNorm2d: input [N,C,H,W].
 template <class T>
 class BatchNorm2d : public BatchNorm<T> {
  public:
+  /// Batch normalisation of [N,C,H,W] inputs (ShapeError for other ranks); arguments as
+  /// BatchNorm's.
   explicit BatchNorm2d(int64_t num_features, double eps = 1e-5,
                        std::optional<double> momentum = 0.1, bool affine = true,
                        bool track_running_stats = true)

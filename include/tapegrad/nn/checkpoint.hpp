@@ -1,10 +1,11 @@
 #pragma once
-// nn::checkpoint(module, x): the activation checkpoint (ops/checkpoint.hpp) of a module call.
-// Its second run, in backward, draws the same Dropout masks as the first: the call counters of
-// every Dropout layer in the module are kept on the node and rewound before it. Sequential's
-// checkpoint_every(k) checkpoints its layers k at a time this way.
-//
-//   auto y = nn::checkpoint(*block, x);   // block's intermediate values are not kept
+/// \file
+/// nn::checkpoint(module, x): the activation checkpoint (ops/checkpoint.hpp) of a module call.
+/// Its second run, in backward, draws the same Dropout masks as the first: the call counters of
+/// every Dropout layer in the module are kept on the node and rewound before it. Sequential's
+/// checkpoint_every(k) checkpoints its layers k at a time this way.
+///
+///   auto y = nn::checkpoint(*block, x);   // block's intermediate values are not kept
 
 #include <cstdint>
 #include <vector>
@@ -46,6 +47,8 @@ struct ModuleSegment {
 
 }  // namespace detail
 
+/// module(x) as an activation checkpoint: module's intermediate values are not kept but computed
+/// again in backward, with the same Dropout masks. Returns the module's output.
 template <class T>
 Var<T> checkpoint(Module<T>& module, const Var<T>& x) {
   return tapegrad::checkpoint(detail::ModuleSegment<T>{&module}, x);

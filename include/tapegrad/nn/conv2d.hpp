@@ -1,13 +1,14 @@
 #pragma once
-// Conv2D: 2-D convolution layer over NCHW images, torch.nn.Conv2d (groups = 1, zero padding):
-//   y = conv2d(x, W, b, stride, padding, dilation)   (cross-correlation, see ops/conv.hpp)
-//   x [N, in_channels, H, W] -> y [N, out_channels, OH, OW],
-//   OH = floor((H + 2·padding − dilation·(kernel − 1) − 1) / stride) + 1,
-//   W [out_channels, in_channels, kh, kw], b [out_channels].
-// Kernel, stride, padding and dilation are Size2: an int for square, {h, w} for rectangular.
-// Default initialisation is PyTorch's (torch/csrc/api/src/nn/modules/conv.cpp):
-//   W ~ kaiming_uniform_(a = √5) = U(±1/√fan_in),  b ~ U(±1/√fan_in),  fan_in = in·kh·kw,
-// drawn from the Generator passed in, or nn::default_generator() (seed 0; see init.hpp).
+/// \file
+/// Conv2D: 2-D convolution layer over NCHW images, torch.nn.Conv2d (groups = 1, zero padding):
+///   y = conv2d(x, W, b, stride, padding, dilation)   (cross-correlation, see ops/conv.hpp)
+///   x [N, in_channels, H, W] -> y [N, out_channels, OH, OW],
+///   OH = floor((H + 2·padding − dilation·(kernel − 1) − 1) / stride) + 1,
+///   W [out_channels, in_channels, kh, kw], b [out_channels].
+/// Kernel, stride, padding and dilation are Size2: an int for square, {h, w} for rectangular.
+/// Default initialisation is PyTorch's (torch/csrc/api/src/nn/modules/conv.cpp):
+///   W ~ kaiming_uniform_(a = √5) = U(±1/√fan_in),  b ~ U(±1/√fan_in),  fan_in = in·kh·kw,
+/// drawn from the Generator passed in, or nn::default_generator() (seed 0; see init.hpp).
 
 #include <cmath>
 #include <cstdint>
@@ -22,9 +23,14 @@ namespace tapegrad::nn {
 
 using tapegrad::Size2;
 
+/// 2-D convolution layer, torch.nn.Conv2d (groups = 1, zero padding): x [N, in_channels, H, W] -> y
+/// [N, out_channels, OH, OW] (equation in the file's description); an input of another rank or
+/// channel count throws ShapeError.
 template <class T>
 class Conv2D : public Module<T> {
  public:
+  /// Weights [out_channels, in_channels, kh, kw] and bias [out_channels] initialised as PyTorch's
+  /// from gen; sizes below 1 throw ValueError.
   Conv2D(int64_t in_channels, int64_t out_channels, Size2 kernel, Size2 stride = 1,
          Size2 padding = 0, Size2 dilation = 1, bool bias = true,
          Generator& gen = default_generator())
@@ -49,8 +55,8 @@ class Conv2D : public Module<T> {
     }
   }
 
-  Parameter<T> weight;  // [out_channels, in_channels, kh, kw]
-  Parameter<T> bias;    // [out_channels]; undefined when bias = false
+  Parameter<T> weight;  ///< [out_channels, in_channels, kh, kw]
+  Parameter<T> bias;    ///< [out_channels]; undefined when bias = false
 
   Var<T> forward(const Var<T>& x) override {
     const Shape s = x.shape();
@@ -69,7 +75,7 @@ class Conv2D : public Module<T> {
     return conv2d(x, tape.param(weight), b, stride_, padding_, dilation_);
   }
 
-  // "Conv2D(1, 16, kernel=3, padding=1)": stride, padding, dilation and bias when not default.
+  /// "Conv2D(1, 16, kernel=3, padding=1)": stride, padding, dilation and bias when not default.
   std::string name() const override {
     std::ostringstream os;
     os << "Conv2D(" << in_ << ", " << out_ << ", kernel=" << kernel_;
@@ -81,11 +87,17 @@ class Conv2D : public Module<T> {
     return os.str();
   }
 
+  /// Input channels.
   int64_t in_channels() const { return in_; }
+  /// Output channels.
   int64_t out_channels() const { return out_; }
+  /// Kernel size (kh, kw).
   Size2 kernel_size() const { return kernel_; }
+  /// Stride.
   Size2 stride() const { return stride_; }
+  /// Zero padding on each side.
   Size2 padding() const { return padding_; }
+  /// Dilation of the kernel.
   Size2 dilation() const { return dilation_; }
 
  private:

@@ -1,11 +1,12 @@
 #pragma once
-// Dense: a fully connected layer, torch.nn.Linear under Keras' name:
-//   y = x Wᵀ + b,   x [*, in_features] -> y [*, out_features],   W [out, in], b [out]
-// computed by tapegrad::linear (one GEMM; ops/linalg.hpp).
-// Default initialisation is PyTorch's (torch/csrc/api/src/nn/modules/linear.cpp):
-//   W ~ kaiming_uniform_(a = √5) = U(±1/√in_features),   b ~ U(±1/√in_features),
-// drawn from the Generator passed in, or nn::default_generator() (seed 0; see init.hpp).
-// Re-initialise with nn::init on the public `weight` and `bias` Parameters.
+/// \file
+/// Dense: a fully connected layer, torch.nn.Linear under Keras' name:
+///   y = x Wᵀ + b,   x [*, in_features] -> y [*, out_features],   W [out, in], b [out]
+/// computed by tapegrad::linear (one GEMM; ops/linalg.hpp).
+/// Default initialisation is PyTorch's (torch/csrc/api/src/nn/modules/linear.cpp):
+///   W ~ kaiming_uniform_(a = √5) = U(±1/√in_features),   b ~ U(±1/√in_features),
+/// drawn from the Generator passed in, or nn::default_generator() (seed 0; see init.hpp).
+/// Re-initialise with nn::init on the public `weight` and `bias` Parameters.
 
 #include <cmath>
 #include <cstdint>
@@ -18,9 +19,13 @@
 
 namespace tapegrad::nn {
 
+/// Fully connected layer, torch.nn.Linear: y = x Wᵀ + b, x [*, in_features] -> y [*, out_features];
+/// an input whose last dim is not in_features throws ShapeError.
 template <class T>
 class Dense : public Module<T> {
  public:
+  /// W [out_features, in_features] and, if bias, b [out_features], initialised as PyTorch's from
+  /// gen; negative sizes throw ValueError.
   Dense(int64_t in_features, int64_t out_features, bool bias = true,
         Generator& gen = default_generator())
       : in_(in_features), out_(out_features), has_bias_(bias) {
@@ -36,10 +41,12 @@ class Dense : public Module<T> {
     }
   }
 
-  Parameter<T> weight;  // [out_features, in_features]
-  Parameter<T> bias;    // [out_features]; undefined when bias = false
+  Parameter<T> weight;  ///< [out_features, in_features]
+  Parameter<T> bias;    ///< [out_features]; undefined when bias = false
 
+  /// Size of the input's last dimension.
   int64_t in_features() const { return in_; }
+  /// Size of the output's last dimension.
   int64_t out_features() const { return out_; }
 
   Var<T> forward(const Var<T>& x) override {

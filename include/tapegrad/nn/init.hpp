@@ -1,25 +1,26 @@
 #pragma once
-// Weight initialisation, as torch.nn.init (names keep PyTorch's trailing underscore: they fill
-// the tensor in place and return it). Formulas (torch/csrc/api/src/nn/init.cpp,
-// SEMANTICS.md "Initialization"), for a weight [out, in, k...]:
-//   fan_in = in · Πk, fan_out = out · Πk (at least 2 dims);
-//   gain: linear/conv/sigmoid 1, tanh 5/3, relu √2, leaky_relu √(2/(1 + slope²)) (slope 0.01
-//         by default), selu 3/4;
-//   xavier_uniform_(gain)  U(±gain·√(6/(fan_in + fan_out)))
-//   xavier_normal_(gain)   N(0, gain·√(2/(fan_in + fan_out)))
-//   kaiming_uniform_(a, mode, nonlinearity)  U(±gain·√(3/fan)), gain = calculate_gain(
-//                          nonlinearity, a), fan = fan_in or fan_out by mode; with the
-//                          defaults (a = 0, "leaky_relu") that is U(±√(6/fan)) as for ReLU
-//   kaiming_normal_        N(0, gain/√fan)
-//   orthogonal_(gain)      gain · Q from the QR decomposition of a normal matrix [rows, cols]
-//                          (rows = size(0)), signs fixed by diag(R), so QᵀQ = I (or QQᵀ = I
-//                          when rows < cols).
-//
-// Every function takes a Tensor<T>& (or a Parameter<T>, whose value is filled) and a Generator&.
-// Without one, nn::default_generator() is used: a single process-wide generator seeded 0 at
-// start-up, so a program that builds its model the same way gets the same weights every run.
-// Reseed it with nn::default_generator().manual_seed(s) (as torch.manual_seed). It is not
-// thread-safe: build models on one thread, or pass each thread its own Generator.
+/// \file
+/// Weight initialisation, as torch.nn.init (names keep PyTorch's trailing underscore: they fill
+/// the tensor in place and return it). Formulas (torch/csrc/api/src/nn/init.cpp,
+/// SEMANTICS.md "Initialization"), for a weight [out, in, k...]:
+///   fan_in = in · Πk, fan_out = out · Πk (at least 2 dims);
+///   gain: linear/conv/sigmoid 1, tanh 5/3, relu √2, leaky_relu √(2/(1 + slope²)) (slope 0.01
+///         by default), selu 3/4;
+///   xavier_uniform_(gain)  U(±gain·√(6/(fan_in + fan_out)))
+///   xavier_normal_(gain)   N(0, gain·√(2/(fan_in + fan_out)))
+///   kaiming_uniform_(a, mode, nonlinearity)  U(±gain·√(3/fan)), gain = calculate_gain(
+///                          nonlinearity, a), fan = fan_in or fan_out by mode; with the
+///                          defaults (a = 0, "leaky_relu") that is U(±√(6/fan)) as for ReLU
+///   kaiming_normal_        N(0, gain/√fan)
+///   orthogonal_(gain)      gain · Q from the QR decomposition of a normal matrix [rows, cols]
+///                          (rows = size(0)), signs fixed by diag(R), so QᵀQ = I (or QQᵀ = I
+///                          when rows < cols).
+///
+/// Every function takes a Tensor<T>& (or a Parameter<T>, whose value is filled) and a Generator&.
+/// Without one, nn::default_generator() is used: a single process-wide generator seeded 0 at
+/// start-up, so a program that builds its model the same way gets the same weights every run.
+/// Reseed it with nn::default_generator().manual_seed(s) (as torch.manual_seed). It is not
+/// thread-safe: build models on one thread, or pass each thread its own Generator.
 
 #include <Eigen/Dense>
 #include <cmath>
@@ -34,7 +35,7 @@
 
 namespace tapegrad::nn {
 
-// The process-wide generator every layer and initialiser uses when given none (seed 0).
+/// The process-wide generator every layer and initialiser uses when given none (seed 0).
 inline Generator& default_generator() {
   static Generator g(0);
   return g;
@@ -42,8 +43,8 @@ inline Generator& default_generator() {
 
 namespace init {
 
-// The recommended gain for a nonlinearity (torch.nn.init.calculate_gain). `param` is the
-// negative slope of "leaky_relu" (0.01 when absent) and is ignored otherwise.
+/// The recommended gain for a nonlinearity (torch.nn.init.calculate_gain). `param` is the
+/// negative slope of "leaky_relu" (0.01 when absent) and is ignored otherwise.
 inline double calculate_gain(std::string_view nonlinearity,
                              std::optional<double> param = std::nullopt) {
   if (nonlinearity == "linear" || nonlinearity == "conv1d" || nonlinearity == "conv2d" ||
@@ -64,12 +65,16 @@ inline double calculate_gain(std::string_view nonlinearity,
       "leaky_relu, selu)");
 }
 
+/// A weight's fan in and fan out (calculate_fan_in_and_fan_out).
 struct Fans {
+  ///@{
+  /// size(1)·receptive field and size(0)·receptive field.
   int64_t fan_in, fan_out;
+  ///@}
 };
 
-// fan_in = size(1)·receptive field, fan_out = size(0)·receptive field, where the receptive
-// field is the product of the dims after the first two.
+/// fan_in = size(1)·receptive field, fan_out = size(0)·receptive field, where the receptive
+/// field is the product of the dims after the first two.
 inline Fans calculate_fan_in_and_fan_out(const Shape& s) {
   if (s.rank() < 2)
     tapegrad::detail::fail<ValueError>(
@@ -79,7 +84,9 @@ inline Fans calculate_fan_in_and_fan_out(const Shape& s) {
   for (int d = 2; d < s.rank(); ++d) receptive *= s[d];
   return {s[1] * receptive, s[0] * receptive};
 }
+/// calculate_fan_in_and_fan_out(s).fan_in; ValueError below rank 2.
 inline int64_t fan_in(const Shape& s) { return calculate_fan_in_and_fan_out(s).fan_in; }
+/// calculate_fan_in_and_fan_out(s).fan_out; ValueError below rank 2.
 inline int64_t fan_out(const Shape& s) { return calculate_fan_in_and_fan_out(s).fan_out; }
 
 namespace detail {
@@ -92,45 +99,50 @@ inline int64_t fan_by_mode(const Shape& s, std::string_view mode) {
 }
 }  // namespace detail
 
-// U(a, b).
+/// U(a, b).
 template <class T>
 Tensor<T>& uniform_(Tensor<T>& t, double a = 0, double b = 1, Generator& g = default_generator()) {
   for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<T>(g.uniform(a, b));
   return t;
 }
-// N(mean, std²).
+/// N(mean, std²).
 template <class T>
 Tensor<T>& normal_(Tensor<T>& t, double mean = 0, double std = 1,
                    Generator& g = default_generator()) {
   for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<T>(g.normal(mean, std));
   return t;
 }
+/// Fills t with value.
 template <class T>
 Tensor<T>& constant_(Tensor<T>& t, double value) {
   return t.fill_(static_cast<T>(value));
 }
+/// Fills t with 0.
 template <class T>
 Tensor<T>& zeros_(Tensor<T>& t) {
   return t.fill_(T(0));
 }
+/// Fills t with 1.
 template <class T>
 Tensor<T>& ones_(Tensor<T>& t) {
   return t.fill_(T(1));
 }
 
+/// Glorot & Bengio 2010: U(±gain·√(6 / (fan_in + fan_out))). ValueError below rank 2.
 template <class T>
 Tensor<T>& xavier_uniform_(Tensor<T>& t, double gain = 1, Generator& g = default_generator()) {
   const Fans f = calculate_fan_in_and_fan_out(t.shape());
   const double bound = gain * std::sqrt(6.0 / double(f.fan_in + f.fan_out));
   return uniform_(t, -bound, bound, g);
 }
+/// Glorot & Bengio 2010: N(0, gain²·2 / (fan_in + fan_out)). ValueError below rank 2.
 template <class T>
 Tensor<T>& xavier_normal_(Tensor<T>& t, double gain = 1, Generator& g = default_generator()) {
   const Fans f = calculate_fan_in_and_fan_out(t.shape());
   return normal_(t, 0.0, gain * std::sqrt(2.0 / double(f.fan_in + f.fan_out)), g);
 }
 
-// He et al. 2015. A zero-element tensor is left alone (PyTorch warns and does the same).
+/// He et al. 2015. A zero-element tensor is left alone (PyTorch warns and does the same).
 template <class T>
 Tensor<T>& kaiming_uniform_(Tensor<T>& t, double a = 0, std::string_view mode = "fan_in",
                             std::string_view nonlinearity = "leaky_relu",
@@ -140,6 +152,8 @@ Tensor<T>& kaiming_uniform_(Tensor<T>& t, double a = 0, std::string_view mode = 
   const double bound = calculate_gain(nonlinearity, a) * std::sqrt(3.0 / double(fan));
   return uniform_(t, -bound, bound, g);
 }
+/// He et al. 2015: N(0, std²) with std = gain / √fan, gain = calculate_gain(nonlinearity, a), fan
+/// by mode ("fan_in" or "fan_out"). A zero-element tensor is left alone.
 template <class T>
 Tensor<T>& kaiming_normal_(Tensor<T>& t, double a = 0, std::string_view mode = "fan_in",
                            std::string_view nonlinearity = "leaky_relu",
@@ -149,7 +163,7 @@ Tensor<T>& kaiming_normal_(Tensor<T>& t, double a = 0, std::string_view mode = "
   return normal_(t, 0.0, calculate_gain(nonlinearity, a) / std::sqrt(double(fan)), g);
 }
 
-// Saxe et al. 2013: a (semi-)orthogonal matrix, viewed as [size(0), numel / size(0)].
+/// Saxe et al. 2013: a (semi-)orthogonal matrix, viewed as [size(0), numel / size(0)].
 template <class T>
 Tensor<T>& orthogonal_(Tensor<T>& t, double gain = 1, Generator& g = default_generator()) {
   if (t.rank() < 2)
@@ -175,51 +189,60 @@ Tensor<T>& orthogonal_(Tensor<T>& t, double gain = 1, Generator& g = default_gen
   return t;
 }
 
-// The same functions applied to a Parameter's value.
+/// The same functions applied to a Parameter's value.
 template <class T>
 Tensor<T>& uniform_(const Parameter<T>& p, double a = 0, double b = 1,
                     Generator& g = default_generator()) {
   return uniform_(p.value(), a, b, g);
 }
+/// normal_ on p's value.
 template <class T>
 Tensor<T>& normal_(const Parameter<T>& p, double mean = 0, double std = 1,
                    Generator& g = default_generator()) {
   return normal_(p.value(), mean, std, g);
 }
+/// constant_ on p's value.
 template <class T>
 Tensor<T>& constant_(const Parameter<T>& p, double value) {
   return constant_(p.value(), value);
 }
+/// zeros_ on p's value.
 template <class T>
 Tensor<T>& zeros_(const Parameter<T>& p) {
   return zeros_(p.value());
 }
+/// ones_ on p's value.
 template <class T>
 Tensor<T>& ones_(const Parameter<T>& p) {
   return ones_(p.value());
 }
+/// xavier_uniform_ on p's value.
 template <class T>
 Tensor<T>& xavier_uniform_(const Parameter<T>& p, double gain = 1,
                            Generator& g = default_generator()) {
   return xavier_uniform_(p.value(), gain, g);
 }
+/// xavier_normal_ on p's value.
 template <class T>
 Tensor<T>& xavier_normal_(const Parameter<T>& p, double gain = 1,
                           Generator& g = default_generator()) {
   return xavier_normal_(p.value(), gain, g);
 }
+/// kaiming_uniform_ on p's value.
 template <class T>
 Tensor<T>& kaiming_uniform_(const Parameter<T>& p, double a = 0, std::string_view mode = "fan_in",
                             std::string_view nonlinearity = "leaky_relu",
                             Generator& g = default_generator()) {
   return kaiming_uniform_(p.value(), a, mode, nonlinearity, g);
 }
+/// kaiming_normal_ on p's value.
 template <class T>
 Tensor<T>& kaiming_normal_(const Parameter<T>& p, double a = 0, std::string_view mode = "fan_in",
                            std::string_view nonlinearity = "leaky_relu",
                            Generator& g = default_generator()) {
   return kaiming_normal_(p.value(), a, mode, nonlinearity, g);
 }
+/// orthogonal_ on p's value.
 template <class T>
 Tensor<T>& orthogonal_(const Parameter<T>& p, double gain = 1, Generator& g = default_generator()) {
   return orthogonal_(p.value(), gain, g);

@@ -1,8 +1,9 @@
 #pragma once
-// LayerNorm: normalises each sample over its last D dims (normalized_shape), as
-// torch.nn.LayerNorm: y = (x − E[x]) / √(Var[x] + eps) · γ + β with the biased variance,
-// γ (weight, = 1) and β (bias, = 0) of shape normalized_shape when elementwise_affine.
-// The same in train and eval (no running statistics). Equations and backward: ops/norm.hpp.
+/// \file
+/// LayerNorm: normalises each sample over its last D dims (normalized_shape), as
+/// torch.nn.LayerNorm: y = (x − E[x]) / √(Var[x] + eps) · γ + β with the biased variance,
+/// γ (weight, = 1) and β (bias, = 0) of shape normalized_shape when elementwise_affine.
+/// The same in train and eval (no running statistics). Equations and backward: ops/norm.hpp.
 
 #include <cstdint>
 #include <initializer_list>
@@ -15,9 +16,13 @@
 
 namespace tapegrad::nn {
 
+/// Layer normalisation, torch.nn.LayerNorm: y = (x − E[x]) / √(Var[x] + eps) · γ + β over each
+/// sample's last dims (normalized_shape); an input whose trailing dims differ throws ShapeError.
 template <class T>
 class LayerNorm : public Module<T> {
  public:
+  /// Normalises over the trailing dims normalized_shape; γ and β of that shape when
+  /// elementwise_affine.
   explicit LayerNorm(std::vector<int64_t> normalized_shape, double eps = 1e-5,
                      bool elementwise_affine = true)
       : eps_(eps), affine_(elementwise_affine) {
@@ -37,15 +42,20 @@ class LayerNorm : public Module<T> {
       bias = this->register_parameter("bias", Tensor<T>::zeros(shape_));
     }
   }
+  /// Normalises over the last dim, of size normalized_size.
   explicit LayerNorm(int64_t normalized_size, double eps = 1e-5, bool elementwise_affine = true)
       : LayerNorm(std::vector<int64_t>{normalized_size}, eps, elementwise_affine) {}
-  // LayerNorm({4, 5}): without it a braced list would also match LayerNorm(size, eps).
+  /// LayerNorm({4, 5}): without it a braced list would also match LayerNorm(size, eps).
   explicit LayerNorm(std::initializer_list<int64_t> normalized_shape, double eps = 1e-5,
                      bool elementwise_affine = true)
       : LayerNorm(std::vector<int64_t>(normalized_shape), eps, elementwise_affine) {}
 
-  // Undefined when elementwise_affine = false.
+  ///@{
+  /// Undefined when elementwise_affine = false.
+  /// γ (weight, initially 1) and β (bias, initially 0), of shape normalized_shape; defined when
+  /// elementwise_affine.
   Parameter<T> weight, bias;
+  ///@}
 
   Var<T> forward(const Var<T>& x) override {
     const Shape s = x.shape();  // a copy: recording may move the nodes
@@ -71,8 +81,11 @@ class LayerNorm : public Module<T> {
     return os.str();
   }
 
+  /// The trailing dims normalised over.
   const Shape& normalized_shape() const { return shape_; }
+  /// The epsilon added to the variance.
   double eps() const { return eps_; }
+  /// Whether γ and β are learned.
   bool elementwise_affine() const { return affine_; }
 
  private:

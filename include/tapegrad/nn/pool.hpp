@@ -1,11 +1,12 @@
 #pragma once
-// Pooling and flattening layers, as torch.nn's (equations in ops/pool.hpp):
-//   MaxPool2D(kernel, stride = kernel, padding = 0)   max over each window, padding = −inf
-//   AvgPool2D(kernel, stride = kernel, padding = 0)   mean over kh·kw (padding counted)
-//   GlobalAvgPool2D()                                  [N,C,H,W] -> [N,C], mean over H·W
-//   Flatten(start_dim = 1, end_dim = −1)               merges dims start..end into one,
-//                                                      [N,C,H,W] -> [N, C·H·W] by default
-// Output sizes use floor. None has parameters. Flatten returns a view sharing x's storage.
+/// \file
+/// Pooling and flattening layers, as torch.nn's (equations in ops/pool.hpp):
+///   MaxPool2D(kernel, stride = kernel, padding = 0)   max over each window, padding = −inf
+///   AvgPool2D(kernel, stride = kernel, padding = 0)   mean over kh·kw (padding counted)
+///   GlobalAvgPool2D()                                  [N,C,H,W] -> [N,C], mean over H·W
+///   Flatten(start_dim = 1, end_dim = −1)               merges dims start..end into one,
+///                                                      [N,C,H,W] -> [N, C·H·W] by default
+/// Output sizes use floor. None has parameters. Flatten returns a view sharing x's storage.
 
 #include <cstdint>
 #include <optional>
@@ -39,9 +40,12 @@ inline std::string pool_name(const char* kind, Size2 kernel, std::optional<Size2
 }
 }  // namespace detail
 
+/// 2-D max pooling, torch.nn.MaxPool2d: [N,C,H,W] -> [N,C,OH,OW], the max over each window (padding
+/// counts as −inf).
 template <class T>
 class MaxPool2D : public Module<T> {
  public:
+  /// Window kernel, stride (default: kernel) and padding; invalid sizes throw ValueError.
   explicit MaxPool2D(Size2 kernel, std::optional<Size2> stride = std::nullopt, Size2 padding = 0)
       : kernel_(kernel), stride_(stride), padding_(padding) {
     detail::check_pool_args(name(), kernel, stride, padding);
@@ -63,9 +67,12 @@ class MaxPool2D : public Module<T> {
   Size2 padding_;
 };
 
+/// 2-D average pooling, torch.nn.AvgPool2d: [N,C,H,W] -> [N,C,OH,OW], the mean over each kh·kw
+/// window (padding counted).
 template <class T>
 class AvgPool2D : public Module<T> {
  public:
+  /// Window kernel, stride (default: kernel) and padding; invalid sizes throw ValueError.
   explicit AvgPool2D(Size2 kernel, std::optional<Size2> stride = std::nullopt, Size2 padding = 0)
       : kernel_(kernel), stride_(stride), padding_(padding) {
     detail::check_pool_args(name(), kernel, stride, padding);
@@ -87,6 +94,7 @@ class AvgPool2D : public Module<T> {
   Size2 padding_;
 };
 
+/// Global average pooling: [N,C,H,W] -> [N,C], the mean over H·W.
 template <class T>
 class GlobalAvgPool2D : public Module<T> {
  public:
@@ -100,12 +108,15 @@ class GlobalAvgPool2D : public Module<T> {
   std::string name() const override { return "GlobalAvgPool2D"; }
 };
 
+/// Flatten, torch.nn.Flatten: merges dims start_dim..end_dim into one ([N,C,H,W] -> [N, C·H·W] by
+/// default); the result shares x's storage.
 template <class T>
 class Flatten : public Module<T> {
  public:
+  /// Merges dims start_dim..end_dim (negative counts from the end).
   explicit Flatten(int start_dim = 1, int end_dim = -1) : start_(start_dim), end_(end_dim) {}
 
-  // torch.flatten(x, start_dim, end_dim) from ops/shape.hpp: a view, the gradient passes through.
+  /// torch.flatten(x, start_dim, end_dim) from ops/shape.hpp: a view, the gradient passes through.
   Var<T> forward(const Var<T>& x) override {
     try {
       return flatten(x, start_, end_);

@@ -1,16 +1,17 @@
 #pragma once
-// Positional encodings: what tells a Transformer where in the sequence a token sits. Both take
-// x [T, N, d_model] (batch_first: [N, T, d_model]) and return x plus the encoding of positions
-// 0..T-1, broadcast over the batch.
-//
-// SinusoidalPositionalEncoding(d_model, dropout = 0.1, max_len = 5000): the fixed encoding of
-//   Vaswani et al. 2017, as PyTorch's Transformer tutorial writes it (buffer "pe" [max_len, 1,
-//   d_model], child "dropout"):
-//     pe[t, 0, 2i]   = sin(t / 10000^(2i / d_model))
-//     pe[t, 0, 2i+1] = cos(t / 10000^(2i / d_model))
-//   forward: dropout(x + pe[:T]).
-// LearnedPositionalEncoding(max_len, d_model): a trained table, parameter "weight"
-//   [max_len, d_model] ~ N(0, 0.02^2) (GPT-2's initialisation); forward: x + weight[:T].
+/// \file
+/// Positional encodings: what tells a Transformer where in the sequence a token sits. Both take
+/// x [T, N, d_model] (batch_first: [N, T, d_model]) and return x plus the encoding of positions
+/// 0..T-1, broadcast over the batch.
+///
+/// SinusoidalPositionalEncoding(d_model, dropout = 0.1, max_len = 5000): the fixed encoding of
+///   Vaswani et al. 2017, as PyTorch's Transformer tutorial writes it (buffer "pe" [max_len, 1,
+///   d_model], child "dropout"):
+///     pe[t, 0, 2i]   = sin(t / 10000^(2i / d_model))
+///     pe[t, 0, 2i+1] = cos(t / 10000^(2i / d_model))
+///   forward: dropout(x + pe[:T]).
+/// LearnedPositionalEncoding(max_len, d_model): a trained table, parameter "weight"
+///   [max_len, d_model] ~ N(0, 0.02^2) (GPT-2's initialisation); forward: x + weight[:T].
 
 #include <cmath>
 #include <cstdint>
@@ -44,9 +45,13 @@ int64_t positions_of(const Module<T>& who, const Shape& x, int64_t d_model, int6
 }
 }  // namespace detail
 
+/// The fixed sinusoidal encoding of Vaswani et al. 2017: x [T, N, d_model] -> dropout(x + pe[:T])
+/// (equations in the file's description). T above max_len or a last dim other than d_model throws
+/// ShapeError.
 template <class T>
 class SinusoidalPositionalEncoding : public Module<T> {
  public:
+  /// The table pe [max_len, 1, d_model] (buffer "pe") and the dropout layer (child "dropout").
   explicit SinusoidalPositionalEncoding(int64_t d_model, double dropout = 0.1,
                                         int64_t max_len = 5000, bool batch_first = false,
                                         Generator& gen = default_generator())
@@ -79,6 +84,7 @@ class SinusoidalPositionalEncoding : public Module<T> {
     os << "SinusoidalPositionalEncoding(" << d_ << ", dropout=" << dropout_->p() << ")";
     return os.str();
   }
+  /// The table pe, [max_len, 1, d_model].
   const Tensor<T>& pe() const { return pe_; }
 
  private:
@@ -88,9 +94,12 @@ class SinusoidalPositionalEncoding : public Module<T> {
   std::shared_ptr<Dropout<T>> dropout_;
 };
 
+/// A learned position table: x [T, N, d_model] (batch_first: [N, T, d_model]) -> x + weight[:T]. T
+/// above max_len or a last dim other than d_model throws ShapeError.
 template <class T>
 class LearnedPositionalEncoding : public Module<T> {
  public:
+  /// weight [max_len, d_model] ~ N(0, 0.02²) from gen.
   LearnedPositionalEncoding(int64_t max_len, int64_t d_model, bool batch_first = false,
                             Generator& gen = default_generator())
       : d_(d_model), max_len_(max_len), batch_first_(batch_first) {
@@ -101,7 +110,7 @@ class LearnedPositionalEncoding : public Module<T> {
     init::normal_(weight.value(), 0.0, 0.02, gen);
   }
 
-  Parameter<T> weight;  // [max_len, d_model]
+  Parameter<T> weight;  ///< [max_len, d_model]
 
   Var<T> forward(const Var<T>& x) override {
     const int64_t t = detail::positions_of(*this, x.shape(), d_, max_len_, batch_first_);

@@ -1,23 +1,24 @@
 #pragma once
-// Residual connections (He et al. 2016, "Deep Residual Learning" and "Identity Mappings in Deep
-// Residual Networks"): the gradient reaches early layers through the identity path, which is
-// what lets deep networks train without vanishing gradients.
-//
-//   Residual(body, shortcut)  y = body(x) + shortcut(x), shortcut = identity when null.
-//   DenseResidual(body)       y = x + body(x), for MLPs (body must keep the shape).
-//   BasicBlock(in, out, s)    ResNet v1 block (torchvision.models.resnet.BasicBlock):
-//        y = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))
-//     conv1 3×3 stride s pad 1, conv2 3×3 pad 1, both without bias; shortcut = identity, or
-//     when s ≠ 1 or in ≠ out a 1×1 conv (stride s, no bias) + BN named `downsample` as
-//     torchvision's (children "0" and "1"), so a torchvision state dict maps name for name:
-//     conv1.weight, bn1.{weight,bias,running_mean,running_var,num_batches_tracked}, conv2.*,
-//     bn2.*, downsample.0.weight, downsample.1.*.
-//   PreActBlock(in, out, s)   ResNet v2 block (pre-activation):
-//        a = relu(bn1(x)); y = conv2(relu(bn2(conv1(a)))) + shortcut
-//     shortcut = x, or, when s ≠ 1 or in ≠ out, `shortcut` = Sequential(1×1 conv stride s, no
-//     bias) applied to a (as in the paper's reference code); no activation after the sum.
-//
-// Shape errors name the block and the shapes involved.
+/// \file
+/// Residual connections (He et al. 2016, "Deep Residual Learning" and "Identity Mappings in Deep
+/// Residual Networks"): the gradient reaches early layers through the identity path, which is
+/// what lets deep networks train without vanishing gradients.
+///
+///   Residual(body, shortcut)  y = body(x) + shortcut(x), shortcut = identity when null.
+///   DenseResidual(body)       y = x + body(x), for MLPs (body must keep the shape).
+///   BasicBlock(in, out, s)    ResNet v1 block (torchvision.models.resnet.BasicBlock):
+///        y = relu(bn2(conv2(relu(bn1(conv1(x))))) + shortcut(x))
+///     conv1 3×3 stride s pad 1, conv2 3×3 pad 1, both without bias; shortcut = identity, or
+///     when s ≠ 1 or in ≠ out a 1×1 conv (stride s, no bias) + BN named `downsample` as
+///     torchvision's (children "0" and "1"), so a torchvision state dict maps name for name:
+///     conv1.weight, bn1.{weight,bias,running_mean,running_var,num_batches_tracked}, conv2.*,
+///     bn2.*, downsample.0.weight, downsample.1.*.
+///   PreActBlock(in, out, s)   ResNet v2 block (pre-activation):
+///        a = relu(bn1(x)); y = conv2(relu(bn2(conv1(a)))) + shortcut
+///     shortcut = x, or, when s ≠ 1 or in ≠ out, `shortcut` = Sequential(1×1 conv stride s, no
+///     bias) applied to a (as in the paper's reference code); no activation after the sum.
+///
+/// Shape errors name the block and the shapes involved.
 
 #include <cstdint>
 #include <memory>
@@ -63,11 +64,16 @@ inline void check_block_args(const char* kind, int64_t in, int64_t out, int64_t 
 }
 }  // namespace detail
 
+/// y = body(x) + shortcut(x), shortcut = identity when null. body(x) and shortcut(x) must have the
+/// same shape (ShapeError otherwise).
 template <class T>
 class Residual : public Module<T> {
  public:
+  /// A shared pointer to a module.
   using Ptr = std::shared_ptr<Module<T>>;
 
+  /// A residual connection around body; a non-null shortcut replaces the identity path. A null body
+  /// throws ValueError.
   explicit Residual(Ptr body, Ptr shortcut = nullptr) {
     if (!body) tapegrad::detail::fail<ValueError>("Residual: the body is null");
     body_ = this->register_module("body", std::move(body));
@@ -82,18 +88,23 @@ class Residual : public Module<T> {
   }
   std::string name() const override { return shortcut_ ? "Residual(shortcut)" : "Residual"; }
 
+  /// The residual branch.
   const Ptr& body() const { return body_; }
+  /// The shortcut, or null for the identity.
   const Ptr& shortcut() const { return shortcut_; }  // null: identity
 
  private:
   Ptr body_, shortcut_;
 };
 
+/// y = x + body(x), for MLPs: body must keep the shape (ShapeError otherwise).
 template <class T>
 class DenseResidual : public Module<T> {
  public:
+  /// A shared pointer to a module.
   using Ptr = std::shared_ptr<Module<T>>;
 
+  /// A residual connection around body; a null body throws ValueError.
   explicit DenseResidual(Ptr body) {
     if (!body) tapegrad::detail::fail<ValueError>("DenseResidual: the body is null");
     body_ = this->register_module("body", std::move(body));
@@ -107,15 +118,20 @@ class DenseResidual : public Module<T> {
     return y.id() == x.id() ? x + y : add_(y, x);  // on the body's output, see residual_sum
   }
   std::string name() const override { return "DenseResidual"; }
+  /// The residual branch.
   const Ptr& body() const { return body_; }
 
  private:
   Ptr body_;
 };
 
+/// ResNet v1 block, torchvision's BasicBlock: y = relu(bn2(conv2(relu(bn1(conv1(x))))) +
+/// shortcut(x)), [N, in, H, W] -> [N, out, H/s, W/s] (details in the file's description).
 template <class T>
 class BasicBlock : public Module<T> {
  public:
+  /// in_channels -> out_channels with stride; a 1×1 conv + BN shortcut ("downsample") when stride ≠
+  /// 1 or in ≠ out. Sizes below 1 throw ValueError.
   BasicBlock(int64_t in_channels, int64_t out_channels, int64_t stride = 1,
              Generator& gen = default_generator())
       : in_(in_channels), out_(out_channels), stride_(stride) {
@@ -135,9 +151,15 @@ class BasicBlock : public Module<T> {
     }
   }
 
+  ///@{
+  /// The two 3×3 convolutions (no bias).
   std::shared_ptr<Conv2D<T>> conv1, conv2;
+  ///@}
+  ///@{
+  /// The batch normalisations after them.
   std::shared_ptr<BatchNorm2d<T>> bn1, bn2;
-  std::shared_ptr<Sequential<T>> downsample;  // null: identity shortcut
+  ///@}
+  std::shared_ptr<Sequential<T>> downsample;  ///< null: identity shortcut
 
   Var<T> forward(const Var<T>& x) override {
     detail::check_image_input<T>(*this, x.shape(), in_);
@@ -160,9 +182,13 @@ class BasicBlock : public Module<T> {
   int64_t in_, out_, stride_;
 };
 
+/// ResNet v2 (pre-activation) block: a = relu(bn1(x)); y = conv2(relu(bn2(conv1(a)))) + shortcut,
+/// [N, in, H, W] -> [N, out, H/s, W/s].
 template <class T>
 class PreActBlock : public Module<T> {
  public:
+  /// in_channels -> out_channels with stride; a 1×1 conv shortcut on a when stride ≠ 1 or in ≠ out.
+  /// Sizes below 1 throw ValueError.
   PreActBlock(int64_t in_channels, int64_t out_channels, int64_t stride = 1,
               Generator& gen = default_generator())
       : in_(in_channels), out_(out_channels), stride_(stride) {
@@ -180,9 +206,15 @@ class PreActBlock : public Module<T> {
     }
   }
 
+  ///@{
+  /// The batch normalisations before each convolution.
   std::shared_ptr<BatchNorm2d<T>> bn1, bn2;
+  ///@}
+  ///@{
+  /// The two 3×3 convolutions (no bias).
   std::shared_ptr<Conv2D<T>> conv1, conv2;
-  std::shared_ptr<Sequential<T>> shortcut;  // null: identity
+  ///@}
+  std::shared_ptr<Sequential<T>> shortcut;  ///< null: identity
 
   Var<T> forward(const Var<T>& x) override {
     detail::check_image_input<T>(*this, x.shape(), in_);

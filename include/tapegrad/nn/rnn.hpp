@@ -1,49 +1,50 @@
 #pragma once
-// Recurrent layers over whole sequences, as torch.nn.RNN, LSTM and GRU: multi-layer,
-// time-major [T, N, input_size] input (or batch-first [N, T, input_size]), optional initial
-// states, every step's output and the final states. Parameter names, shapes, gate order,
-// equations and default initialisation are PyTorch's, so its weights load unchanged:
-//
-//   weight_ih_l{k} [G*hidden, input_size (k = 0) or hidden_size]   weight_hh_l{k} [G*hidden,
-//   hidden] bias_ih_l{k}   [G*hidden]                                      bias_hh_l{k} [G*hidden]
-//   G = 1 (RNN), 4 (LSTM: gates i, f, g, o), 3 (GRU: gates r, z, n); every parameter
-//   ~ U(±1/sqrt(hidden_size)) (torch.nn.RNNBase.reset_parameters).
-// The equations of one step are in nn/rnn_cell.hpp and ops/rnn.hpp. Layer k > 0 takes layer
-// k-1's outputs h_t as its input sequence.
-//
-//   nn::LSTM<float> lstm(32, 128, {.num_layers = 2, .batch_first = true});
-//   auto [y, state] = lstm.forward(x, {});        // y [N, T, 128]; state.h, state.c [2, N, 128]
-//   auto [y2, state2] = lstm.forward(x2, nn::detach(state));  // continue, truncated BPTT
-//   Var<float> y3 = lstm(x);                      // Module call: the output sequence only
-//
-// Truncated BPTT over a long sequence, one update per window of k steps: carry the state's
-// values (not its graph) from one window to the next.
-//   auto h = Tensor<float>::zeros({L, N, H}), c = Tensor<float>::zeros({L, N, H});
-//   for (each window xw [k, N, F]) {
-//     tape.clear();
-//     auto [y, s] = lstm.forward(tape.constant(xw), {tape.constant(h), tape.constant(c)});
-//     tape.backward(loss_of(y)); opt.step(); opt.zero_grad();
-//     h.copy_(s.h.value()), c.copy_(s.c.value());
-//   }
-// Within one tape, nn::detach(state) (ops/detach.hpp) cuts the graph the same way.
-//
-// forward(x, state, hidden_steps) returns RNNOutput {output, state}:
-//   output    [T, N, hidden] (batch-first: [N, T, hidden]): the last layer's h_t for every t
-//   state.h   [num_layers, N, hidden]: every layer's h at the last step (h_n)
-//   state.c   LSTM only, [num_layers, N, hidden]: every layer's c at the last step (c_n)
-// The initial state has the same shapes (always [num_layers, N, hidden], also when
-// batch_first, as in PyTorch); an empty Var means zeros. If hidden_steps is not null it
-// receives the last layer's per-step h_t Vars ([N, hidden] each, t = 0..T-1), their gradients
-// retained (retain_grad()): after backward, h_t.grad() is dL/dh_t, the gradient that reaches step t
-// through time (see diag/through_time.hpp for norms and flags).
-//
-// Speed: one linear over all T*N rows computes every step's input projection (one GEMM per
-// layer); each step then runs one fused op (ops/rnn.hpp: the hidden GEMM, the gates and the
-// state update), and the outputs are gathered by one stack op. In the steady state a forward
-// allocates nothing beyond the tape's reused buffers.
-//
-// Not implemented (PyTorch options): bidirectional, dropout between layers, proj_size, and
-// unbatched 2-D input (reshape a sequence to [T, 1, F]).
+/// \file
+/// Recurrent layers over whole sequences, as torch.nn.RNN, LSTM and GRU: multi-layer,
+/// time-major [T, N, input_size] input (or batch-first [N, T, input_size]), optional initial
+/// states, every step's output and the final states. Parameter names, shapes, gate order,
+/// equations and default initialisation are PyTorch's, so its weights load unchanged:
+///
+///   weight_ih_l{k} [G*hidden, input_size (k = 0) or hidden_size]   weight_hh_l{k} [G*hidden,
+///   hidden] bias_ih_l{k}   [G*hidden]                                      bias_hh_l{k} [G*hidden]
+///   G = 1 (RNN), 4 (LSTM: gates i, f, g, o), 3 (GRU: gates r, z, n); every parameter
+///   ~ U(±1/sqrt(hidden_size)) (torch.nn.RNNBase.reset_parameters).
+/// The equations of one step are in nn/rnn_cell.hpp and ops/rnn.hpp. Layer k > 0 takes layer
+/// k-1's outputs h_t as its input sequence.
+///
+///   nn::LSTM<float> lstm(32, 128, {.num_layers = 2, .batch_first = true});
+///   auto [y, state] = lstm.forward(x, {});        // y [N, T, 128]; state.h, state.c [2, N, 128]
+///   auto [y2, state2] = lstm.forward(x2, nn::detach(state));  // continue, truncated BPTT
+///   Var<float> y3 = lstm(x);                      // Module call: the output sequence only
+///
+/// Truncated BPTT over a long sequence, one update per window of k steps: carry the state's
+/// values (not its graph) from one window to the next.
+///   auto h = Tensor<float>::zeros({L, N, H}), c = Tensor<float>::zeros({L, N, H});
+///   for (each window xw [k, N, F]) {
+///     tape.clear();
+///     auto [y, s] = lstm.forward(tape.constant(xw), {tape.constant(h), tape.constant(c)});
+///     tape.backward(loss_of(y)); opt.step(); opt.zero_grad();
+///     h.copy_(s.h.value()), c.copy_(s.c.value());
+///   }
+/// Within one tape, nn::detach(state) (ops/detach.hpp) cuts the graph the same way.
+///
+/// forward(x, state, hidden_steps) returns RNNOutput {output, state}:
+///   output    [T, N, hidden] (batch-first: [N, T, hidden]): the last layer's h_t for every t
+///   state.h   [num_layers, N, hidden]: every layer's h at the last step (h_n)
+///   state.c   LSTM only, [num_layers, N, hidden]: every layer's c at the last step (c_n)
+/// The initial state has the same shapes (always [num_layers, N, hidden], also when
+/// batch_first, as in PyTorch); an empty Var means zeros. If hidden_steps is not null it
+/// receives the last layer's per-step h_t Vars ([N, hidden] each, t = 0..T-1), their gradients
+/// retained (retain_grad()): after backward, h_t.grad() is dL/dh_t, the gradient that reaches step
+/// t through time (see diag/through_time.hpp for norms and flags).
+///
+/// Speed: one linear over all T*N rows computes every step's input projection (one GEMM per
+/// layer); each step then runs one fused op (ops/rnn.hpp: the hidden GEMM, the gates and the
+/// state update), and the outputs are gathered by one stack op. In the steady state a forward
+/// allocates nothing beyond the tape's reused buffers.
+///
+/// Not implemented (PyTorch options): bidirectional, dropout between layers, proj_size, and
+/// unbatched 2-D input (reshape a sequence to [T, 1, F]).
 
 #include <cstdint>
 #include <sstream>
@@ -55,29 +56,39 @@
 
 namespace tapegrad::nn {
 
+/// The options of RNN, LSTM and GRU, under PyTorch's names.
 struct RNNOptions {
+  /// Number of stacked layers.
   int64_t num_layers = 1;
+  /// Whether the layers have the biases b_ih and b_hh.
   bool bias = true;
+  /// Whether inputs and outputs are [N, T, F] rather than [T, N, F].
   bool batch_first = false;
-  RNNNonlinearity nonlinearity = RNNNonlinearity::tanh;  // nn::RNN only
+  RNNNonlinearity nonlinearity = RNNNonlinearity::tanh;  ///< nn::RNN only
 };
 
-// What a sequence layer returns: the output sequence and the final state.
+/// What a sequence layer returns: the output sequence and the final state.
 template <class T>
 struct RNNOutput {
+  /// The output sequence, [T, N, hidden_size] (batch_first: [N, T, hidden_size]).
   Var<T> output;
+  /// The final state: h (and c) [num_layers, N, hidden_size].
   RNNState<T> state;
 };
 
-// The machinery the three sequence layers share (PyTorch's RNNBase).
+/// The machinery the three sequence layers share (PyTorch's RNNBase).
 template <class T>
 class RNNBase : public Module<T> {
  public:
+  /// Which recurrence the layers run.
   enum class Mode { rnn, lstm, gru };
 
-  // Module call: the output sequence from a zero initial state.
+  /// Module call: the output sequence from a zero initial state.
   Var<T> forward(const Var<T>& x) override { return forward(x, RNNState<T>{}).output; }
 
+  /// The output sequence and the final state from x [T, N, input_size] (batch_first: [N, T,
+  /// input_size]) and an initial state ([num_layers, N, hidden_size] each; empty Vars: zeros).
+  /// Wrong shapes throw ShapeError.
   RNNOutput<T> forward(const Var<T>& x, const RNNState<T>& state,
                        std::vector<Var<T>>* hidden_steps = nullptr) {
     const Shape xs = x.shape();
@@ -143,16 +154,23 @@ class RNNBase : public Module<T> {
   }
 
   // ---- configuration and parameters ----
+  /// Size of the input's last dimension.
   int64_t input_size() const { return input_; }
+  /// Size of the hidden state.
   int64_t hidden_size() const { return hidden_; }
+  /// The options given at construction.
   const RNNOptions& options() const { return opt_; }
+  /// Number of stacked layers.
   int64_t num_layers() const { return opt_.num_layers; }
+  /// The recurrence.
   Mode mode() const { return mode_; }
-  // weight_ih_l{k} and friends, as PyTorch's attributes; bias_* are undefined when bias=false.
+  ///@{
+  /// weight_ih_l{k} and friends, as PyTorch's attributes; bias_* are undefined when bias=false.
   const Parameter<T>& weight_ih_l(int64_t k) const { return w_ih_.at(static_cast<size_t>(k)); }
   const Parameter<T>& weight_hh_l(int64_t k) const { return w_hh_.at(static_cast<size_t>(k)); }
   const Parameter<T>& bias_ih_l(int64_t k) const { return at_bias(b_ih_, k); }
   const Parameter<T>& bias_hh_l(int64_t k) const { return at_bias(b_hh_, k); }
+  ///@}
 
   std::string name() const override {
     std::ostringstream os;
@@ -167,6 +185,8 @@ class RNNBase : public Module<T> {
   }
 
  protected:
+  /// For RNN, LSTM and GRU: kind names the layer in summaries and errors. Sizes below 1 throw
+  /// ValueError.
   RNNBase(const char* kind, Mode mode, int64_t input_size, int64_t hidden_size, RNNOptions opt,
           Generator& gen)
       : kind_(kind), mode_(mode), input_(input_size), hidden_(hidden_size), opt_(opt) {
@@ -227,28 +247,31 @@ class RNNBase : public Module<T> {
   std::vector<Var<T>> step_out_, last_h_, last_c_;
 };
 
-// Elman RNN: h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh), act = tanh or relu.
+/// Elman RNN: h_t = act(x_t W_ih^T + b_ih + h_{t-1} W_hh^T + b_hh), act = tanh or relu.
 template <class T>
 class RNN : public RNNBase<T> {
  public:
+  /// Weights U(±1/√hidden_size) from gen, as PyTorch's.
   RNN(int64_t input_size, int64_t hidden_size, RNNOptions options = {},
       Generator& gen = default_generator())
       : RNNBase<T>("RNN", RNNBase<T>::Mode::rnn, input_size, hidden_size, options, gen) {}
 };
 
-// Long short-term memory (Hochreiter & Schmidhuber 1997), gates i, f, g, o.
+/// Long short-term memory (Hochreiter & Schmidhuber 1997), gates i, f, g, o.
 template <class T>
 class LSTM : public RNNBase<T> {
  public:
+  /// Weights U(±1/√hidden_size) from gen, as PyTorch's.
   LSTM(int64_t input_size, int64_t hidden_size, RNNOptions options = {},
        Generator& gen = default_generator())
       : RNNBase<T>("LSTM", RNNBase<T>::Mode::lstm, input_size, hidden_size, options, gen) {}
 };
 
-// Gated recurrent unit (Cho et al. 2014), gates r, z, n, b_hn inside r * (W_hn h + b_hn).
+/// Gated recurrent unit (Cho et al. 2014), gates r, z, n, b_hn inside r * (W_hn h + b_hn).
 template <class T>
 class GRU : public RNNBase<T> {
  public:
+  /// Weights U(±1/√hidden_size) from gen, as PyTorch's.
   GRU(int64_t input_size, int64_t hidden_size, RNNOptions options = {},
       Generator& gen = default_generator())
       : RNNBase<T>("GRU", RNNBase<T>::Mode::gru, input_size, hidden_size, options, gen) {}

@@ -1,18 +1,19 @@
 #pragma once
-// Sequential: modules applied one after another, torch.nn.Sequential.
-//   nn::Sequential<float> model{std::make_shared<nn::Dense<float>>(784, 256),
-//                               std::make_shared<nn::ReLU<float>>(),
-//                               std::make_shared<nn::Dense<float>>(256, 10)};
-//   model.push_back(std::make_shared<nn::Softmax<float>>(1));
-//   auto block = std::make_shared<nn::Sequential<float>>(conv, relu);  // nested, by arguments
-// Children are named "0", "1", ... so parameters read "0.weight", "2.bias". forward calls each
-// child through operator() so that summary() lists them. model[i] is the i-th module;
-// model.at<nn::Dense<float>>(i) the same cast to its type (ValueError if it is not one).
-//
-// checkpoint_every(k) runs the layers k at a time as activation checkpoints (nn/checkpoint.hpp)
-// while gradients are on: only every k-th layer's output is kept, each segment runs again in
-// backward. As torch.utils.checkpoint_sequential, the last segment is not checkpointed (its
-// values are needed as soon as backward starts). 0 turns it off.
+/// \file
+/// Sequential: modules applied one after another, torch.nn.Sequential.
+///   nn::Sequential<float> model{std::make_shared<nn::Dense<float>>(784, 256),
+///                               std::make_shared<nn::ReLU<float>>(),
+///                               std::make_shared<nn::Dense<float>>(256, 10)};
+///   model.push_back(std::make_shared<nn::Softmax<float>>(1));
+///   auto block = std::make_shared<nn::Sequential<float>>(conv, relu);  // nested, by arguments
+/// Children are named "0", "1", ... so parameters read "0.weight", "2.bias". forward calls each
+/// child through operator() so that summary() lists them. model[i] is the i-th module;
+/// model.at<nn::Dense<float>>(i) the same cast to its type (ValueError if it is not one).
+///
+/// checkpoint_every(k) runs the layers k at a time as activation checkpoints (nn/checkpoint.hpp)
+/// while gradients are on: only every k-th layer's output is kept, each segment runs again in
+/// backward. As torch.utils.checkpoint_sequential, the last segment is not checkpointed (its
+/// values are needed as soon as backward starts). 0 turns it off.
 
 #include <cstddef>
 #include <cstdint>
@@ -27,23 +28,28 @@
 
 namespace tapegrad::nn {
 
+/// Modules called one after the other, torch.nn.Sequential: y = m_k(... m_1(m_0(x))). Children are
+/// named "0", "1", ...
 template <class T>
 class Sequential : public Module<T> {
  public:
+  /// A shared pointer to a module.
   using Ptr = std::shared_ptr<Module<T>>;
 
   Sequential() = default;
+  /// The given modules, in order.
   Sequential(std::initializer_list<Ptr> modules) {
     for (const Ptr& m : modules) push_back(m);
   }
-  // The same from separate arguments, so that std::make_shared<Sequential<T>>(a, b, c) works
-  // (make_shared cannot forward a braced list).
+  /// The same from separate arguments, so that std::make_shared<Sequential<T>>(a, b, c) works
+  /// (make_shared cannot forward a braced list).
   template <class... M>
   requires(sizeof...(M) > 0 && (std::is_convertible_v<std::shared_ptr<M>, Ptr> &&
                                 ...)) explicit Sequential(std::shared_ptr<M>... modules) {
     (push_back(std::move(modules)), ...);
   }
 
+  /// Appends a module (named by its index).
   void push_back(Ptr m) {
     if (!m)
       tapegrad::detail::fail<ValueError>("Sequential: push_back of a null module at index ",
@@ -51,12 +57,16 @@ class Sequential : public Module<T> {
     layers_.push_back(this->register_module(std::to_string(layers_.size()), std::move(m)));
   }
 
+  /// Number of modules.
   size_t size() const { return layers_.size(); }
+  /// Whether there are no modules.
   bool empty() const { return layers_.empty(); }
+  /// Module i; throws ValueError if i is out of range.
   const Ptr& operator[](size_t i) const {
     check_index(i);
     return layers_[i];
   }
+  /// Module i cast to M; throws ValueError if i is out of range or the module is not an M.
   template <class M>
   M& at(size_t i) const {
     check_index(i);
@@ -66,7 +76,9 @@ class Sequential : public Module<T> {
                                          ", not of the requested type");
     return *m;
   }
+  /// Iterator to the first module.
   auto begin() const { return layers_.begin(); }
+  /// Iterator past the last module.
   auto end() const { return layers_.end(); }
 
   Var<T> forward(const Var<T>& x) override {
@@ -81,10 +93,13 @@ class Sequential : public Module<T> {
   }
   std::string name() const override { return "Sequential"; }
 
+  /// Runs the layers k at a time as activation checkpoints (0: off; see the file's description);
+  /// returns *this.
   Sequential& checkpoint_every(size_t k) {
     checkpoint_every_ = k;
     return *this;
   }
+  /// The k of checkpoint_every(k) (0: off).
   size_t checkpoint_every() const { return checkpoint_every_; }
 
  private:

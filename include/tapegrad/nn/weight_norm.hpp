@@ -1,25 +1,26 @@
 #pragma once
-// Weight normalization (Salimans & Kingma 2016), as torch.nn.utils.weight_norm
-// (torch/nn/utils/weight_norm.py, aten/src/ATen/native/WeightNorm.cpp):
-//
-//   w = g · v / ‖v‖,   ‖v‖ = L2 norm over all dims except `dim` (norm_except_dim(v, 2, dim)),
-//
-// one norm per output unit for the default dim = 0 (per row of a Dense weight [out, in], per
-// output channel of a Conv2D weight [O, C, kh, kw]); dim = -1 takes one norm over the whole
-// tensor. No epsilon (as PyTorch): a unit with v = 0 gives NaN. g has v's rank with every size
-// 1 but dim's ([out, 1] for a Dense weight [out, in]; a 0-d scalar for dim = -1).
-// Gradients, per unit r with s_r = Σ_j ∂L/∂w_rj · v_rj:
-//   ∂L/∂g_r = s_r / ‖v_r‖,     ∂L/∂v_r = (g_r / ‖v_r‖) · (∂L/∂w_r − v_r · s_r / ‖v_r‖²)
-//
-// weight_norm(g, v, dim) is that differentiable op. WeightNorm<T> wraps a Dense or Conv2D
-// layer: g ← ‖w‖ and v ← w at construction (so the function is unchanged), g and v are the
-// trained parameters ("weight_g", "weight_v", as PyTorch names them, and the layer's "bias"),
-// and every forward computes w on the tape then calls the layer's functional op (linear or
-// conv2d). Use the wrapper in place of the layer; remove_weight_norm bakes w back into the
-// layer's weight and returns the layer.
-//
-// The Keras-style projection "renormalise each unit after the update" is the UnitNorm / MaxNorm
-// constraint of the optimizer instead (optim/constraint.hpp).
+/// \file
+/// Weight normalization (Salimans & Kingma 2016), as torch.nn.utils.weight_norm
+/// (torch/nn/utils/weight_norm.py, aten/src/ATen/native/WeightNorm.cpp):
+///
+///   w = g · v / ‖v‖,   ‖v‖ = L2 norm over all dims except `dim` (norm_except_dim(v, 2, dim)),
+///
+/// one norm per output unit for the default dim = 0 (per row of a Dense weight [out, in], per
+/// output channel of a Conv2D weight [O, C, kh, kw]); dim = -1 takes one norm over the whole
+/// tensor. No epsilon (as PyTorch): a unit with v = 0 gives NaN. g has v's rank with every size
+/// 1 but dim's ([out, 1] for a Dense weight [out, in]; a 0-d scalar for dim = -1).
+/// Gradients, per unit r with s_r = Σ_j ∂L/∂w_rj · v_rj:
+///   ∂L/∂g_r = s_r / ‖v_r‖,     ∂L/∂v_r = (g_r / ‖v_r‖) · (∂L/∂w_r − v_r · s_r / ‖v_r‖²)
+///
+/// weight_norm(g, v, dim) is that differentiable op. WeightNorm<T> wraps a Dense or Conv2D
+/// layer: g ← ‖w‖ and v ← w at construction (so the function is unchanged), g and v are the
+/// trained parameters ("weight_g", "weight_v", as PyTorch names them, and the layer's "bias"),
+/// and every forward computes w on the tape then calls the layer's functional op (linear or
+/// conv2d). Use the wrapper in place of the layer; remove_weight_norm bakes w back into the
+/// layer's weight and returns the layer.
+///
+/// The Keras-style projection "renormalise each unit after the update" is the UnitNorm / MaxNorm
+/// constraint of the optimizer instead (optim/constraint.hpp).
 
 #include <cmath>
 #include <memory>
@@ -103,7 +104,7 @@ void weight_norm_backward(OpContext<T>& c) {
 
 }  // namespace detail
 
-// PyTorch's norm_except_dim(v, 2, dim): the L2 norm of every unit, in g's shape.
+/// PyTorch's norm_except_dim(v, 2, dim): the L2 norm of every unit, in g's shape.
 template <class T>
 Tensor<T> norm_except_dim(const Tensor<T>& v, int dim = 0) {
   const auto l = detail::unit_layout("norm_except_dim", v.shape(), dim);
@@ -113,7 +114,7 @@ Tensor<T> norm_except_dim(const Tensor<T>& v, int dim = 0) {
   return out;
 }
 
-// w = g · v / ‖v‖ (norm over all dims except dim), differentiable in g and v.
+/// w = g · v / ‖v‖ (norm over all dims except dim), differentiable in g and v.
 template <class T>
 Var<T> weight_norm(const Var<T>& g, const Var<T>& v, int dim = 0) {
   const Shape vs = v.shape();
@@ -141,23 +142,30 @@ Var<T> weight_norm(const Var<T>& g, const Var<T>& v, int dim = 0) {
   return w;
 }
 
+/// Weight normalization of a Dense or Conv2D layer: w = g · v / ‖v‖, with g ("weight_g") and v
+/// ("weight_v") trained in place of the layer's weight (see the file's description). The input and
+/// output are the layer's.
 template <class T>
 class WeightNorm : public Module<T> {
  public:
+  /// Wraps a Dense layer (null: ValueError); g ← ‖w‖ and v ← w, norms over all dims except dim (-1:
+  /// over the whole tensor).
   explicit WeightNorm(std::shared_ptr<Dense<T>> layer, int dim = 0)
       : dense_(std::move(layer)), dim_(dim) {
     if (!dense_) tapegrad::detail::fail<ValueError>("WeightNorm: null layer");
     init(*dense_);
   }
+  /// Wraps a Conv2D layer (null: ValueError); g ← ‖w‖ and v ← w, norms over all dims except dim
+  /// (-1: over the whole tensor).
   explicit WeightNorm(std::shared_ptr<Conv2D<T>> layer, int dim = 0)
       : conv_(std::move(layer)), dim_(dim) {
     if (!conv_) tapegrad::detail::fail<ValueError>("WeightNorm: null layer");
     init(*conv_);
   }
 
-  Parameter<T> weight_g;  // g: v's rank, size 1 except along dim
-  Parameter<T> weight_v;  // v: the weight's shape
-  Parameter<T> bias;      // shares its values with the layer's bias; undefined without one
+  Parameter<T> weight_g;  ///< g: v's rank, size 1 except along dim
+  Parameter<T> weight_v;  ///< v: the weight's shape
+  Parameter<T> bias;      ///< shares its values with the layer's bias; undefined without one
 
   Var<T> forward(const Var<T>& x) override {
     Tape<T>& tape = x.tape();
@@ -177,8 +185,9 @@ class WeightNorm : public Module<T> {
     return "WeightNorm(" + (dense_ ? dense_->name() : conv_->name()) + ")";
   }
 
+  /// The dim the norms are not taken over (-1: one norm over the whole tensor).
   int dim() const { return dim_; }
-  // The weight g · v / ‖v‖ now, as a new tensor (no tape).
+  /// The weight g · v / ‖v‖ now, as a new tensor (no tape).
   Tensor<T> weight() const {
     Tape<T> tape;
     NoGradGuard no_grad;
@@ -186,13 +195,15 @@ class WeightNorm : public Module<T> {
         .value()
         .clone();
   }
-  // The wrapped layer: one of these is set.
+  ///@{
+  /// The wrapped layer: one of these is set.
   const std::shared_ptr<Dense<T>>& dense() const { return dense_; }
   const std::shared_ptr<Conv2D<T>>& conv() const { return conv_; }
   std::shared_ptr<Module<T>> layer() const {
     if (dense_) return dense_;
     return conv_;
   }
+  ///@}
 
  private:
   template <class L>
@@ -208,8 +219,8 @@ class WeightNorm : public Module<T> {
   int dim_;
 };
 
-// torch.nn.utils.remove_weight_norm: writes w = g · v / ‖v‖ into the wrapped layer's weight
-// (in place) and returns the layer, whose bias already holds the trained values.
+/// torch.nn.utils.remove_weight_norm: writes w = g · v / ‖v‖ into the wrapped layer's weight
+/// (in place) and returns the layer, whose bias already holds the trained values.
 template <class T>
 std::shared_ptr<Module<T>> remove_weight_norm(const WeightNorm<T>& wn) {
   const Tensor<T> w = wn.weight();

@@ -1,15 +1,16 @@
 #pragma once
-// Activation functions, as torch.nn.functional: sigmoid, tanh, relu, leaky_relu, gelu,
-// softmax, log_softmax. Each forward is an Eigen array expression; each backward sits right
-// below it and, where that is cheapest, uses the saved output instead of the input.
-//
-// Stability: every function here stays finite (value and gradient) for inputs up to +-1e4
-// and beyond: sigmoid uses the sign-split form, softmax and log_softmax subtract the maximum.
-//
-// Derivatives at kinks follow PyTorch: relu'(0) = 0, leaky_relu'(0) = negative_slope.
-//
-// The output shape is passed to record() as a copy (Shape(x.shape())): recording may grow the
-// tape's node vector, which would leave a reference into x's node dangling.
+/// \file
+/// Activation functions, as torch.nn.functional: sigmoid, tanh, relu, leaky_relu, gelu,
+/// softmax, log_softmax. Each forward is an Eigen array expression; each backward sits right
+/// below it and, where that is cheapest, uses the saved output instead of the input.
+///
+/// Stability: every function here stays finite (value and gradient) for inputs up to +-1e4
+/// and beyond: sigmoid uses the sign-split form, softmax and log_softmax subtract the maximum.
+///
+/// Derivatives at kinks follow PyTorch: relu'(0) = 0, leaky_relu'(0) = negative_slope.
+///
+/// The output shape is passed to record() as a copy (Shape(x.shape())): recording may grow the
+/// tape's node vector, which would leave a reference into x's node dangling.
 
 #include <algorithm>
 #include <cmath>
@@ -22,9 +23,9 @@
 
 namespace tapegrad {
 
-// Which form of GELU to compute (torch.nn.functional.gelu's `approximate` argument).
+/// Which form of GELU to compute (torch.nn.functional.gelu's `approximate` argument).
 enum class GeluApproximation {
-  none,  // exact: x * Phi(x), Phi the standard normal CDF (PyTorch's default)
+  none,  ///< exact: x * Phi(x), Phi the standard normal CDF (PyTorch's default)
   tanh,  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) (Hendrycks & Gimpel)
 };
 
@@ -135,14 +136,14 @@ using ConstVectorMap = Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>;
 
 }  // namespace detail
 
-// sigmoid(x) = 1 / (1 + exp(-x));  d/dx = y (1 - y), from the saved output.
+/// sigmoid(x) = 1 / (1 + exp(-x));  d/dx = y (1 - y), from the saved output.
 template <class T>
 Var<T> sigmoid(const Var<T>& x) {
   return detail::unary_of_output("sigmoid", x, &detail::sigmoid_backward<T>, false,
                                  &detail::sigmoid_into<T>);
 }
 
-// tanh(x);  d/dx = 1 - y^2, from the saved output.
+/// tanh(x);  d/dx = 1 - y^2, from the saved output.
 template <class T>
 Var<T> tanh(const Var<T>& x) {
   return detail::unary_of_output(
@@ -150,7 +151,7 @@ Var<T> tanh(const Var<T>& x) {
       [](const Tensor<T>& in, Tensor<T>& out) { out.array() = in.array().tanh(); });
 }
 
-// relu(x) = max(x, 0) (NaN stays NaN);  d/dx = [x > 0], so relu'(0) = 0 as in PyTorch.
+/// relu(x) = max(x, 0) (NaN stays NaN);  d/dx = [x > 0], so relu'(0) = 0 as in PyTorch.
 template <class T>
 Var<T> relu(const Var<T>& x) {
   return detail::unary_of_output(
@@ -158,21 +159,25 @@ Var<T> relu(const Var<T>& x) {
       [](const Tensor<T>& in, Tensor<T>& out) { out.array() = in.array().max(T(0)); });
 }
 
-// In place, as PyTorch's relu_ / sigmoid_ / tanh_ (and nn.ReLU(inplace=True)): the output is
-// written over x's buffer when nothing has read x and no backward needs it
-// (Tape::record_inplace), else these are relu, sigmoid, tanh. Do not read x afterwards: the
-// tape throws TapeError if something does. The activation layers use them.
+/// In place, as PyTorch's relu_ / sigmoid_ / tanh_ (and nn.ReLU(inplace=True)): the output is
+/// written over x's buffer when nothing has read x and no backward needs it
+/// (Tape::record_inplace), else these are relu, sigmoid, tanh. Do not read x afterwards: the
+/// tape throws TapeError if something does. The activation layers use them.
 template <class T>
 Var<T> relu_(const Var<T>& x) {
   return detail::unary_of_output(
       "relu", x, &detail::relu_backward<T>, true,
       [](const Tensor<T>& in, Tensor<T>& out) { out.array() = in.array().max(T(0)); });
 }
+/// sigmoid written over x's buffer when the tape allows it (see relu_); same values and gradient as
+/// sigmoid(x).
 template <class T>
 Var<T> sigmoid_(const Var<T>& x) {
   return detail::unary_of_output("sigmoid", x, &detail::sigmoid_backward<T>, true,
                                  &detail::sigmoid_into<T>);
 }
+/// tanh written over x's buffer when the tape allows it (see relu_); same values and gradient as
+/// tanh(x).
 template <class T>
 Var<T> tanh_(const Var<T>& x) {
   return detail::unary_of_output(
@@ -180,9 +185,9 @@ Var<T> tanh_(const Var<T>& x) {
       [](const Tensor<T>& in, Tensor<T>& out) { out.array() = in.array().tanh(); });
 }
 
-// leaky_relu(x) = x for x > 0, negative_slope * x otherwise (torch.nn.LeakyReLU);
-// d/dx = 1 for x > 0, negative_slope for x <= 0 (so the derivative at 0 is the slope, as
-// PyTorch's backward `x > 0 ? g : g * slope`).
+/// leaky_relu(x) = x for x > 0, negative_slope * x otherwise (torch.nn.LeakyReLU);
+/// d/dx = 1 for x > 0, negative_slope for x <= 0 (so the derivative at 0 is the slope, as
+/// PyTorch's backward `x > 0 ? g : g * slope`).
 template <class T>
 Var<T> leaky_relu(const Var<T>& x, double negative_slope = 0.01) {
   if (!std::isfinite(negative_slope))
@@ -207,11 +212,11 @@ Var<T> leaky_relu(const Var<T>& x, double negative_slope = 0.01) {
   return y;
 }
 
-// gelu(x), torch.nn.functional.gelu:
-//   none: x * Phi(x), Phi(x) = 0.5 erfc(-x / sqrt 2)   (erfc, not 1 + erf, so the left tail
-//         keeps its precision);  d/dx = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi).
-//   tanh: 0.5 x (1 + t), t = tanh(k (x + 0.044715 x^3)), k = sqrt(2/pi);
-//         d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2).
+/// gelu(x), torch.nn.functional.gelu:
+///   none: x * Phi(x), Phi(x) = 0.5 erfc(-x / sqrt 2)   (erfc, not 1 + erf, so the left tail
+///         keeps its precision);  d/dx = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi).
+///   tanh: 0.5 x (1 + t), t = tanh(k (x + 0.044715 x^3)), k = sqrt(2/pi);
+///         d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2).
 template <class T>
 Var<T> gelu(const Var<T>& x, GeluApproximation approximate = GeluApproximation::none) {
   using K = detail::GeluConstants<T>;
@@ -250,14 +255,14 @@ Var<T> gelu(const Var<T>& x, GeluApproximation approximate = GeluApproximation::
   return y;
 }
 
-// softmax(x, dim)_i = exp(x_i - m) / sum_j exp(x_j - m), m = max_j x_j (the shift changes
-// nothing mathematically and keeps exp <= 1);  dx = y * (g - sum_j g_j y_j).
-// A slice that is -inf throughout (a fully masked row of attention scores, see
-// ops/masking.hpp) gives zeros and passes no gradient, where PyTorch gives NaN: a query that
-// may attend to nothing contributes nothing instead of poisoning the whole step.
-// Along the last dim each row is contiguous and is processed as one vectorised 1-D array (a
-// whole-matrix expression broadcasting the row maxima would fall back to scalar exp).
-// Along another dim each [n, inner] block is reduced column-wise.
+/// softmax(x, dim)_i = exp(x_i - m) / sum_j exp(x_j - m), m = max_j x_j (the shift changes
+/// nothing mathematically and keeps exp <= 1);  dx = y * (g - sum_j g_j y_j).
+/// A slice that is -inf throughout (a fully masked row of attention scores, see
+/// ops/masking.hpp) gives zeros and passes no gradient, where PyTorch gives NaN: a query that
+/// may attend to nothing contributes nothing instead of poisoning the whole step.
+/// Along the last dim each row is contiguous and is processed as one vectorised 1-D array (a
+/// whole-matrix expression broadcasting the row maxima would fall back to scalar exp).
+/// Along another dim each [n, inner] block is reduced column-wise.
 template <class T>
 Var<T> softmax(const Var<T>& x, int dim = -1) {
   const detail::SoftmaxLayout l = detail::softmax_layout("softmax", x.shape(), dim);
@@ -317,8 +322,8 @@ Var<T> softmax(const Var<T>& x, int dim = -1) {
   return y;
 }
 
-// log_softmax(x, dim)_i = (x_i - m) - log sum_j exp(x_j - m), m = max_j x_j;
-// dx = g - exp(y) * sum_j g_j.
+/// log_softmax(x, dim)_i = (x_i - m) - log sum_j exp(x_j - m), m = max_j x_j;
+/// dx = g - exp(y) * sum_j g_j.
 template <class T>
 Var<T> log_softmax(const Var<T>& x, int dim = -1) {
   const detail::SoftmaxLayout l = detail::softmax_layout("log_softmax", x.shape(), dim);

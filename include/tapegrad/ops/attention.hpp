@@ -1,32 +1,33 @@
 #pragma once
-// scaled_dot_product_attention(q, k, v, options): attention as ONE op, with the math of
-// torch.nn.functional.scaled_dot_product_attention (PyTorch 2.0's reference implementation):
-//   q [..., L, E], k [..., S, E], v [..., S, Ev] (equal leading dims)  ->  out [..., L, Ev]
-//   A   = scale * q k^T (+ attn_mask),  scale = 1/sqrt(E) unless given
-//   P   = softmax(A) along S          (a row whose every key is masked gives zeros, not NaN)
-//   P'  = dropout(P, dropout_p)       (inverted dropout; only when dropout_p > 0)
-//   out = P' v
-// attn_mask broadcasts to [..., L, S]: a Tensor<bool> where TRUE MEANS "TAKE PART" (PyTorch's
-// SDPA convention; nn::MultiheadAttention's masks use the opposite one, true = masked out), or an
-// additive Tensor<T> (0 keeps a score, -inf removes it). is_causal lets query i see keys j <= i
-// (the top-left lower triangle, as PyTorch) without building a mask; both may be given.
-//
-// Backward, per head, with dO the output gradient and M the dropout mask:
-//   dV = P'^T dO,   dP = (dO V^T) * M / (1 - p),   dA = P * (dP - rowsum(dP * P)),
-//   dQ = scale * dA K,   dK = scale * dA^T Q.            Masks take no gradient.
-//
-// Memory: the op keeps per head one [L, S] block, P (the attention weights), and nothing else of
-// that size; backward works in one [L, S] scratch block per thread (two with dropout). Buffers
-// live on the tape node, so a training loop allocates nothing here after its first step.
-// Speed: per head, two GEMMs forward and four backward on strided views (no copy, no
-// transpose; causal: in blocks of query rows that skip most of the masked triangle), plus one
-// pass over the block for the softmax; the heads are shared among the
-// threads (detail::for_each_product). Dropout masks are not stored but drawn again in backward:
-// head i of a call draws from Generator(seed + i), the seed taken once per call from the given
-// Generator, so the masks are the same whatever the thread count and a call can be replayed.
-//
-// nn::MultiheadAttention runs the same kernel (detail::attention) on its projections in place:
-// [T, N, 3E] with head h of q, k, v as column blocks, its output written into [T, N, E].
+/// \file
+/// scaled_dot_product_attention(q, k, v, options): attention as ONE op, with the math of
+/// torch.nn.functional.scaled_dot_product_attention (PyTorch 2.0's reference implementation):
+///   q [..., L, E], k [..., S, E], v [..., S, Ev] (equal leading dims)  ->  out [..., L, Ev]
+///   A   = scale * q k^T (+ attn_mask),  scale = 1/sqrt(E) unless given
+///   P   = softmax(A) along S          (a row whose every key is masked gives zeros, not NaN)
+///   P'  = dropout(P, dropout_p)       (inverted dropout; only when dropout_p > 0)
+///   out = P' v
+/// attn_mask broadcasts to [..., L, S]: a Tensor<bool> where TRUE MEANS "TAKE PART" (PyTorch's
+/// SDPA convention; nn::MultiheadAttention's masks use the opposite one, true = masked out), or an
+/// additive Tensor<T> (0 keeps a score, -inf removes it). is_causal lets query i see keys j <= i
+/// (the top-left lower triangle, as PyTorch) without building a mask; both may be given.
+///
+/// Backward, per head, with dO the output gradient and M the dropout mask:
+///   dV = P'^T dO,   dP = (dO V^T) * M / (1 - p),   dA = P * (dP - rowsum(dP * P)),
+///   dQ = scale * dA K,   dK = scale * dA^T Q.            Masks take no gradient.
+///
+/// Memory: the op keeps per head one [L, S] block, P (the attention weights), and nothing else of
+/// that size; backward works in one [L, S] scratch block per thread (two with dropout). Buffers
+/// live on the tape node, so a training loop allocates nothing here after its first step.
+/// Speed: per head, two GEMMs forward and four backward on strided views (no copy, no
+/// transpose; causal: in blocks of query rows that skip most of the masked triangle), plus one
+/// pass over the block for the softmax; the heads are shared among the
+/// threads (detail::for_each_product). Dropout masks are not stored but drawn again in backward:
+/// head i of a call draws from Generator(seed + i), the seed taken once per call from the given
+/// Generator, so the masks are the same whatever the thread count and a call can be replayed.
+///
+/// nn::MultiheadAttention runs the same kernel (detail::attention) on its projections in place:
+/// [T, N, 3E] with head h of q, k, v as column blocks, its output written into [T, N, E].
 
 #include <Eigen/Core>
 #include <array>
@@ -43,18 +44,25 @@
 
 namespace tapegrad {
 
-// An attention mask: none, boolean or additive (see the header comment for what true means).
+/// An attention mask: none, boolean or additive (see the header comment for what true means).
 template <class T>
 class AttentionMask {
  public:
   AttentionMask() = default;
+  /// A boolean mask (implicit, so a Tensor<bool> passes as a mask).
   AttentionMask(Tensor<bool> mask) : boolean_(std::move(mask)), kind_(Kind::boolean) {}  // NOLINT
-  AttentionMask(Tensor<T> mask) : additive_(std::move(mask)), kind_(Kind::additive) {}   // NOLINT
+  /// An additive mask (implicit, so a Tensor<T> passes as a mask).
+  AttentionMask(Tensor<T> mask) : additive_(std::move(mask)), kind_(Kind::additive) {}  // NOLINT
 
+  /// Whether a mask is set.
   bool defined() const { return kind_ != Kind::none; }
+  /// Whether the mask is boolean (else additive).
   bool is_bool() const { return kind_ == Kind::boolean; }
+  /// The mask's shape.
   const Shape& shape() const { return is_bool() ? boolean_.shape() : additive_.shape(); }
+  /// The boolean mask (empty unless is_bool()).
   const Tensor<bool>& boolean() const { return boolean_; }
+  /// The additive mask (empty unless an additive mask is set).
   const Tensor<T>& additive() const { return additive_; }
 
  private:
@@ -64,13 +72,17 @@ class AttentionMask {
   Kind kind_ = Kind::none;
 };
 
+/// The optional arguments of scaled_dot_product_attention, under PyTorch's names.
 template <class T>
 struct AttentionOptions {
+  /// A boolean (true = take part) or additive mask broadcasting to [..., L, S].
   AttentionMask<T> attn_mask{};
+  /// Dropout probability on the attention weights (0: none).
   double dropout_p = 0.0;
+  /// Let query i attend only to keys j <= i.
   bool is_causal = false;
-  std::optional<double> scale{};   // default 1/sqrt(E)
-  Generator* generator = nullptr;  // draws the dropout seeds; needed when dropout_p > 0
+  std::optional<double> scale{};   ///< default 1/sqrt(E)
+  Generator* generator = nullptr;  ///< draws the dropout seeds; needed when dropout_p > 0
 };
 
 namespace detail {
@@ -437,6 +449,9 @@ Tensor<T> attention_weights(const Var<T>& out) {
 
 }  // namespace detail
 
+/// softmax(scale · q kᵀ + mask) v as one op: q [..., L, E], k [..., S, E], v [..., S, Ev] -> [...,
+/// L, Ev] (equations and backward in the file's description). Mismatched shapes throw ShapeError;
+/// dropout_p outside [0, 1) or without a generator throws ValueError.
 template <class T>
 Var<T> scaled_dot_product_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v,
                                     const AttentionOptions<T>& options = {}) {

@@ -1,20 +1,21 @@
 #pragma once
-// Helpers for ops (namespace tapegrad::detail): NumPy/PyTorch broadcasting of two shapes, the
-// iteration over a broadcast result, the reduction of a gradient back to an operand's shape, and
-// the normalisation of a dim argument.
-//
-// Broadcasting (https://numpy.org/doc/stable/user/basics.broadcasting.html, torch "Broadcasting
-// semantics"): shapes are aligned at their last dim; two sizes fit when they are equal or one of
-// them is 1; a missing leading dim counts as 1. The result takes the larger size of each pair.
-// The gradient of an operand is the output gradient summed over the dims where the operand was
-// broadcast, for either operand (also the first) and for both at once ([3,1] + [1,4]).
-//
-// Iteration: a BroadcastPlan removes dims of size 1 and merges neighbouring dims that both
-// operands walk alike, so the work is a few long rows. In each row the output is contiguous and
-// each operand is either contiguous too (a "row" operand) or one repeated element. Hence the
-// common cases are single vectorised Eigen expressions: a scalar operand gives one row with a
-// repeated element; [..,N] with [N] gives rows of N over which the [N] operand is contiguous; a
-// per-channel [C,1,1] against [N,C,H,W] gives rows of H*W with one repeated element.
+/// \file
+/// Helpers for ops (namespace tapegrad::detail): NumPy/PyTorch broadcasting of two shapes, the
+/// iteration over a broadcast result, the reduction of a gradient back to an operand's shape, and
+/// the normalisation of a dim argument.
+///
+/// Broadcasting (https://numpy.org/doc/stable/user/basics.broadcasting.html, torch "Broadcasting
+/// semantics"): shapes are aligned at their last dim; two sizes fit when they are equal or one of
+/// them is 1; a missing leading dim counts as 1. The result takes the larger size of each pair.
+/// The gradient of an operand is the output gradient summed over the dims where the operand was
+/// broadcast, for either operand (also the first) and for both at once ([3,1] + [1,4]).
+///
+/// Iteration: a BroadcastPlan removes dims of size 1 and merges neighbouring dims that both
+/// operands walk alike, so the work is a few long rows. In each row the output is contiguous and
+/// each operand is either contiguous too (a "row" operand) or one repeated element. Hence the
+/// common cases are single vectorised Eigen expressions: a scalar operand gives one row with a
+/// repeated element; [..,N] with [N] gives rows of N over which the [N] operand is contiguous; a
+/// per-channel [C,1,1] against [N,C,H,W] gives rows of H*W with one repeated element.
 
 #include <Eigen/Core>
 #include <array>

@@ -1,24 +1,25 @@
 #pragma once
-// checkpoint(segment, inputs...): activation checkpointing (gradient checkpointing; Chen et al.
-// 2016, "Training Deep Nets with Sublinear Memory Cost"; torch.utils.checkpoint). The segment
-// runs without keeping its intermediate values: forward runs it on the tape's scratch tape
-// with gradients off and keeps only its output; backward runs it again there with gradients
-// on, from the same inputs, and sends the output's gradient back through it into the inputs
-// and into the parameters it uses. Memory falls from every value inside the segment to its
-// output, for one more forward pass of the segment.
-//
-//   auto y = tg::checkpoint([&](const tg::Var<float>& h) { return block(h); }, x);
-//
-// segment is called with the Vars it gets (on the scratch tape) and returns its output. It must
-// compute the same function when run again: a segment object with members
-//   void save_random(std::vector<int64_t>& ints) const;       // before the first run
-//   void restore_random(const std::vector<int64_t>& ints) const;  // before the second
-// keeps what its randomness depends on in the node's ints (nn::checkpoint does that for the
-// Dropout layers of a module). During the second run detail::recomputing is true, so that
-// BatchNorm updates its running statistics once per step, not twice (a flaw of PyTorch's
-// checkpoint). The gradients equal those of the unchecked run bit for bit (the
-// same ops run in the same order). The segment is copied onto the node until the tape is
-// cleared: one of pointer size or two is stored without allocation.
+/// \file
+/// checkpoint(segment, inputs...): activation checkpointing (gradient checkpointing; Chen et al.
+/// 2016, "Training Deep Nets with Sublinear Memory Cost"; torch.utils.checkpoint). The segment
+/// runs without keeping its intermediate values: forward runs it on the tape's scratch tape
+/// with gradients off and keeps only its output; backward runs it again there with gradients
+/// on, from the same inputs, and sends the output's gradient back through it into the inputs
+/// and into the parameters it uses. Memory falls from every value inside the segment to its
+/// output, for one more forward pass of the segment.
+///
+///   auto y = tg::checkpoint([&](const tg::Var<float>& h) { return block(h); }, x);
+///
+/// segment is called with the Vars it gets (on the scratch tape) and returns its output. It must
+/// compute the same function when run again: a segment object with members
+///   void save_random(std::vector<int64_t>& ints) const;       // before the first run
+///   void restore_random(const std::vector<int64_t>& ints) const;  // before the second
+/// keeps what its randomness depends on in the node's ints (nn::checkpoint does that for the
+/// Dropout layers of a module). During the second run detail::recomputing is true, so that
+/// BatchNorm updates its running statistics once per step, not twice (a flaw of PyTorch's
+/// checkpoint). The gradients equal those of the unchecked run bit for bit (the
+/// same ops run in the same order). The segment is copied onto the node until the tape is
+/// cleared: one of pointer size or two is stored without allocation.
 
 #include <array>
 #include <cstdint>
@@ -44,6 +45,9 @@ Var<T> run_segment(Tape<T>& scratch, const F& segment, const std::array<const Te
 
 }  // namespace detail
 
+/// segment(x, more...) as an activation checkpoint: its intermediate values are not kept, it runs
+/// again in backward (see the file's description). Returns segment's output; its gradients equal
+/// those of the unchecked call.
 template <class T, class F, class... V>
 Var<T> checkpoint(F segment, const Var<T>& x, const V&... more) {
   constexpr size_t N = 1 + sizeof...(V);

@@ -1,43 +1,44 @@
 #pragma once
-// conv2d: 2-D cross-correlation of NCHW images, as torch.nn.functional.conv2d (groups = 1):
-//
-//   y[n,o,p,q] = b[o] + Σ_{c,i,j} w[o,c,i,j] · x[n, c, p·sh − ph + i·dh, q·sw − pw + j·dw]
-//
-// with x read as 0 outside the image (zero padding) and no kernel flip. Shapes:
-// x [N,C,H,W], w [O,C,kh,kw], b [O] (optional), y [N,O,OH,OW] with
-//   OH = floor((H + 2·ph − dh·(kh − 1) − 1) / sh) + 1,  OW likewise.
-//
-// Kernels larger than 1x1 run on a zero-padded copy of each image with the kernels of
-// ops/conv_kernels.hpp: no column matrix, no GEMM packing (at stride 1 only when the padding is
-// at most the dilated kernel's extent minus one: 3x3 pad 1, 5x5 pad 2, ...). A strided
-// convolution first splits the padded image into sh·sw phase planes (rows a, a + sh, ...,
-// columns b, b + sw, ...), where every tap again reads one contiguous run. Backward, a few
-// images at a time:
-//   dW += Σ_positions dy · (the planes shifted by each tap),   db = Σ dy,
-//   dx: at stride 1 the same forward kernel on dy padded by dh·(kh−1)−ph, dw·(kw−1)−pw with the
-//       kernel flipped and its in/out channels swapped (a stride-1 transposed convolution is a
-//       convolution); strided, the same per phase plane of dx with that phase's taps. Nothing
-//       is scattered through a column matrix.
-// Measured (float, 1 thread, batch 64, AVX-512; forward / backward ms, min of 22 steps, best of
-// 6 runs) against im2col + per-image Eigen GEMMs: 3x3 pad 1 16->16 at 28x28 2.2 / 4.9 against
-// 7.4 / 10.0; 32->32 at 14x14 2.0 / 4.4 against 4.9 / 7.2; 1->16 at 28x28 (no dx) 0.32 / 0.72
-// against 0.42 / 0.85; 3x3 stride 2 pad 1 16->32 from 28x28 1.5 / 3.7 against 3.1 / 3.8.
-// The column matrices of the whole batch (29 MB per 16-channel layer here) are not kept for
-// backward: the scratch is a few padded images per thread.
-//
-// 1x1 kernels and stride-1 convolutions with larger padding use im2col + GEMM per image: col_n
-// [C·kh·kw, OH·OW] holds the receptive field of every output position, so y_n [O, OH·OW] =
-// W [O, C·kh·kw] · col_n lands directly in NCHW order (no transpose of the output). The columns
-// of the whole batch stay in the node's saved(0) for the weight gradient; backward:
-//   dW = Σ_n dy_n · col_nᵀ,   db = Σ_{n,p,q} dy,   dx_n = col2im(Wᵀ · dy_n)
-// (col2im adds each column entry back to the pixel it was read from). Images run in parallel
-// (OpenMP) when the work is large; each thread has its own dW/db partial sums and scratch
-// buffers (saved(2), saved(1)), all reused across steps. 1x1 kernels with stride 1 and no
-// padding skip im2col: the image itself is the column matrix.
-// Measured (float, 1 thread, 3x3 pad 1, batch 64; forward / backward ms): per-image GEMMs
-// 0.7/1.8 (1->16 ch, 28x28), 8.9/14.5 (16->16), 6.3/10.2 (32->32, 14x14) against 1.0/1.7,
-// 12.5/22.2, 10.5/16.4 for one GEMM over the batch ([O, C·kh·kw] x [C·kh·kw, N·OH·OW]),
-// which also needs transposed copies of y and dy and a batch-sized dcol buffer.
+/// \file
+/// conv2d: 2-D cross-correlation of NCHW images, as torch.nn.functional.conv2d (groups = 1):
+///
+///   y[n,o,p,q] = b[o] + Σ_{c,i,j} w[o,c,i,j] · x[n, c, p·sh − ph + i·dh, q·sw − pw + j·dw]
+///
+/// with x read as 0 outside the image (zero padding) and no kernel flip. Shapes:
+/// x [N,C,H,W], w [O,C,kh,kw], b [O] (optional), y [N,O,OH,OW] with
+///   OH = floor((H + 2·ph − dh·(kh − 1) − 1) / sh) + 1,  OW likewise.
+///
+/// Kernels larger than 1x1 run on a zero-padded copy of each image with the kernels of
+/// ops/conv_kernels.hpp: no column matrix, no GEMM packing (at stride 1 only when the padding is
+/// at most the dilated kernel's extent minus one: 3x3 pad 1, 5x5 pad 2, ...). A strided
+/// convolution first splits the padded image into sh·sw phase planes (rows a, a + sh, ...,
+/// columns b, b + sw, ...), where every tap again reads one contiguous run. Backward, a few
+/// images at a time:
+///   dW += Σ_positions dy · (the planes shifted by each tap),   db = Σ dy,
+///   dx: at stride 1 the same forward kernel on dy padded by dh·(kh−1)−ph, dw·(kw−1)−pw with the
+///       kernel flipped and its in/out channels swapped (a stride-1 transposed convolution is a
+///       convolution); strided, the same per phase plane of dx with that phase's taps. Nothing
+///       is scattered through a column matrix.
+/// Measured (float, 1 thread, batch 64, AVX-512; forward / backward ms, min of 22 steps, best of
+/// 6 runs) against im2col + per-image Eigen GEMMs: 3x3 pad 1 16->16 at 28x28 2.2 / 4.9 against
+/// 7.4 / 10.0; 32->32 at 14x14 2.0 / 4.4 against 4.9 / 7.2; 1->16 at 28x28 (no dx) 0.32 / 0.72
+/// against 0.42 / 0.85; 3x3 stride 2 pad 1 16->32 from 28x28 1.5 / 3.7 against 3.1 / 3.8.
+/// The column matrices of the whole batch (29 MB per 16-channel layer here) are not kept for
+/// backward: the scratch is a few padded images per thread.
+///
+/// 1x1 kernels and stride-1 convolutions with larger padding use im2col + GEMM per image: col_n
+/// [C·kh·kw, OH·OW] holds the receptive field of every output position, so y_n [O, OH·OW] =
+/// W [O, C·kh·kw] · col_n lands directly in NCHW order (no transpose of the output). The columns
+/// of the whole batch stay in the node's saved(0) for the weight gradient; backward:
+///   dW = Σ_n dy_n · col_nᵀ,   db = Σ_{n,p,q} dy,   dx_n = col2im(Wᵀ · dy_n)
+/// (col2im adds each column entry back to the pixel it was read from). Images run in parallel
+/// (OpenMP) when the work is large; each thread has its own dW/db partial sums and scratch
+/// buffers (saved(2), saved(1)), all reused across steps. 1x1 kernels with stride 1 and no
+/// padding skip im2col: the image itself is the column matrix.
+/// Measured (float, 1 thread, 3x3 pad 1, batch 64; forward / backward ms): per-image GEMMs
+/// 0.7/1.8 (1->16 ch, 28x28), 8.9/14.5 (16->16), 6.3/10.2 (32->32, 14x14) against 1.0/1.7,
+/// 12.5/22.2, 10.5/16.4 for one GEMM over the batch ([O, C·kh·kw] x [C·kh·kw, N·OH·OW]),
+/// which also needs transposed copies of y and dy and a batch-sized dcol buffer.
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -419,8 +420,8 @@ void conv2d_shifted_backward_images(const Conv2dGeometry& g, const ConvShiftedSc
 
 }  // namespace detail
 
-// y = conv2d(x, w, b) with per-dimension stride, zero padding and dilation (see the top of this
-// file). Pass an empty Var (`{}`) as b for no bias, or use the overload without b.
+/// y = conv2d(x, w, b) with per-dimension stride, zero padding and dilation (see the top of this
+/// file). Pass an empty Var (`{}`) as b for no bias, or use the overload without b.
 template <class T>
 Var<T> conv2d(const Var<T>& x, const Var<T>& w, const Var<T>& b, Size2 stride = 1,
               Size2 padding = 0, Size2 dilation = 1) {
@@ -493,7 +494,7 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& w, const Var<T>& b, Size2 stride = 
   return y;
 }
 
-// conv2d without bias.
+/// conv2d without bias.
 template <class T>
 Var<T> conv2d(const Var<T>& x, const Var<T>& w, Size2 stride = 1, Size2 padding = 0,
               Size2 dilation = 1) {

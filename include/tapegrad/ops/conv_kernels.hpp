@@ -1,24 +1,25 @@
 #pragma once
-// Kernels of the stride-1 convolution in ops/conv.hpp: a convolution computed on a zero-padded
-// copy of the image, without im2col and without GEMM packing.
-//
-// Padded image xp [C, Hp, Wp] (Hp = H + 2·ph, Wp = W + 2·pw), flattened. An output position
-// (p, q) is m = p·Wp + q in "padded-row" numbering; tap k = (c, i, j) reads
-//   xp[off_k + m],  off_k = c·Hp·Wp + i·dh·Wp + j·dw,
-// so for every tap the inputs of all positions form one contiguous run: the column matrix of
-// im2col is never built, its row k is xp shifted by off_k. Positions with q ≥ OW ("wrap"
-// columns, (kw−1)·dw per row) are computed and dropped by the caller (forward), or given a zero
-// gradient (weight gradient). The caller pads the buffers so that every kernel reads and
-// writes whole blocks (see shifted_slack()).
-//
-//   shifted_conv:   out[oc, m] = Σ_k wt[k, oc] · in[off_k + m]        (forward; also dx, as a
-//                   convolution of the padded dy with the flipped kernel)
-//   shifted_wgrad:  dw[o, k] += Σ_m g[o, m] · in[off_k + m]           (weight gradient)
-//
-// Both keep a block of outputs in registers (Eigen packets: SSE, AVX or AVX-512, whatever the
-// build targets) across the whole reduction, so each loaded value feeds several FMAs. A dropped
-// wrap column's weight-gradient term is 0·x: exact for finite x (a NaN or inf in x can turn a
-// neighbouring tap's gradient into NaN, where the loss is NaN anyway).
+/// \file
+/// Kernels of the stride-1 convolution in ops/conv.hpp: a convolution computed on a zero-padded
+/// copy of the image, without im2col and without GEMM packing.
+///
+/// Padded image xp [C, Hp, Wp] (Hp = H + 2·ph, Wp = W + 2·pw), flattened. An output position
+/// (p, q) is m = p·Wp + q in "padded-row" numbering; tap k = (c, i, j) reads
+///   xp[off_k + m],  off_k = c·Hp·Wp + i·dh·Wp + j·dw,
+/// so for every tap the inputs of all positions form one contiguous run: the column matrix of
+/// im2col is never built, its row k is xp shifted by off_k. Positions with q ≥ OW ("wrap"
+/// columns, (kw−1)·dw per row) are computed and dropped by the caller (forward), or given a zero
+/// gradient (weight gradient). The caller pads the buffers so that every kernel reads and
+/// writes whole blocks (see shifted_slack()).
+///
+///   shifted_conv:   out[oc, m] = Σ_k wt[k, oc] · in[off_k + m]        (forward; also dx, as a
+///                   convolution of the padded dy with the flipped kernel)
+///   shifted_wgrad:  dw[o, k] += Σ_m g[o, m] · in[off_k + m]           (weight gradient)
+///
+/// Both keep a block of outputs in registers (Eigen packets: SSE, AVX or AVX-512, whatever the
+/// build targets) across the whole reduction, so each loaded value feeds several FMAs. A dropped
+/// wrap column's weight-gradient term is 0·x: exact for finite x (a NaN or inf in x can turn a
+/// neighbouring tap's gradient into NaN, where the loss is NaN anyway).
 
 #include <Eigen/Core>
 #include <algorithm>

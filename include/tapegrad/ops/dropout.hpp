@@ -1,10 +1,11 @@
 #pragma once
-// dropout: inverted dropout, as torch.nn.functional.dropout (Srivastava et al. 2014):
-//   train: y = x ⊙ m / (1 − p),  m_i ~ Bernoulli(1 − p) drawn from the given Generator;
-//          dx = dy ⊙ m / (1 − p)
-//   eval (training = false) or p = 0: y = x (the input Var itself, no node recorded).
-// p must lie in [0, 1) (ValueError otherwise). The scaled mask m / (1 − p) is kept in the
-// node's saved(0), reused across steps.
+/// \file
+/// dropout: inverted dropout, as torch.nn.functional.dropout (Srivastava et al. 2014):
+///   train: y = x ⊙ m / (1 − p),  m_i ~ Bernoulli(1 − p) drawn from the given Generator;
+///          dx = dy ⊙ m / (1 − p)
+///   eval (training = false) or p = 0: y = x (the input Var itself, no node recorded).
+/// p must lie in [0, 1) (ValueError otherwise). The scaled mask m / (1 − p) is kept in the
+/// node's saved(0), reused across steps.
 
 #include "tapegrad/tape.hpp"
 
@@ -17,6 +18,8 @@ inline void check_dropout_p(const char* who, double p) {
 }
 }  // namespace detail
 
+/// Inverted dropout: y = x ⊙ m / (1 − p), m_i ~ Bernoulli(1 − p) from gen, when training and p > 0;
+/// else x itself. Any shape; p outside [0, 1) throws ValueError.
 template <class T>
 Var<T> dropout(const Var<T>& x, double p, bool training, Generator& gen) {
   detail::check_dropout_p("dropout", p);

@@ -1,21 +1,22 @@
 #pragma once
-// Elementwise ops: operators + - * / with broadcasting, unary -, and exp, log, sqrt, pow, abs,
-// clamp, square. Each forward is an Eigen array expression with its backward right beside it.
-//
-// Operands: (Var, Var), (Var, Tensor) and (Tensor, Var) (the Tensor enters the tape as a
-// constant), and (Var, scalar) / (scalar, Var) (the scalar is kept in the node: no extra node).
-// Shapes broadcast as in PyTorch (see ops/broadcast.hpp); a broadcast operand's gradient is
-// summed over the dims it was broadcast along.
-//
-// Derivatives (PyTorch tools/autograd/derivatives.yaml):
-//   a + b: (g, g)       a - b: (g, -g)      a * b: (g b, g a)      a / b: (g / b, -g a / b^2)
-//   exp: g exp(x)       log: g / x          sqrt: g / (2 sqrt(x))  square: 2 x g
-//   pow(x, p): g p x^(p-1), and 0 when p == 0 (PyTorch masks it, so 0^-1 gives no NaN)
-//   abs: g sign(x), with sign(0) = 0
-//   clamp(x, lo, hi) = min(max(x, lo), hi): g where lo <= x <= hi (bounds included), else 0
-//
-// These are free functions in namespace tapegrad found by argument-dependent lookup. Inside
-// namespace tapegrad, call the std:: versions of exp, log, sqrt, pow, abs explicitly.
+/// \file
+/// Elementwise ops: operators + - * / with broadcasting, unary -, and exp, log, sqrt, pow, abs,
+/// clamp, square. Each forward is an Eigen array expression with its backward right beside it.
+///
+/// Operands: (Var, Var), (Var, Tensor) and (Tensor, Var) (the Tensor enters the tape as a
+/// constant), and (Var, scalar) / (scalar, Var) (the scalar is kept in the node: no extra node).
+/// Shapes broadcast as in PyTorch (see ops/broadcast.hpp); a broadcast operand's gradient is
+/// summed over the dims it was broadcast along.
+///
+/// Derivatives (PyTorch tools/autograd/derivatives.yaml):
+///   a + b: (g, g)       a - b: (g, -g)      a * b: (g b, g a)      a / b: (g / b, -g a / b^2)
+///   exp: g exp(x)       log: g / x          sqrt: g / (2 sqrt(x))  square: 2 x g
+///   pow(x, p): g p x^(p-1), and 0 when p == 0 (PyTorch masks it, so 0^-1 gives no NaN)
+///   abs: g sign(x), with sign(0) = 0
+///   clamp(x, lo, hi) = min(max(x, lo), hi): g where lo <= x <= hi (bounds included), else 0
+///
+/// These are free functions in namespace tapegrad found by argument-dependent lookup. Inside
+/// namespace tapegrad, call the std:: versions of exp, log, sqrt, pow, abs explicitly.
 
 #include <Eigen/Core>
 #include <cmath>
@@ -188,20 +189,23 @@ Var<T> rdiv_scalar(const Var<T>& x, T s) {  // s / x; d/dx = -s / x^2 = -y / x
 
 // ---- in place ----
 
-// a + b, written over a's buffer when that is safe (Tape::record_inplace: nothing has read a
-// and no backward needs it; a must not be read afterwards), else as a + b. The residual blocks
-// use it for their sums.
+/// a + b, written over a's buffer when that is safe (Tape::record_inplace: nothing has read a
+/// and no backward needs it; a must not be read afterwards), else as a + b. The residual blocks
+/// use it for their sums.
 template <class T>
 Var<T> add_(const Var<T>& a, const Var<T>& b) {
   return detail::binary<detail::AddOp>(a, b, true);
 }
 
 // ---- binary operators ----
-// S is the scalar type: std::type_identity_t keeps T deduced from the Var alone, so that
-// `x * 2` and `0.5f * x` work for Var<float> and Var<double>.
+/// S is the scalar type: std::type_identity_t keeps T deduced from the Var alone, so that
+/// `x * 2` and `0.5f * x` work for Var<float> and Var<double>.
 template <class T>
 using ScalarOf = std::type_identity_t<T>;
 
+///@{
+/// a + b, elementwise with broadcasting (ShapeError if the shapes do not broadcast); a Tensor
+/// operand enters as a constant, a scalar is added to every element.
 template <class T>
 Var<T> operator+(const Var<T>& a, const Var<T>& b) {
   return detail::binary<detail::AddOp>(a, b);
@@ -222,7 +226,11 @@ template <class T>
 Var<T> operator+(ScalarOf<T> s, const Var<T>& a) {
   return detail::add_scalar(a, s);
 }
+///@}
 
+///@{
+/// a − b, elementwise with broadcasting (ShapeError if the shapes do not broadcast); a Tensor
+/// operand enters as a constant.
 template <class T>
 Var<T> operator-(const Var<T>& a, const Var<T>& b) {
   return detail::binary<detail::SubOp>(a, b);
@@ -243,7 +251,11 @@ template <class T>
 Var<T> operator-(ScalarOf<T> s, const Var<T>& a) {
   return detail::rsub_scalar(a, s);
 }
+///@}
 
+///@{
+/// a · b, elementwise with broadcasting (ShapeError if the shapes do not broadcast); a Tensor
+/// operand enters as a constant.
 template <class T>
 Var<T> operator*(const Var<T>& a, const Var<T>& b) {
   return detail::binary<detail::MulOp>(a, b);
@@ -264,7 +276,11 @@ template <class T>
 Var<T> operator*(ScalarOf<T> s, const Var<T>& a) {
   return detail::mul_scalar(a, s);
 }
+///@}
 
+///@{
+/// a / b, elementwise with broadcasting (ShapeError if the shapes do not broadcast); a Tensor
+/// operand enters as a constant.
 template <class T>
 Var<T> operator/(const Var<T>& a, const Var<T>& b) {
   return detail::binary<detail::DivOp>(a, b);
@@ -285,10 +301,11 @@ template <class T>
 Var<T> operator/(ScalarOf<T> s, const Var<T>& a) {
   return detail::rdiv_scalar(a, s);
 }
+///@}
 
 // ---- unary functions ----
 
-// -x
+/// -x
 template <class T>
 Var<T> operator-(const Var<T>& x) {
   const Shape shape = x.shape();
@@ -299,7 +316,7 @@ Var<T> operator-(const Var<T>& x) {
   return y;
 }
 
-// e^x; d = g e^x = g y
+/// e^x; d = g e^x = g y
 template <class T>
 Var<T> exp(const Var<T>& x) {
   const Shape shape = x.shape();
@@ -311,7 +328,7 @@ Var<T> exp(const Var<T>& x) {
   return y;
 }
 
-// natural logarithm; d = g / x
+/// natural logarithm; d = g / x
 template <class T>
 Var<T> log(const Var<T>& x) {
   const Shape shape = x.shape();
@@ -323,7 +340,7 @@ Var<T> log(const Var<T>& x) {
   return y;
 }
 
-// square root; d = g / (2 y)
+/// square root; d = g / (2 y)
 template <class T>
 Var<T> sqrt(const Var<T>& x) {
   const Shape shape = x.shape();
@@ -335,7 +352,7 @@ Var<T> sqrt(const Var<T>& x) {
   return y;
 }
 
-// x^p for a fixed exponent p; d = g p x^(p-1), and 0 for p == 0 (torch.pow's backward)
+/// x^p for a fixed exponent p; d = g p x^(p-1), and 0 for p == 0 (torch.pow's backward)
 template <class T>
 Var<T> pow(const Var<T>& x, double p) {
   const Shape shape = x.shape();
@@ -359,7 +376,7 @@ Var<T> pow(const Var<T>& x, double p) {
   return y;
 }
 
-// |x|; d = g sign(x), sign(0) = 0
+/// |x|; d = g sign(x), sign(0) = 0
 template <class T>
 Var<T> abs(const Var<T>& x) {
   const Shape shape = x.shape();
@@ -371,7 +388,7 @@ Var<T> abs(const Var<T>& x) {
   return y;
 }
 
-// x^2; d = 2 x g
+/// x^2; d = 2 x g
 template <class T>
 Var<T> square(const Var<T>& x) {
   const Shape shape = x.shape();
@@ -383,8 +400,8 @@ Var<T> square(const Var<T>& x) {
   return y;
 }
 
-// min(max(x, lo), hi), as torch.clamp: when lo > hi every element becomes hi; NaN stays NaN.
-// The gradient passes where lo <= x <= hi, the bounds included (torch's clamp_backward).
+/// min(max(x, lo), hi), as torch.clamp: when lo > hi every element becomes hi; NaN stays NaN.
+/// The gradient passes where lo <= x <= hi, the bounds included (torch's clamp_backward).
 template <class T>
 Var<T> clamp(const Var<T>& x, ScalarOf<T> lo, ScalarOf<T> hi) {
   const Shape shape = x.shape();

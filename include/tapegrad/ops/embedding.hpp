@@ -1,16 +1,17 @@
 #pragma once
-// embedding(indices, weight, padding_idx): torch.nn.functional.embedding. Row indices[i] of
-// weight [num_embeddings, embedding_dim] for every index: the output has the indices' shape
-// plus a last dim of embedding_dim.
-//   forward:  y[i, :] = weight[indices[i], :]
-//   backward: dweight[r, :] += sum over {i : indices[i] = r} of g[i, :]  (a scatter-add: an index
-//             used twice gets both gradients), except r = padding_idx, which gets none (PyTorch:
-//             "the entries at padding_idx do not contribute to the gradient").
-// Indices come as a Tensor<int64_t> (torch's LongTensor), or as a Var<T> holding whole numbers so
-// that an nn::Embedding can sit in a Sequential, whose modules take Vars; such values are rounded
-// to the nearest integer, and one farther than 1e-3 from an integer is a ValueError. Indices carry
-// no gradient. An index outside [0, num_embeddings) is a ValueError naming it.
-// The indices are copied into the node's ints (capacity kept by the tape: no allocation per step).
+/// \file
+/// embedding(indices, weight, padding_idx): torch.nn.functional.embedding. Row indices[i] of
+/// weight [num_embeddings, embedding_dim] for every index: the output has the indices' shape
+/// plus a last dim of embedding_dim.
+///   forward:  y[i, :] = weight[indices[i], :]
+///   backward: dweight[r, :] += sum over {i : indices[i] = r} of g[i, :]  (a scatter-add: an index
+///             used twice gets both gradients), except r = padding_idx, which gets none (PyTorch:
+///             "the entries at padding_idx do not contribute to the gradient").
+/// Indices come as a Tensor<int64_t> (torch's LongTensor), or as a Var<T> holding whole numbers so
+/// that an nn::Embedding can sit in a Sequential, whose modules take Vars; such values are rounded
+/// to the nearest integer, and one farther than 1e-3 from an integer is a ValueError. Indices carry
+/// no gradient. An index outside [0, num_embeddings) is a ValueError naming it.
+/// The indices are copied into the node's ints (capacity kept by the tape: no allocation per step).
 
 #include <cmath>
 #include <cstdint>
@@ -84,6 +85,10 @@ Var<T> embedding_impl(Shape index_shape, const Var<T>& weight, std::optional<int
 
 }  // namespace detail
 
+///@{
+/// The rows of weight [num_embeddings, D] for indices of any shape: output indices.shape + [D]. The
+/// row padding_idx gets no gradient; an index out of range throws ValueError. Indices as a
+/// Tensor<int64_t>, or a Var of whole numbers.
 template <class T>
 Var<T> embedding(const Tensor<int64_t>& indices, const Var<T>& weight,
                  std::optional<int64_t> padding_idx = std::nullopt) {
@@ -111,5 +116,6 @@ Var<T> embedding(const Var<T>& indices, const Var<T>& weight,
     }
   });
 }
+///@}
 
 }  // namespace tapegrad

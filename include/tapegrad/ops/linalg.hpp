@@ -1,20 +1,21 @@
 #pragma once
-// Matrix products: matmul, transpose, and linear (the fused op behind nn::Dense).
-//
-//   matmul(a, b):     torch.matmul: [M,K] x [K,N] -> [M,N]; [..,M,K] x [K,N] folded into one
-//                     GEMM; [..,M,K] x [..,K,N] with broadcast batch dims; 1-D operands.
-//                     da = g b^T, db = a^T g.
-//   transpose(x):     [M,N] -> [N,M]; dx = g^T.
-//   linear(x, w, b):  y = x w^T + b as torch.nn.functional.linear: x [*, in] (leading dims
-//                     folded into rows), w [out, in], b [out] -> y [*, out].
-//                     dx = g w, dw += g^T x, db += column sums of g.
-//
-// linear is one op, not matmul + transpose + add: one GEMM whose output starts from the bias
-// (Eigen's GEMM zero-fills its destination before accumulating, so starting from b instead
-// costs nothing), and in backward two GEMMs that write straight into the gradients (a
-// parameter's gradient accumulates in place) plus one vectorised column sum.
-// Every GEMM goes through detail::gemm (gemm.hpp): Eigen's, split by rows among the threads
-// above a size threshold (tapegrad::set_num_threads).
+/// \file
+/// Matrix products: matmul, transpose, and linear (the fused op behind nn::Dense).
+///
+///   matmul(a, b):     torch.matmul: [M,K] x [K,N] -> [M,N]; [..,M,K] x [K,N] folded into one
+///                     GEMM; [..,M,K] x [..,K,N] with broadcast batch dims; 1-D operands.
+///                     da = g b^T, db = a^T g.
+///   transpose(x):     [M,N] -> [N,M]; dx = g^T.
+///   linear(x, w, b):  y = x w^T + b as torch.nn.functional.linear: x [*, in] (leading dims
+///                     folded into rows), w [out, in], b [out] -> y [*, out].
+///                     dx = g w, dw += g^T x, db += column sums of g.
+///
+/// linear is one op, not matmul + transpose + add: one GEMM whose output starts from the bias
+/// (Eigen's GEMM zero-fills its destination before accumulating, so starting from b instead
+/// costs nothing), and in backward two GEMMs that write straight into the gradients (a
+/// parameter's gradient accumulates in place) plus one vectorised column sum.
+/// Every GEMM goes through detail::gemm (gemm.hpp): Eigen's, split by rows among the threads
+/// above a size threshold (tapegrad::set_num_threads).
 
 #include <Eigen/Core>
 #include <algorithm>
@@ -131,13 +132,13 @@ void matmul_batched_backward(OpContext<T>& c) {
 
 }  // namespace detail
 
-// matmul(a, b), as torch.matmul:
-//   [M,K] x [K,N] -> [M,N]; [.., M, K] x [K, N] -> [.., M, N] computed as one [rows, K] GEMM;
-//   [.., M, K] x [.., K, N] -> [.., M, N] with the batch dims broadcast (a [3,1,M,K] times a
-//   [4,K,N] gives [3,4,M,N]), one GEMM per batch, shared among the threads when there are many;
-//   a 1-D a is a row [1, K] and a 1-D b a column [K, 1], whose dim is dropped from the result
-//   (1-D x 1-D is the dot product, shape []).
-// da = g b^T, db = a^T g per batch, summed over the batches a broadcast operand served.
+/// matmul(a, b), as torch.matmul:
+///   [M,K] x [K,N] -> [M,N]; [.., M, K] x [K, N] -> [.., M, N] computed as one [rows, K] GEMM;
+///   [.., M, K] x [.., K, N] -> [.., M, N] with the batch dims broadcast (a [3,1,M,K] times a
+///   [4,K,N] gives [3,4,M,N]), one GEMM per batch, shared among the threads when there are many;
+///   a 1-D a is a row [1, K] and a 1-D b a column [K, 1], whose dim is dropped from the result
+///   (1-D x 1-D is the dot product, shape []).
+/// da = g b^T, db = a^T g per batch, summed over the batches a broadcast operand served.
 template <class T>
 Var<T> matmul(const Var<T>& a, const Var<T>& b) {
   const Shape sa = a.shape(), sb = b.shape();
@@ -191,6 +192,7 @@ Var<T> matmul(const Var<T>& a, const Var<T>& b) {
   return y;
 }
 
+/// The transpose of a 2-D x, [m, n] -> [n, m] (x.t()); ShapeError for other ranks.
 template <class T>
 Var<T> transpose(const Var<T>& x) {
   const Shape s = x.shape();
@@ -236,7 +238,7 @@ void linear_backward(OpContext<T>& c) {
 }
 }  // namespace detail
 
-// y = x w^T + b (torch.nn.functional.linear).
+/// y = x w^T + b (torch.nn.functional.linear).
 template <class T>
 Var<T> linear(const Var<T>& x, const Var<T>& w, const Var<T>& b) {
   const Shape sx = x.shape(), sw = w.shape(), sb = b.shape();
@@ -249,7 +251,7 @@ Var<T> linear(const Var<T>& x, const Var<T>& w, const Var<T>& b) {
   return y;
 }
 
-// y = x w^T (torch.nn.functional.linear without bias).
+/// y = x w^T (torch.nn.functional.linear without bias).
 template <class T>
 Var<T> linear(const Var<T>& x, const Var<T>& w) {
   const Shape sx = x.shape(), sw = w.shape();

@@ -1,17 +1,18 @@
 #pragma once
-// Loss functions, as torch.nn.functional with reduction='mean'; each returns a scalar Var
-// (shape []).
-//
-//   mse_loss(pred, target)          mean_i (pred_i - target_i)^2
-//   cross_entropy(logits, labels)   mean_n [ logsumexp_c(logits_nc) - logits_n,label_n ]
-//   nll_loss(log_probs, labels)     mean_n [ -log_probs_n,label_n ]
-//   binary_cross_entropy_with_logits(x, t)
-//                                   mean_i [ max(x_i, 0) - x_i t_i + log(1 + exp(-|x_i|)) ]
-//
-// cross_entropy is one fused op (log-softmax and NLL together): its backward is
-// (softmax(logits) - onehot(labels)) / N, with the softmax kept from the forward pass.
-// Labels are class indices in [0, C); they are copied into the node's `ints` (whose capacity
-// the tape keeps), so a training step allocates nothing for them.
+/// \file
+/// Loss functions, as torch.nn.functional with reduction='mean'; each returns a scalar Var
+/// (shape []).
+///
+///   mse_loss(pred, target)          mean_i (pred_i - target_i)^2
+///   cross_entropy(logits, labels)   mean_n [ logsumexp_c(logits_nc) - logits_n,label_n ]
+///   nll_loss(log_probs, labels)     mean_n [ -log_probs_n,label_n ]
+///   binary_cross_entropy_with_logits(x, t)
+///                                   mean_i [ max(x_i, 0) - x_i t_i + log(1 + exp(-|x_i|)) ]
+///
+/// cross_entropy is one fused op (log-softmax and NLL together): its backward is
+/// (softmax(logits) - onehot(labels)) / N, with the softmax kept from the forward pass.
+/// Labels are class indices in [0, C); they are copied into the node's `ints` (whose capacity
+/// the tape keeps), so a training step allocates nothing for them.
 
 #include <cmath>
 #include <cstdint>
@@ -49,8 +50,8 @@ void check_class_labels(const char* op, const Var<T>& x, const std::vector<int64
 
 }  // namespace detail
 
-// mse_loss(pred, target) = mean((pred - target)^2) (torch.nn.MSELoss, reduction='mean');
-// d/dpred = 2 (pred - target) / n, d/dtarget = -d/dpred.
+/// mse_loss(pred, target) = mean((pred - target)^2) (torch.nn.MSELoss, reduction='mean');
+/// d/dpred = 2 (pred - target) / n, d/dtarget = -d/dpred.
 template <class T>
 Var<T> mse_loss(const Var<T>& pred, const Var<T>& target) {
   detail::check_same_shape("mse_loss", pred, target, "target");
@@ -65,15 +66,15 @@ Var<T> mse_loss(const Var<T>& pred, const Var<T>& target) {
   y.value()[0] = (p - t).square().sum() / T(p.size());
   return y;
 }
-// target as a plain tensor (no gradient), entered as a tape constant (no copy).
+/// target as a plain tensor (no gradient), entered as a tape constant (no copy).
 template <class T>
 Var<T> mse_loss(const Var<T>& pred, const Tensor<T>& target) {
   return mse_loss(pred, pred.tape().constant(target));
 }
 
-// cross_entropy(logits [N, C], labels) = mean_n [ m_n + log sum_c exp(x_nc - m_n) - x_n,y_n ],
-// m_n = max_c x_nc (torch.nn.CrossEntropyLoss with class indices, reduction='mean');
-// d/dlogits = (softmax(x) - onehot(y)) / N.
+/// cross_entropy(logits [N, C], labels) = mean_n [ m_n + log sum_c exp(x_nc - m_n) - x_n,y_n ],
+/// m_n = max_c x_nc (torch.nn.CrossEntropyLoss with class indices, reduction='mean');
+/// d/dlogits = (softmax(x) - onehot(y)) / N.
 template <class T>
 Var<T> cross_entropy(const Var<T>& logits, const std::vector<int64_t>& labels) {
   detail::check_class_labels("cross_entropy", logits, labels);
@@ -116,8 +117,8 @@ Var<T> cross_entropy(const Var<T>& logits, const std::vector<int64_t>& labels) {
   return y;
 }
 
-// nll_loss(log_probs [N, C], labels) = -mean_n log_probs_n,y_n (torch.nn.NLLLoss,
-// reduction='mean'); d/dlog_probs = -onehot(y) / N.
+/// nll_loss(log_probs [N, C], labels) = -mean_n log_probs_n,y_n (torch.nn.NLLLoss,
+/// reduction='mean'); d/dlog_probs = -onehot(y) / N.
 template <class T>
 Var<T> nll_loss(const Var<T>& log_probs, const std::vector<int64_t>& labels) {
   detail::check_class_labels("nll_loss", log_probs, labels);
@@ -141,10 +142,10 @@ Var<T> nll_loss(const Var<T>& log_probs, const std::vector<int64_t>& labels) {
   return y;
 }
 
-// binary_cross_entropy_with_logits(x, t) = mean[ max(x, 0) - x t + log(1 + exp(-|x|)) ]
-// (torch.nn.BCEWithLogitsLoss, reduction='mean'): the stable form of
-// -[t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))]; targets may be soft (any real t).
-// d/dx = (sigmoid(x) - t) / n, d/dt = -x / n.
+/// binary_cross_entropy_with_logits(x, t) = mean[ max(x, 0) - x t + log(1 + exp(-|x|)) ]
+/// (torch.nn.BCEWithLogitsLoss, reduction='mean'): the stable form of
+/// -[t log sigmoid(x) + (1 - t) log(1 - sigmoid(x))]; targets may be soft (any real t).
+/// d/dx = (sigmoid(x) - t) / n, d/dt = -x / n.
 template <class T>
 Var<T> binary_cross_entropy_with_logits(const Var<T>& logits, const Var<T>& targets) {
   detail::check_same_shape("binary_cross_entropy_with_logits", logits, targets, "targets");
@@ -166,6 +167,7 @@ Var<T> binary_cross_entropy_with_logits(const Var<T>& logits, const Var<T>& targ
   }
   return y;
 }
+/// The same with the targets given as a Tensor.
 template <class T>
 Var<T> binary_cross_entropy_with_logits(const Var<T>& logits, const Tensor<T>& targets) {
   return binary_cross_entropy_with_logits(logits, logits.tape().constant(targets));

@@ -1,17 +1,18 @@
 #pragma once
-// Masking, as in PyTorch's attention code:
-//   masked_fill(x, mask, value)   torch.Tensor.masked_fill: value where the boolean mask is true,
-//                                 x elsewhere; the mask broadcasts to x's shape (never the
-//                                 other way). dx = g where the mask is false, 0 where it is true.
-//   an additive float mask        x + mask, the broadcasting add of ops/elementwise.hpp: 0 keeps
-//                                 a score, -inf removes it (PyTorch's float attn_mask).
-// Then softmax (ops/activation.hpp) gives a row whose every score is -inf zeros, not NaN, and
-// no gradient: a query allowed to attend to nothing contributes nothing.
-//
-//   auto w = tg::softmax(tg::masked_fill(scores, causal, -INFINITY), -1);
-//
-// The fused attention op (ops/attention.hpp) applies the same masks inside its kernel without
-// building either tensor.
+/// \file
+/// Masking, as in PyTorch's attention code:
+///   masked_fill(x, mask, value)   torch.Tensor.masked_fill: value where the boolean mask is true,
+///                                 x elsewhere; the mask broadcasts to x's shape (never the
+///                                 other way). dx = g where the mask is false, 0 where it is true.
+///   an additive float mask        x + mask, the broadcasting add of ops/elementwise.hpp: 0 keeps
+///                                 a score, -inf removes it (PyTorch's float attn_mask).
+/// Then softmax (ops/activation.hpp) gives a row whose every score is -inf zeros, not NaN, and
+/// no gradient: a query allowed to attend to nothing contributes nothing.
+///
+///   auto w = tg::softmax(tg::masked_fill(scores, causal, -INFINITY), -1);
+///
+/// The fused attention op (ops/attention.hpp) applies the same masks inside its kernel without
+/// building either tensor.
 
 #include <cstdint>
 
@@ -20,6 +21,8 @@
 
 namespace tapegrad {
 
+/// value where mask is true, x elsewhere (torch.Tensor.masked_fill); mask broadcasts to x's shape
+/// (ShapeError otherwise). dx = g where the mask is false, 0 where true.
 template <class T>
 Var<T> masked_fill(const Var<T>& x, const Tensor<bool>& mask, T value) {
   const Shape xs = x.shape();

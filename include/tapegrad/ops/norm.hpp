@@ -1,36 +1,37 @@
 #pragma once
-// Fused normalisation ops: batch_norm and layer_norm, each a single tape node whose backward
-// is the closed form below (no chain of mean/sub/div nodes), in one or two passes per channel
-// or row. Mean and inverse standard deviation are kept in the node's saved buffers, which the
-// tape reuses step after step: no allocation in the steady state.
-//
-// batch_norm (torch.nn.functional.batch_norm; torch.nn.BatchNorm2d docs), x of shape [N,C,*]:
-//   per channel c over the n = N·H·W values (all dims but 1):
-//   train: μ = mean, σ²_B = biased variance (÷n), x̂ = (x − μ)/√(σ²_B + eps), y = γ·x̂ + β;
-//          running_mean ← (1 − m)·running_mean + m·μ,
-//          running_var  ← (1 − m)·running_var + m·σ²_B·n/(n − 1)   (unbiased),
-//          m = momentum, or 1/num_batches_tracked when momentum is nullopt (cumulative average);
-//          num_batches_tracked += 1.
-//   eval:  y = γ·(x − running_mean)/√(running_var + eps) + β.
-//   backward (train), dx̂ = dy·γ:
-//     dx = (1/n)·(1/√(σ²_B+eps))·(n·dx̂ − Σdx̂ − x̂·Σ(dx̂·x̂)); dγ = Σ dy·x̂; dβ = Σ dy.
-//   backward (eval): dx = dy·γ/√(running_var+eps).
-//
-// layer_norm (torch.nn.functional.layer_norm; torch.nn.LayerNorm docs): statistics over the
-//   last D = numel(normalized_shape) values of each row, biased variance; γ, β have
-//   normalized_shape; the backward is batch_norm's with n = D per row, dγ and dβ summed over
-//   the rows.
-//
-// Optional operands: an empty Var (`{}`) means no γ / no β; an empty Tensor (`Tensor<T>()`,
-// zero elements) means no running statistics / no batch counter.
-//
-// Batch statistics over several processes (distributed::SyncBatchNorm, torch.nn.SyncBatchNorm):
-// given a BatchStatsReducer, batch_norm in training takes n, μ and σ²_B over the union of every
-// process's batch: it sums the per-channel counts and Σx over the processes, then Σ(x − μ)²
-// (the same two passes as on one batch), and its backward sums Σdy and Σdy·(x − μ) the same way
-// before it computes dx, with n the global count. dγ and dβ stay the sums over this process's
-// batch (a data-parallel trainer averages them like any gradient). Every process must call it,
-// forward and backward, in the same order; the reducer must outlive the recording.
+/// \file
+/// Fused normalisation ops: batch_norm and layer_norm, each a single tape node whose backward
+/// is the closed form below (no chain of mean/sub/div nodes), in one or two passes per channel
+/// or row. Mean and inverse standard deviation are kept in the node's saved buffers, which the
+/// tape reuses step after step: no allocation in the steady state.
+///
+/// batch_norm (torch.nn.functional.batch_norm; torch.nn.BatchNorm2d docs), x of shape [N,C,*]:
+///   per channel c over the n = N·H·W values (all dims but 1):
+///   train: μ = mean, σ²_B = biased variance (÷n), x̂ = (x − μ)/√(σ²_B + eps), y = γ·x̂ + β;
+///          running_mean ← (1 − m)·running_mean + m·μ,
+///          running_var  ← (1 − m)·running_var + m·σ²_B·n/(n − 1)   (unbiased),
+///          m = momentum, or 1/num_batches_tracked when momentum is nullopt (cumulative average);
+///          num_batches_tracked += 1.
+///   eval:  y = γ·(x − running_mean)/√(running_var + eps) + β.
+///   backward (train), dx̂ = dy·γ:
+///     dx = (1/n)·(1/√(σ²_B+eps))·(n·dx̂ − Σdx̂ − x̂·Σ(dx̂·x̂)); dγ = Σ dy·x̂; dβ = Σ dy.
+///   backward (eval): dx = dy·γ/√(running_var+eps).
+///
+/// layer_norm (torch.nn.functional.layer_norm; torch.nn.LayerNorm docs): statistics over the
+///   last D = numel(normalized_shape) values of each row, biased variance; γ, β have
+///   normalized_shape; the backward is batch_norm's with n = D per row, dγ and dβ summed over
+///   the rows.
+///
+/// Optional operands: an empty Var (`{}`) means no γ / no β; an empty Tensor (`Tensor<T>()`,
+/// zero elements) means no running statistics / no batch counter.
+///
+/// Batch statistics over several processes (distributed::SyncBatchNorm, torch.nn.SyncBatchNorm):
+/// given a BatchStatsReducer, batch_norm in training takes n, μ and σ²_B over the union of every
+/// process's batch: it sums the per-channel counts and Σx over the processes, then Σ(x − μ)²
+/// (the same two passes as on one batch), and its backward sums Σdy and Σdy·(x − μ) the same way
+/// before it computes dx, with n the global count. dγ and dβ stay the sums over this process's
+/// batch (a data-parallel trainer averages them like any gradient). Every process must call it,
+/// forward and backward, in the same order; the reducer must outlive the recording.
 
 #include <algorithm>
 #include <cmath>
@@ -43,10 +44,10 @@
 
 namespace tapegrad {
 
-// Sums values over every process taking part in a synchronised batch_norm (see above).
+/// Sums values over every process taking part in a synchronised batch_norm (see above).
 class BatchStatsReducer {
  public:
-  // Replaces values[0..n) by their sums over the processes, identically on every process.
+  /// Replaces values[0..n) by their sums over the processes, identically on every process.
   virtual void sum(double* values, int64_t n) const = 0;
 
  protected:
@@ -306,13 +307,13 @@ void layer_norm_backward(OpContext<T>& c) {
 
 }  // namespace detail
 
-// Batch normalisation of x [N,C] or [N,C,H,W] (any rank >= 2: channels are dim 1).
-// gamma, beta: [C] or empty Vars (affine = false). running_mean, running_var: [C] tensors
-// updated in place when training (empty Tensors: no running statistics; then training must be
-// true). momentum: weight of the new batch, or nullopt for the cumulative average, which needs
-// num_batches_tracked (a one-element tensor, incremented on every training call). reducer: in
-// training, the statistics over several processes (see the top of this file); nullptr: this
-// batch alone.
+/// Batch normalisation of x [N,C] or [N,C,H,W] (any rank >= 2: channels are dim 1).
+/// gamma, beta: [C] or empty Vars (affine = false). running_mean, running_var: [C] tensors
+/// updated in place when training (empty Tensors: no running statistics; then training must be
+/// true). momentum: weight of the new batch, or nullopt for the cumulative average, which needs
+/// num_batches_tracked (a one-element tensor, incremented on every training call). reducer: in
+/// training, the statistics over several processes (see the top of this file); nullptr: this
+/// batch alone.
 template <class T>
 Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tensor<T> running_mean,
                   Tensor<T> running_var, bool training, std::optional<double> momentum = 0.1,
@@ -512,8 +513,8 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
   return out;
 }
 
-// Layer normalisation over the trailing dims of x given by normalized_shape (rank >= 1).
-// gamma, beta: of shape normalized_shape, or empty Vars (elementwise_affine = false).
+/// Layer normalisation over the trailing dims of x given by normalized_shape (rank >= 1).
+/// gamma, beta: of shape normalized_shape, or empty Vars (elementwise_affine = false).
 template <class T>
 Var<T> layer_norm(const Var<T>& x, const Shape& normalized_shape, const Var<T>& gamma = {},
                   const Var<T>& beta = {}, double eps = 1e-5) {

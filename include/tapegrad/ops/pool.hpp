@@ -1,21 +1,22 @@
 #pragma once
-// 2-D pooling over NCHW images, as torch.nn.functional.max_pool2d / avg_pool2d /
-// adaptive_avg_pool2d(x, 1):
-//
-//   max_pool2d: y[n,c,p,q] = max over the window rows p·sh − ph + [0, kh),
-//               columns q·sw − pw + [0, kw); padding counts as −inf.
-//   avg_pool2d: y = (sum of the window) / (kh·kw), padding counts as 0 and is counted in the
-//               divisor (PyTorch's default count_include_pad = true).
-//   global_avg_pool2d: y[n,c] = mean over all H·W pixels, shape [N,C].
-//
-// Output size (floor, ceil_mode = false): OH = floor((H + 2·ph − kh) / sh) + 1, OW likewise;
-// the stride defaults to the kernel size. Padding may be at most half the kernel (as PyTorch),
-// so every window holds at least one pixel.
-// Max pool gradient: each output's gradient goes to the first maximum of its window in
-// row-major order (PyTorch's rule; a NaN counts as the maximum), and overlapping windows add
-// up. The argmax of every output is kept in the node's ints for backward.
-// Planes (n, c) run in parallel (OpenMP) when the work is large: each plane's gradient is
-// written by one thread only.
+/// \file
+/// 2-D pooling over NCHW images, as torch.nn.functional.max_pool2d / avg_pool2d /
+/// adaptive_avg_pool2d(x, 1):
+///
+///   max_pool2d: y[n,c,p,q] = max over the window rows p·sh − ph + [0, kh),
+///               columns q·sw − pw + [0, kw); padding counts as −inf.
+///   avg_pool2d: y = (sum of the window) / (kh·kw), padding counts as 0 and is counted in the
+///               divisor (PyTorch's default count_include_pad = true).
+///   global_avg_pool2d: y[n,c] = mean over all H·W pixels, shape [N,C].
+///
+/// Output size (floor, ceil_mode = false): OH = floor((H + 2·ph − kh) / sh) + 1, OW likewise;
+/// the stride defaults to the kernel size. Padding may be at most half the kernel (as PyTorch),
+/// so every window holds at least one pixel.
+/// Max pool gradient: each output's gradient goes to the first maximum of its window in
+/// row-major order (PyTorch's rule; a NaN counts as the maximum), and overlapping windows add
+/// up. The argmax of every output is kept in the node's ints for backward.
+/// Planes (n, c) run in parallel (OpenMP) when the work is large: each plane's gradient is
+/// written by one thread only.
 
 #include <cmath>
 #include <cstdint>
@@ -88,7 +89,7 @@ inline Pool2dGeometry pool2d_geometry(const char* op, const Shape& x, Size2 kern
 
 }  // namespace detail
 
-// Max pooling; stride defaults to the kernel size.
+/// Max pooling; stride defaults to the kernel size.
 template <class T>
 Var<T> max_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = std::nullopt,
                   Size2 padding = 0) {
@@ -138,7 +139,7 @@ Var<T> max_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = s
   return y;
 }
 
-// Average pooling with count_include_pad = true; stride defaults to the kernel size.
+/// Average pooling with count_include_pad = true; stride defaults to the kernel size.
 template <class T>
 Var<T> avg_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = std::nullopt,
                   Size2 padding = 0) {
@@ -186,7 +187,7 @@ Var<T> avg_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = s
   return y;
 }
 
-// Mean over H and W of every plane: [N,C,H,W] -> [N,C] (adaptive_avg_pool2d(x, 1) flattened).
+/// Mean over H and W of every plane: [N,C,H,W] -> [N,C] (adaptive_avg_pool2d(x, 1) flattened).
 template <class T>
 Var<T> global_avg_pool2d(const Var<T>& x) {
   if (x.rank() != 4)

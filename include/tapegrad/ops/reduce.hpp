@@ -1,17 +1,18 @@
 #pragma once
-// Reductions, as torch.sum / torch.mean / torch.max(dim):
-//   sum(x)                      -> scalar (shape []);  dx = g everywhere
-//   sum(x, dim, keepdim=false)  -> x without dim (or with size 1 there); dx = g broadcast back
-//   mean(x), mean(x, dim, ...)  -> sum / count; dx = g / count (NaN for an empty reduction, as
-//                                  torch)
-//   max(x, dim, keepdim=false)  -> the largest value along dim; the whole gradient goes to the
-//                                  FIRST maximum in row-major order (NaN counts as the maximum,
-//                                  as torch.max propagates NaN)
-// dim may be negative (counted from the end). A 0-d tensor accepts dim 0 or -1, as in torch.
-//
-// Along dim, x is seen as [outer, size, inner] (row-major): the reduced value [o, i] collects
-// x[o, 0..size-1, i]. Rows are reduced with Eigen's vectorised row/column sums; the backward of
-// sum and mean is one replicate expression.
+/// \file
+/// Reductions, as torch.sum / torch.mean / torch.max(dim):
+///   sum(x)                      -> scalar (shape []);  dx = g everywhere
+///   sum(x, dim, keepdim=false)  -> x without dim (or with size 1 there); dx = g broadcast back
+///   mean(x), mean(x, dim, ...)  -> sum / count; dx = g / count (NaN for an empty reduction, as
+///                                  torch)
+///   max(x, dim, keepdim=false)  -> the largest value along dim; the whole gradient goes to the
+///                                  FIRST maximum in row-major order (NaN counts as the maximum,
+///                                  as torch.max propagates NaN)
+/// dim may be negative (counted from the end). A 0-d tensor accepts dim 0 or -1, as in torch.
+///
+/// Along dim, x is seen as [outer, size, inner] (row-major): the reduced value [o, i] collects
+/// x[o, 0..size-1, i]. Rows are reduced with Eigen's vectorised row/column sums; the backward of
+/// sum and mean is one replicate expression.
 
 #include <Eigen/Core>
 #include <cmath>
@@ -85,7 +86,7 @@ Var<T> reduce_dim(const char* op, const Var<T>& x, int64_t dim, bool keepdim, bo
 
 }  // namespace detail
 
-// Sum of all elements, a 0-d result.
+/// Sum of all elements, a 0-d result.
 template <class T>
 Var<T> sum(const Var<T>& x) {
   Var<T> y = x.tape().record(
@@ -99,7 +100,7 @@ Var<T> sum(const Var<T>& x) {
   return y;
 }
 
-// Mean of all elements, a 0-d result (NaN for an empty tensor, as torch).
+/// Mean of all elements, a 0-d result (NaN for an empty tensor, as torch).
 template <class T>
 Var<T> mean(const Var<T>& x) {
   Var<T> y = x.tape().record(
@@ -115,18 +116,22 @@ Var<T> mean(const Var<T>& x) {
   return y;
 }
 
+/// Sum along dim (negative counts from the end), keeping it as size 1 when keepdim; ShapeError if
+/// dim is out of range.
 template <class T>
 Var<T> sum(const Var<T>& x, int64_t dim, bool keepdim = false) {
   return detail::reduce_dim("sum", x, dim, keepdim, false);
 }
 
+/// Mean along dim (negative counts from the end), keeping it as size 1 when keepdim; ShapeError if
+/// dim is out of range.
 template <class T>
 Var<T> mean(const Var<T>& x, int64_t dim, bool keepdim = false) {
   return detail::reduce_dim("mean", x, dim, keepdim, true);
 }
 
-// Largest value along dim. The indices of the maxima (j in [outer, size, inner]) are kept in
-// the node's ints, one per output element after the dim itself at ints[0].
+/// Largest value along dim. The indices of the maxima (j in [outer, size, inner]) are kept in
+/// the node's ints, one per output element after the dim itself at ints[0].
 template <class T>
 Var<T> max(const Var<T>& x, int64_t dim, bool keepdim = false) {
   const Shape xs = x.shape();

@@ -1,48 +1,49 @@
 #pragma once
-// Fused recurrent cell steps: one tape node per time step computes the hidden GEMM, the gate
-// nonlinearities and the state update, with the backward written out right below. The layers
-// in nn/rnn_cell.hpp and nn/rnn.hpp are built on them.
-//
-// Equations (torch.nn.RNNCell / LSTMCell / GRUCell documentation; SEMANTICS.md), with the input
-// projection xp = x W_ih^T + b_ih computed beforehand (for a whole sequence by ONE linear over
-// [T*N, input_size]: the per-step work is then only the hidden GEMM):
-//
-//   rnn_cell   h' = act(xp + h W_hh^T + b_hh),   act = tanh or relu
-//   lstm_cell  [i f g o] = xp + h W_hh^T + b_hh    (gate order i, f, g, o: 4 blocks of H columns)
-//              i = sigma(i), f = sigma(f), g = tanh(g), o = sigma(o)
-//              c' = f * c + i * g
-//              h' = o * tanh(c')                  (a second op, lstm_hidden)
-//   gru_cell   [r z n] gate blocks (order r, z, n); xp_* and hp_* = h W_hh^T + b_hh split alike
-//              r = sigma(xp_r + hp_r), z = sigma(xp_z + hp_z)
-//              n = tanh(xp_n + r * hp_n)          (b_hn stays inside r * (W_hn h + b_hn))
-//              h' = (1 - z) * n + z * h
-//
-// Which rows of xp belong to the step: StepRows{first, stride, count} selects rows first,
-// first + stride, ... of xp seen as a matrix [rows, gates*H]. A sequence [T, N, F] projected to
-// [T, N, G*H] has step t at {t*N, 1, N}; a batch-first [N, T, F] one at {t, T, N}; a single
-// step (the cells) uses every row: {0, 1, -1}. Backward adds each step's gate gradient into
-// its own rows of xp's gradient, so one linear backward then serves the whole sequence.
-//
-// h and c may be empty Vars (Var<T>()): a zero initial state, for which the hidden GEMM and its
-// gradients are skipped. b_hh may be empty (bias = false).
-//
-// LSTM has two outputs. lstm_cell returns the step's record [N, 5H] = [i f g o | c'] (the
-// activated gates and the new cell state); lstm_hidden(record) computes h' = o * tanh(c') and
-// lstm_cell_state(record) copies c' out. The next step takes the record itself as its c (c is
-// read from the last H columns of a [N, 5H] operand), so the recurrence needs no copy. The
-// gradient reaching the record's gate columns flows back to the gate pre-activations.
-//
-// Derivatives (sigma' = s(1 - s), tanh' = 1 - t^2, relu'(0) = 0), with D the pre-activation
-// gradient of the gates:
-//   LSTM  dc = g_c'; D_i = (g_i + dc g) i(1-i); D_f = (g_f + dc c) f(1-f);
-//         D_g = (g_g + dc i)(1 - g^2); D_o = g_o o(1-o); dc_prev = dc f
-//   GRU   dn = g_h'(1-z); dz = g_h'(h - n); D_n = dn (1 - n^2); D_r = D_n hp_n r(1-r);
-//         D_z = dz z(1-z); d hp = [D_r, D_z, D_n r]; dh_prev = g_h' z + d hp W_hh
-//   all   d xp = D (GRU: [D_r, D_z, D_n]);  dh_prev += D W_hh;  dW_hh += D^T h;  db_hh += sum D
-//
-// Every buffer is a node's value or saved tensor, reused step after step (no allocation in the
-// steady state). Forward of the LSTM and GRU keeps the pre-activations in saved(0)/(1), which
-// backward overwrites with D.
+/// \file
+/// Fused recurrent cell steps: one tape node per time step computes the hidden GEMM, the gate
+/// nonlinearities and the state update, with the backward written out right below. The layers
+/// in nn/rnn_cell.hpp and nn/rnn.hpp are built on them.
+///
+/// Equations (torch.nn.RNNCell / LSTMCell / GRUCell documentation; SEMANTICS.md), with the input
+/// projection xp = x W_ih^T + b_ih computed beforehand (for a whole sequence by ONE linear over
+/// [T*N, input_size]: the per-step work is then only the hidden GEMM):
+///
+///   rnn_cell   h' = act(xp + h W_hh^T + b_hh),   act = tanh or relu
+///   lstm_cell  [i f g o] = xp + h W_hh^T + b_hh    (gate order i, f, g, o: 4 blocks of H columns)
+///              i = sigma(i), f = sigma(f), g = tanh(g), o = sigma(o)
+///              c' = f * c + i * g
+///              h' = o * tanh(c')                  (a second op, lstm_hidden)
+///   gru_cell   [r z n] gate blocks (order r, z, n); xp_* and hp_* = h W_hh^T + b_hh split alike
+///              r = sigma(xp_r + hp_r), z = sigma(xp_z + hp_z)
+///              n = tanh(xp_n + r * hp_n)          (b_hn stays inside r * (W_hn h + b_hn))
+///              h' = (1 - z) * n + z * h
+///
+/// Which rows of xp belong to the step: StepRows{first, stride, count} selects rows first,
+/// first + stride, ... of xp seen as a matrix [rows, gates*H]. A sequence [T, N, F] projected to
+/// [T, N, G*H] has step t at {t*N, 1, N}; a batch-first [N, T, F] one at {t, T, N}; a single
+/// step (the cells) uses every row: {0, 1, -1}. Backward adds each step's gate gradient into
+/// its own rows of xp's gradient, so one linear backward then serves the whole sequence.
+///
+/// h and c may be empty Vars (Var<T>()): a zero initial state, for which the hidden GEMM and its
+/// gradients are skipped. b_hh may be empty (bias = false).
+///
+/// LSTM has two outputs. lstm_cell returns the step's record [N, 5H] = [i f g o | c'] (the
+/// activated gates and the new cell state); lstm_hidden(record) computes h' = o * tanh(c') and
+/// lstm_cell_state(record) copies c' out. The next step takes the record itself as its c (c is
+/// read from the last H columns of a [N, 5H] operand), so the recurrence needs no copy. The
+/// gradient reaching the record's gate columns flows back to the gate pre-activations.
+///
+/// Derivatives (sigma' = s(1 - s), tanh' = 1 - t^2, relu'(0) = 0), with D the pre-activation
+/// gradient of the gates:
+///   LSTM  dc = g_c'; D_i = (g_i + dc g) i(1-i); D_f = (g_f + dc c) f(1-f);
+///         D_g = (g_g + dc i)(1 - g^2); D_o = g_o o(1-o); dc_prev = dc f
+///   GRU   dn = g_h'(1-z); dz = g_h'(h - n); D_n = dn (1 - n^2); D_r = D_n hp_n r(1-r);
+///         D_z = dz z(1-z); d hp = [D_r, D_z, D_n r]; dh_prev = g_h' z + d hp W_hh
+///   all   d xp = D (GRU: [D_r, D_z, D_n]);  dh_prev += D W_hh;  dW_hh += D^T h;  db_hh += sum D
+///
+/// Every buffer is a node's value or saved tensor, reused step after step (no allocation in the
+/// steady state). Forward of the LSTM and GRU keeps the pre-activations in saved(0)/(1), which
+/// backward overwrites with D.
 
 #include <Eigen/Core>
 #include <array>
@@ -58,18 +59,21 @@
 
 namespace tapegrad {
 
-// The nonlinearity of a vanilla RNN (torch.nn.RNN's `nonlinearity`).
+/// The nonlinearity of a vanilla RNN (torch.nn.RNN's `nonlinearity`).
 enum class RNNNonlinearity { tanh, relu };
 
+/// "tanh" or "relu".
 inline const char* nonlinearity_name(RNNNonlinearity n) {
   return n == RNNNonlinearity::relu ? "relu" : "tanh";
 }
 
-// The rows of one time step in an input projection (see the header comment).
+/// The rows of one time step in an input projection (see the header comment).
 struct StepRows {
+  /// The first row.
   int64_t first = 0;
+  /// The distance between consecutive rows.
   int64_t stride = 1;
-  int64_t count = -1;  // -1: every row
+  int64_t count = -1;  ///< -1: every row
 };
 
 namespace detail {
@@ -281,7 +285,7 @@ void gru_forward(OpContext<T>& c) {
 
 // ---------------------------------------------------------------- rnn_cell
 
-// h' = act(xp + h W_hh^T + b_hh) for the rows of one step: [N, H].
+/// h' = act(xp + h W_hh^T + b_hh) for the rows of one step: [N, H].
 template <class T>
 Var<T> rnn_cell(const Var<T>& xp, StepRows rows, const Var<T>& h, const Var<T>& w_hh,
                 const Var<T>& b_hh, RNNNonlinearity nonlinearity = RNNNonlinearity::tanh) {
@@ -310,8 +314,8 @@ Var<T> rnn_cell(const Var<T>& xp, StepRows rows, const Var<T>& h, const Var<T>& 
 
 // ---------------------------------------------------------------- lstm_cell
 
-// One LSTM step: returns the record [N, 5H] = [i f g o | c'] (see the header comment). c may be
-// a cell state [N, H] or the previous step's record [N, 5H].
+/// One LSTM step: returns the record [N, 5H] = [i f g o | c'] (see the header comment). c may be
+/// a cell state [N, H] or the previous step's record [N, 5H].
 template <class T>
 Var<T> lstm_cell(const Var<T>& xp, StepRows rows, const Var<T>& h, const Var<T>& c,
                  const Var<T>& w_hh, const Var<T>& b_hh) {
@@ -357,7 +361,7 @@ Var<T> lstm_cell(const Var<T>& xp, StepRows rows, const Var<T>& h, const Var<T>&
   return y;
 }
 
-// h' = o * tanh(c') from an lstm_cell record [N, 5H]: [N, H].
+/// h' = o * tanh(c') from an lstm_cell record [N, 5H]: [N, H].
 template <class T>
 Var<T> lstm_hidden(const Var<T>& record) {
   const Shape rs = record.shape();
@@ -386,7 +390,7 @@ Var<T> lstm_hidden(const Var<T>& record) {
   return y;
 }
 
-// c' copied out of an lstm_cell record [N, 5H]: [N, H].
+/// c' copied out of an lstm_cell record [N, 5H]: [N, H].
 template <class T>
 Var<T> lstm_cell_state(const Var<T>& record) {
   const Shape rs = record.shape();
@@ -397,7 +401,7 @@ Var<T> lstm_cell_state(const Var<T>& record) {
 
 // ---------------------------------------------------------------- gru_cell
 
-// One GRU step: h' [N, H].
+/// One GRU step: h' [N, H].
 template <class T>
 Var<T> gru_cell(const Var<T>& xp, StepRows rows, const Var<T>& h, const Var<T>& w_hh,
                 const Var<T>& b_hh) {

@@ -1,24 +1,25 @@
 #pragma once
-// Shape ops, as in PyTorch:
-//   reshape(x, {dims})                    torch.reshape; one size may be -1. A view: no copy.
-//   flatten(x, start_dim=0, end_dim=-1)   torch.flatten: dims start..end folded into one; a
-//                                         0-d tensor becomes [1]. A view: no copy.
-//   concat({xs...}, dim=0)                torch.cat: sizes equal except along dim (a
-//                                         std::vector of Vars or a braced list).
-//   slice(x, dim, start, end)             x.narrow(dim, start, end - start), i.e. Python's
-//                                         x[..., start:end] along dim (negative start/end count
-//                                         from the end); ShapeError when out of range.
-//   split(x, size or {sizes}, dim=0)      torch.split: consecutive slices along dim of `size`
-//                                         elements (the last one shorter) or of the given sizes.
-//   permute(x, {dims})                    torch.permute: output dim i is input dim dims[i]. A copy
-//                                         (tensors are contiguous), one pass.
-//   transpose(x, dim0, dim1)              torch.transpose: permute swapping two dims
-//                                         (transpose(x) in linalg.hpp is the 2-D x.t()).
-// Backward: reshape/flatten pass the gradient through; concat hands each input its block of
-// the gradient; slice adds the gradient into the sliced block of a zeroed buffer; permute copies
-// the gradient back through the inverse permutation.
-// Along dim, a tensor is seen as [outer, size * inner] (row-major), so that concat and slice
-// copy blocks of columns of a matrix with Eigen.
+/// \file
+/// Shape ops, as in PyTorch:
+///   reshape(x, {dims})                    torch.reshape; one size may be -1. A view: no copy.
+///   flatten(x, start_dim=0, end_dim=-1)   torch.flatten: dims start..end folded into one; a
+///                                         0-d tensor becomes [1]. A view: no copy.
+///   concat({xs...}, dim=0)                torch.cat: sizes equal except along dim (a
+///                                         std::vector of Vars or a braced list).
+///   slice(x, dim, start, end)             x.narrow(dim, start, end - start), i.e. Python's
+///                                         x[..., start:end] along dim (negative start/end count
+///                                         from the end); ShapeError when out of range.
+///   split(x, size or {sizes}, dim=0)      torch.split: consecutive slices along dim of `size`
+///                                         elements (the last one shorter) or of the given sizes.
+///   permute(x, {dims})                    torch.permute: output dim i is input dim dims[i]. A copy
+///                                         (tensors are contiguous), one pass.
+///   transpose(x, dim0, dim1)              torch.transpose: permute swapping two dims
+///                                         (transpose(x) in linalg.hpp is the 2-D x.t()).
+/// Backward: reshape/flatten pass the gradient through; concat hands each input its block of
+/// the gradient; slice adds the gradient into the sliced block of a zeroed buffer; permute copies
+/// the gradient back through the inverse permutation.
+/// Along dim, a tensor is seen as [outer, size * inner] (row-major), so that concat and slice
+/// copy blocks of columns of a matrix with Eigen.
 
 #include <algorithm>
 #include <array>
@@ -38,6 +39,9 @@ void pass_through_backward(OpContext<T>& c) {
 }
 }  // namespace detail
 
+///@{
+/// x with another shape of the same number of elements (one size may be -1), a view sharing x's
+/// storage (torch.reshape); ShapeError if the sizes do not fit.
 template <class T>
 Var<T> reshape(const Var<T>& x, std::span<const int64_t> dims) {
   const Tensor<T> view = x.value().reshape(dims);  // "reshape: [2,3] (6 elements) to ..."
@@ -55,7 +59,9 @@ template <class T>
 Var<T> reshape(const Var<T>& x, const Shape& shape) {
   return reshape(x, shape.dims());
 }
+///@}
 
+/// Dims start_dim..end_dim folded into one (torch.flatten), a view; a 0-d tensor becomes [1].
 template <class T>
 Var<T> flatten(const Var<T>& x, int64_t start_dim = 0, int64_t end_dim = -1) {
   const Shape s = x.shape();
@@ -84,6 +90,8 @@ Var<T> flatten(const Var<T>& x, int64_t start_dim = 0, int64_t end_dim = -1) {
   return x.tape().record_view("flatten", view, {x}, &detail::pass_through_backward<T>, Reads::none);
 }
 
+///@{
+/// xs joined along dim (torch.cat): sizes equal except along dim (ShapeError otherwise).
 template <class T>
 Var<T> concat(std::span<const Var<T>> xs, int64_t dim = 0) {
   if (xs.empty()) detail::fail<ShapeError>("concat: no tensors to concatenate");
@@ -134,12 +142,15 @@ template <class T>
 Var<T> concat(const std::vector<Var<T>>& xs, int64_t dim = 0) {
   return concat(std::span<const Var<T>>(xs.data(), xs.size()), dim);
 }
-// concat({a, b}, 1), as torch.cat({a, b}, 1)
+///@}
+/// concat({a, b}, 1), as torch.cat({a, b}, 1)
 template <class T>
 Var<T> concat(std::initializer_list<Var<T>> xs, int64_t dim = 0) {
   return concat(std::span<const Var<T>>(xs.begin(), xs.size()), dim);
 }
 
+/// Elements start..end-1 along dim (x[..., start:end]; negative start/end count from the end);
+/// ShapeError when out of range.
 template <class T>
 Var<T> slice(const Var<T>& x, int64_t dim, int64_t start, int64_t end) {
   const Shape s = x.shape();
@@ -172,6 +183,9 @@ Var<T> slice(const Var<T>& x, int64_t dim, int64_t start, int64_t end) {
   return y;
 }
 
+///@{
+/// Consecutive slices along dim (torch.split): of split_size elements (the last one shorter) or of
+/// the given sizes (which must add up to the dim's size, ShapeError otherwise).
 template <class T>
 std::vector<Var<T>> split(const Var<T>& x, const std::vector<int64_t>& sizes, int64_t dim = 0) {
   const Shape s = x.shape();
@@ -207,6 +221,7 @@ std::vector<Var<T>> split(const Var<T>& x, int64_t split_size, int64_t dim = 0) 
   if (sizes.empty()) sizes.push_back(0);  // torch: one empty piece
   return split(x, sizes, dim);
 }
+///@}
 
 namespace detail {
 
@@ -243,6 +258,8 @@ void for_each_permuted_row(const Shape& in_shape, const std::vector<int64_t>& di
 
 }  // namespace detail
 
+/// Output dim i is input dim dims[i] (torch.permute); a copy. ShapeError unless dims is a
+/// permutation of 0..rank-1.
 template <class T>
 Var<T> permute(const Var<T>& x, const std::vector<int64_t>& dims) {
   const Shape s = x.shape();
@@ -286,6 +303,7 @@ Var<T> permute(const Var<T>& x, const std::vector<int64_t>& dims) {
   return y;
 }
 
+/// permute swapping dims dim0 and dim1 (torch.transpose).
 template <class T>
 Var<T> transpose(const Var<T>& x, int64_t dim0, int64_t dim1) {
   const Shape s = x.shape();

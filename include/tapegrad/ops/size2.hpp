@@ -1,20 +1,28 @@
 #pragma once
-// Size2: a (height, width) pair for kernel sizes, strides, paddings and dilations of 2-D ops.
-// It converts from one integer, so `3` means 3x3 as in PyTorch's `kernel_size=3`, and `{3, 5}`
-// is a rectangular 3 (rows) x 5 (columns).
+/// \file
+/// Size2: a (height, width) pair for kernel sizes, strides, paddings and dilations of 2-D ops.
+/// It converts from one integer, so `3` means 3x3 as in PyTorch's `kernel_size=3`, and `{3, 5}`
+/// is a rectangular 3 (rows) x 5 (columns).
 
 #include <cstdint>
 #include <ostream>
 
 namespace tapegrad {
 
+/// A height and width (kernel, stride, padding, dilation): an int for both, or {h, w}.
 struct Size2 {
+  ///@{
+  /// Height and width.
   int64_t h = 0, w = 0;
+  ///@}
   constexpr Size2() = default;
+  /// both by both (implicit, so that an int is a square size).
   constexpr Size2(int64_t both) : h(both), w(both) {}  // NOLINT: implicit on purpose
+  /// h_ by w_.
   constexpr Size2(int64_t h_, int64_t w_) : h(h_), w(w_) {}
+  /// Equal when both sizes are.
   friend constexpr bool operator==(const Size2&, const Size2&) = default;
-  // "3" when square, "(3, 5)" otherwise, as PyTorch prints kernel sizes.
+  /// "3" when square, "(3, 5)" otherwise, as PyTorch prints kernel sizes.
   friend std::ostream& operator<<(std::ostream& os, const Size2& s) {
     if (s.h == s.w) return os << s.h;
     return os << '(' << s.h << ", " << s.w << ')';

@@ -1,13 +1,14 @@
 #pragma once
-// stack(xs, dim): torch.stack: k tensors of one shape s joined along a NEW dim inserted at
-// `dim` (0 <= dim <= rank, negative counts from rank + 1): the result has shape
-// s[:dim] + [k] + s[dim:]. Backward hands each input its block of the gradient.
-//
-// Unlike reshaping every input to insert a size-1 dim and concatenating, stack records one node
-// and builds no shape vectors, so a recurrent layer can gather its T per-step outputs into
-// [T, N, H] (dim 0) or [N, T, H] (dim 1) without allocating per step.
-// Seen row-major, the output is [outer, k * inner] with outer = prod(s[:dim]) and
-// inner = prod(s[dim:]): input j fills columns j*inner .. (j+1)*inner of every row.
+/// \file
+/// stack(xs, dim): torch.stack: k tensors of one shape s joined along a NEW dim inserted at
+/// `dim` (0 <= dim <= rank, negative counts from rank + 1): the result has shape
+/// s[:dim] + [k] + s[dim:]. Backward hands each input its block of the gradient.
+///
+/// Unlike reshaping every input to insert a size-1 dim and concatenating, stack records one node
+/// and builds no shape vectors, so a recurrent layer can gather its T per-step outputs into
+/// [T, N, H] (dim 0) or [N, T, H] (dim 1) without allocating per step.
+/// Seen row-major, the output is [outer, k * inner] with outer = prod(s[:dim]) and
+/// inner = prod(s[dim:]): input j fills columns j*inner .. (j+1)*inner of every row.
 
 #include <array>
 #include <initializer_list>
@@ -19,6 +20,9 @@
 
 namespace tapegrad {
 
+///@{
+/// k tensors of one shape s joined along a new dim at dim: shape s[:dim] + [k] + s[dim:]
+/// (torch.stack). ShapeError if the shapes differ or dim is out of range.
 template <class T>
 Var<T> stack(std::span<const Var<T>> xs, int64_t dim = 0) {
   if (xs.empty()) detail::fail<ShapeError>("stack: no tensors to stack");
@@ -72,5 +76,6 @@ template <class T>
 Var<T> stack(std::initializer_list<Var<T>> xs, int64_t dim = 0) {
   return stack(std::span<const Var<T>>(xs.begin(), xs.size()), dim);
 }
+///@}
 
 }  // namespace tapegrad

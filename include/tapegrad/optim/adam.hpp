@@ -1,18 +1,19 @@
 #pragma once
-// Adam and AdamW: torch.optim.Adam / AdamW's equations and defaults (docs; C++
-// torch/csrc/api/src/optim/adam.cpp, adamw.cpp). Per parameter, t = its own step count:
-//
-//   Adam  (coupled L2):   g = g + wd·θ
-//   AdamW (decoupled):    θ = θ·(1 − lr·wd)                   before the moments
-//   m = β1·m + (1 − β1)·g          (computed as m + (1 − β1)·(g − m), PyTorch's lerp)
-//   v = β2·v + (1 − β2)·g²
-//   amsgrad:  v_max = max(v_max, v), used in place of v below
-//   θ = θ − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + eps)
-//
-// eps is added after the square root of the bias-corrected v (PyTorch; tiny-dnn puts it
-// inside, flashlight uses the paper's ε̂ — both differ slightly).
-// Defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, amsgrad false; weight_decay 0 for Adam,
-// 1e-2 for AdamW. State: "step", "exp_avg", "exp_avg_sq", and "max_exp_avg_sq" with amsgrad.
+/// \file
+/// Adam and AdamW: torch.optim.Adam / AdamW's equations and defaults (docs; C++
+/// torch/csrc/api/src/optim/adam.cpp, adamw.cpp). Per parameter, t = its own step count:
+///
+///   Adam  (coupled L2):   g = g + wd·θ
+///   AdamW (decoupled):    θ = θ·(1 − lr·wd)                   before the moments
+///   m = β1·m + (1 − β1)·g          (computed as m + (1 − β1)·(g − m), PyTorch's lerp)
+///   v = β2·v + (1 − β2)·g²
+///   amsgrad:  v_max = max(v_max, v), used in place of v below
+///   θ = θ − (lr / (1 − β1^t)) · m / (√v / √(1 − β2^t) + eps)
+///
+/// eps is added after the square root of the bias-corrected v (PyTorch; tiny-dnn puts it
+/// inside, flashlight uses the paper's ε̂ — both differ slightly).
+/// Defaults: lr 1e-3, betas (0.9, 0.999), eps 1e-8, amsgrad false; weight_decay 0 for Adam,
+/// 1e-2 for AdamW. State: "step", "exp_avg", "exp_avg_sq", and "max_exp_avg_sq" with amsgrad.
 
 #include <array>
 #include <cmath>
@@ -21,38 +22,59 @@
 
 namespace tapegrad::optim {
 
+/// Adam's hyperparameters (torch.optim.Adam's names and defaults).
 struct AdamOptions {
+  /// Learning rate.
   double lr = 1e-3;
+  /// β1 and β2, the decay rates of the moment estimates.
   std::array<double, 2> betas{0.9, 0.999};
+  /// Added to the denominator, after the square root.
   double eps = 1e-8;
+  /// Coupled L2 weight decay: g += weight_decay·θ.
   double weight_decay = 0;
+  /// Use the maximum of the second-moment estimates (AMSGrad).
   bool amsgrad = false;
 };
 
+/// AdamW's hyperparameters (torch.optim.AdamW's names and defaults).
 struct AdamWOptions {
+  /// Learning rate.
   double lr = 1e-3;
+  /// β1 and β2, the decay rates of the moment estimates.
   std::array<double, 2> betas{0.9, 0.999};
+  /// Added to the denominator, after the square root.
   double eps = 1e-8;
+  /// Decoupled weight decay: θ ← θ·(1 − lr·weight_decay).
   double weight_decay = 1e-2;
+  /// Use the maximum of the second-moment estimates (AMSGrad).
   bool amsgrad = false;
 };
 
+/// Adam, torch.optim.Adam (equations in the file's description). Negative hyperparameters or betas
+/// outside [0, 1) throw ValueError.
 template <class T>
 class Adam : public Optimizer<T> {
  public:
+  ///@{
+  /// Adam over parameter groups, a parameter list, or named parameters (then state and errors use
+  /// the names).
   Adam(std::vector<ParamGroup<T>> groups, AdamOptions o = {})
       : Adam("Adam", std::move(groups), o, /*decoupled=*/false) {}
   Adam(const std::vector<Parameter<T>>& params, AdamOptions o = {})
       : Adam(std::vector<ParamGroup<T>>{ParamGroup<T>::of(params)}, o) {}
   Adam(const NamedParameters<T>& params, AdamOptions o = {})
       : Adam(std::vector<ParamGroup<T>>{ParamGroup<T>::of(params)}, o) {}
+  ///@}
 
+  /// The hyperparameters given at construction.
   const AdamOptions& options() const { return o_; }
+  /// Whether weight decay is decoupled (AdamW).
   bool decoupled_weight_decay() const { return decoupled_; }
 
  protected:
   using typename Optimizer<T>::ParamState;
 
+  /// For AdamW: name for errors, decoupled weight decay or not.
   Adam(const char* name, std::vector<ParamGroup<T>> groups, AdamOptions o, bool decoupled)
       : Optimizer<T>(name, std::move(groups), o.lr, o.weight_decay), o_(o), decoupled_(decoupled) {
     this->check_nonnegative("eps", o.eps);
@@ -106,11 +128,13 @@ class Adam : public Optimizer<T> {
   bool decoupled_;
 };
 
-// AdamW: Adam with decoupled weight decay θ ← θ·(1 − lr·wd) (Loshchilov & Hutter), default
-// weight_decay 1e-2.
+/// AdamW: Adam with decoupled weight decay θ ← θ·(1 − lr·wd) (Loshchilov & Hutter), default
+/// weight_decay 1e-2.
 template <class T>
 class AdamW : public Adam<T> {
  public:
+  ///@{
+  /// AdamW over parameter groups, a parameter list, or named parameters.
   AdamW(std::vector<ParamGroup<T>> groups, AdamWOptions o = {})
       : Adam<T>("AdamW", std::move(groups),
                 AdamOptions{o.lr, o.betas, o.eps, o.weight_decay, o.amsgrad},
@@ -119,6 +143,7 @@ class AdamW : public Adam<T> {
       : AdamW(std::vector<ParamGroup<T>>{ParamGroup<T>::of(params)}, o) {}
   AdamW(const NamedParameters<T>& params, AdamWOptions o = {})
       : AdamW(std::vector<ParamGroup<T>>{ParamGroup<T>::of(params)}, o) {}
+  ///@}
 };
 
 }  // namespace tapegrad::optim

@@ -1,24 +1,25 @@
 #pragma once
-// Gradient clipping, as torch.nn.utils.clip_grad_norm_ / clip_grad_value_ (clip_grad.py,
-// C++ torch/nn/utils/clip_grad.h):
-//
-//   total     = ‖(‖g_1‖_p, …, ‖g_k‖_p)‖_p = (Σ_i Σ_j |g_ij|^p)^(1/p)   (p = ∞: max |g_ij|)
-//   clip_coef = min(max_norm / (total + 1e-6), 1);   every g *= clip_coef;   return total
-//
-// so a gradient whose norm equals max_norm is still scaled by max_norm / (max_norm + 1e-6),
-// exactly as PyTorch does. total = inf gives clip_coef = 0 (finite entries become 0, inf
-// entries NaN); total = NaN makes every gradient NaN — PyTorch's behaviour, kept.
-//
-// One deliberate difference: total is computed without overflow or underflow. Each tensor's sum
-// is first taken in T (one vectorised pass); only when it overflows or underflows is it redone
-// scaled by the tensor's largest |g|, and tensors are combined as (scale, sum) pairs in double,
-// as LAPACK's nrm2 does. A float32 gradient of norm 1e22 is therefore clipped to max_norm
-// instead of its norm becoming inf and every gradient being zeroed.
-//
-// clip_grad_value: g ← clamp(g, −v, v) elementwise; NaN stays NaN.
-//
-// The free functions take the parameters a user's own loop trains; Optimizer::step() runs the
-// same code through GradNormClip / GradValueClip.
+/// \file
+/// Gradient clipping, as torch.nn.utils.clip_grad_norm_ / clip_grad_value_ (clip_grad.py,
+/// C++ torch/nn/utils/clip_grad.h):
+///
+///   total     = ‖(‖g_1‖_p, …, ‖g_k‖_p)‖_p = (Σ_i Σ_j |g_ij|^p)^(1/p)   (p = ∞: max |g_ij|)
+///   clip_coef = min(max_norm / (total + 1e-6), 1);   every g *= clip_coef;   return total
+///
+/// so a gradient whose norm equals max_norm is still scaled by max_norm / (max_norm + 1e-6),
+/// exactly as PyTorch does. total = inf gives clip_coef = 0 (finite entries become 0, inf
+/// entries NaN); total = NaN makes every gradient NaN — PyTorch's behaviour, kept.
+///
+/// One deliberate difference: total is computed without overflow or underflow. Each tensor's sum
+/// is first taken in T (one vectorised pass); only when it overflows or underflows is it redone
+/// scaled by the tensor's largest |g|, and tensors are combined as (scale, sum) pairs in double,
+/// as LAPACK's nrm2 does. A float32 gradient of norm 1e22 is therefore clipped to max_norm
+/// instead of its norm becoming inf and every gradient being zeroed.
+///
+/// clip_grad_value: g ← clamp(g, −v, v) elementwise; NaN stays NaN.
+///
+/// The free functions take the parameters a user's own loop trains; Optimizer::step() runs the
+/// same code through GradNormClip / GradValueClip.
 
 #include <algorithm>
 #include <array>
@@ -162,8 +163,8 @@ void scale_grads(std::span<const Parameter<T>> params, double coef) {
 
 }  // namespace detail
 
-// ‖(g_1, …, g_k)‖_p over every parameter's gradient, in double, without overflow.
-// norm_type is any p > 0 or INFINITY. Returns 0 for an empty list.
+/// ‖(g_1, …, g_k)‖_p over every parameter's gradient, in double, without overflow.
+/// norm_type is any p > 0 or INFINITY. Returns 0 for an empty list.
 template <class T>
 double grad_norm(std::span<const Parameter<T>> params, double norm_type = 2.0) {
   detail::check_norm_type("grad_norm", norm_type);
@@ -173,23 +174,28 @@ double grad_norm(std::span<const Parameter<T>> params, double norm_type = 2.0) {
   for (const auto& p : params) detail::accumulate_power_sum(p.grad(), norm_type, acc);
   return acc.norm();
 }
+/// The same for a vector of parameters.
 template <class T>
 double grad_norm(const std::vector<Parameter<T>>& params, double norm_type = 2.0) {
   return grad_norm(std::span<const Parameter<T>>(params), norm_type);
 }
 
-// Clipping by global norm as a pipeline stage (Optimizer::step's stage 2).
+/// Clipping by global norm as a pipeline stage (Optimizer::step's stage 2).
 struct GradNormClip {
+  /// The largest total norm allowed.
   double max_norm;
+  /// The order p of the norm (inf: the largest absolute value).
   double norm_type = 2.0;
+  /// Throw NonFiniteError when the total norm is NaN or inf (else the gradients become NaN).
   bool error_if_nonfinite = false;
 
+  /// Throws ValueError for a negative max_norm or an invalid norm_type.
   void validate(const char* who) const {
     if (!(max_norm >= 0))
       tapegrad::detail::fail<ValueError>(who, ": max_norm must be >= 0, got ", max_norm);
     detail::check_norm_type(who, norm_type);
   }
-  // Scales the gradients given their pre-clip total norm (as computed by grad_norm).
+  /// Scales the gradients given their pre-clip total norm (as computed by grad_norm).
   template <class T>
   void apply(std::span<const Parameter<T>> params, double total) const {
     if (error_if_nonfinite && !std::isfinite(total))
@@ -201,7 +207,7 @@ struct GradNormClip {
     if (coef == 1.0) return;  // multiplying by 1 changes nothing
     detail::scale_grads(params, coef);
   }
-  // grad_norm, then apply; returns the pre-clip total.
+  /// grad_norm, then apply; returns the pre-clip total.
   template <class T>
   double operator()(std::span<const Parameter<T>> params) const {
     validate("clip_grad_norm");
@@ -211,14 +217,17 @@ struct GradNormClip {
   }
 };
 
-// Clipping by value as a pipeline stage: g ← clamp(g, −clip_value, clip_value).
+/// Clipping by value as a pipeline stage: g ← clamp(g, −clip_value, clip_value).
 struct GradValueClip {
+  /// The largest absolute value allowed.
   double clip_value;
 
+  /// Throws ValueError for a negative clip_value.
   void validate(const char* who) const {
     if (!(clip_value >= 0))
       tapegrad::detail::fail<ValueError>(who, ": clip_value must be >= 0, got ", clip_value);
   }
+  /// Clamps every gradient to [−clip_value, clip_value].
   template <class T>
   void operator()(std::span<const Parameter<T>> params) const {
     validate("clip_grad_value");
@@ -233,9 +242,9 @@ struct GradValueClip {
   }
 };
 
-// torch.nn.utils.clip_grad_norm_: scales the gradients in place so that their global p-norm is
-// at most max_norm; returns the total norm before clipping. error_if_nonfinite: throw
-// NonFiniteError instead of clipping a NaN or infinite total.
+/// torch.nn.utils.clip_grad_norm_: scales the gradients in place so that their global p-norm is
+/// at most max_norm; returns the total norm before clipping. error_if_nonfinite: throw
+/// NonFiniteError instead of clipping a NaN or infinite total.
 template <class T>
 double clip_grad_norm(const std::vector<Parameter<T>>& params, double max_norm,
                       double norm_type = 2.0, bool error_if_nonfinite = false) {
@@ -243,7 +252,7 @@ double clip_grad_norm(const std::vector<Parameter<T>>& params, double max_norm,
                       error_if_nonfinite}(std::span<const Parameter<T>>(params));
 }
 
-// torch.nn.utils.clip_grad_value_: clamps every gradient element to [−clip_value, clip_value].
+/// torch.nn.utils.clip_grad_value_: clamps every gradient element to [−clip_value, clip_value].
 template <class T>
 void clip_grad_value(const std::vector<Parameter<T>>& params, double clip_value) {
   GradValueClip{clip_value}(std::span<const Parameter<T>>(params));

@@ -1,22 +1,23 @@
 #pragma once
-// Weight constraints: projections applied to a parameter's value after the update (stage 4 of
-// Optimizer::step), with Keras' semantics (keras/src/constraints/constraints.py), ε = 1e-7:
-//
-//   MaxNorm(max_value = 2):   w ← w · clip(‖w‖, 0, max_value) / (ε + ‖w‖)
-//   UnitNorm:                 w ← w / (ε + ‖w‖)
-//   MinMaxNorm(min = 0, max = 1, rate = 1):
-//                             d = rate·clip(‖w‖, min, max) + (1 − rate)·‖w‖;  w ← w · d / (ε + ‖w‖)
-//   NonNeg:                   w ← w · [w ≥ 0]    (NaN stays NaN, as in Keras)
-//
-// ‖w‖ is the L2 norm of each unit: over all dims except `dim`, which indexes the units.
-// The default dim = 0 is one norm per output unit: per row of a Dense weight [out, in], per
-// output channel of a Conv2D weight [O, C, kh, kw] — the same vectors as Keras' axis = 0 on its
-// (in, out) kernel. dim = -1 (whole_tensor) takes one norm over the whole tensor. A rank-0 or
-// rank-1 tensor (a bias) is always one vector, as Keras treats a bias.
-// Keras scales by d/(ε + ‖w‖) even when nothing is clipped (MaxNorm of a unit with ‖w‖ < max
-// shrinks it by ‖w‖/(ε + ‖w‖)); kept for fidelity.
-//
-// A constraint is any callable void(Tensor<T>&); these four are the built-in ones.
+/// \file
+/// Weight constraints: projections applied to a parameter's value after the update (stage 4 of
+/// Optimizer::step), with Keras' semantics (keras/src/constraints/constraints.py), ε = 1e-7:
+///
+///   MaxNorm(max_value = 2):   w ← w · clip(‖w‖, 0, max_value) / (ε + ‖w‖)
+///   UnitNorm:                 w ← w / (ε + ‖w‖)
+///   MinMaxNorm(min = 0, max = 1, rate = 1):
+///                             d = rate·clip(‖w‖, min, max) + (1 − rate)·‖w‖; w ← w · d / (ε + ‖w‖)
+///   NonNeg:                   w ← w · [w ≥ 0]    (NaN stays NaN, as in Keras)
+///
+/// ‖w‖ is the L2 norm of each unit: over all dims except `dim`, which indexes the units.
+/// The default dim = 0 is one norm per output unit: per row of a Dense weight [out, in], per
+/// output channel of a Conv2D weight [O, C, kh, kw] — the same vectors as Keras' axis = 0 on its
+/// (in, out) kernel. dim = -1 (whole_tensor) takes one norm over the whole tensor. A rank-0 or
+/// rank-1 tensor (a bias) is always one vector, as Keras treats a bias.
+/// Keras scales by d/(ε + ‖w‖) even when nothing is clipped (MaxNorm of a unit with ‖w‖ < max
+/// shrinks it by ‖w‖/(ε + ‖w‖)); kept for fidelity.
+///
+/// A constraint is any callable void(Tensor<T>&); these four are the built-in ones.
 
 #include <algorithm>
 #include <cmath>
@@ -26,10 +27,13 @@
 
 namespace tapegrad::optim {
 
+/// A projection applied to a parameter's value after each update.
 template <class T>
 using Constraint = std::function<void(Tensor<T>&)>;
 
+/// The dim argument for one norm over the whole tensor.
 inline constexpr int whole_tensor = -1;
+/// Keras' epsilon (backend.epsilon()), the default eps of the norm constraints.
 inline constexpr double keras_epsilon = 1e-7;
 
 namespace detail {
@@ -66,12 +70,16 @@ void rescale_units(const char* who, Tensor<T>& w, int dim, F&& factor) {
 
 }  // namespace detail
 
-// Keras MaxNorm: each unit's norm is at most max_value after the projection.
+/// Keras MaxNorm: each unit's norm is at most max_value after the projection.
 struct MaxNorm {
+  /// The largest norm of a unit.
   double max_value = 2.0;
+  /// The dim the units are sliced along (whole_tensor: one unit).
   int dim = 0;
+  /// Added to the norm in the division (Keras').
   double eps = keras_epsilon;
 
+  /// Scales each unit of w with norm n above max_value by max_value / (ε + n).
   template <class T>
   void operator()(Tensor<T>& w) const {
     if (!(max_value >= 0))
@@ -81,25 +89,34 @@ struct MaxNorm {
   }
 };
 
-// Keras UnitNorm: each unit rescaled to norm 1 (n/(ε + n) exactly).
+/// Keras UnitNorm: each unit rescaled to norm 1 (n/(ε + n) exactly).
 struct UnitNorm {
+  /// The dim the units are sliced along (whole_tensor: one unit).
   int dim = 0;
+  /// Added to the norm in the division (Keras').
   double eps = keras_epsilon;
 
+  /// Scales each unit of w by 1 / (ε + n).
   template <class T>
   void operator()(Tensor<T>& w) const {
     detail::rescale_units("UnitNorm", w, dim, [&](double n) { return 1.0 / (eps + n); });
   }
 };
 
-// Keras MinMaxNorm: each unit's norm moved (by `rate`) into [min_value, max_value].
+/// Keras MinMaxNorm: each unit's norm moved (by `rate`) into [min_value, max_value].
 struct MinMaxNorm {
+  /// The smallest norm of a unit.
   double min_value = 0.0;
+  /// The largest norm of a unit.
   double max_value = 1.0;
+  /// How far to move toward [min_value, max_value] (1: all the way).
   double rate = 1.0;
+  /// The dim the units are sliced along (whole_tensor: one unit).
   int dim = 0;
+  /// Added to the norm in the division (Keras').
   double eps = keras_epsilon;
 
+  /// Scales each unit of w toward a norm in [min_value, max_value] by rate.
   template <class T>
   void operator()(Tensor<T>& w) const {
     if (!(min_value >= 0 && min_value <= max_value) || !(rate >= 0 && rate <= 1))
@@ -113,8 +130,9 @@ struct MinMaxNorm {
   }
 };
 
-// Keras NonNeg: negative entries set to 0.
+/// Keras NonNeg: negative entries set to 0.
 struct NonNeg {
+  /// Sets w's negative entries to 0.
   template <class T>
   void operator()(Tensor<T>& w) const {
     auto a = w.array();

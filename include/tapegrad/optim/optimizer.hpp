@@ -1,35 +1,36 @@
 #pragma once
-// Optimizer<T>: the base of every update rule. It owns parameter groups (each with its own lr,
-// weight decay, L1/L2 penalties and constraints) and runs step() as a documented pipeline:
-//
-//  -1. pre-step hooks    add_pre_step_hook(f): f() runs first, in the order added
-//                         (distributed::DistributedDataParallel waits there for the gradients
-//                         it averages across processes, so every stage below sees the average)
-//   0. non-finite check   (policy raise / skip_step only: before anything is modified)
-//   1. penalties          g += l1·sign(w) + 2·l2·w         (penalty.hpp, per group)
-//   2. clipping           by global norm over ALL parameters of the optimizer, then by value
-//                         (clip.hpp; the pre-clip total norm is returned by step())
-//   3. update rule        the derived class: SGD, Adam, AdamW, RMSprop (their weight_decay is
-//                         the rule's own, coupled or decoupled, as in PyTorch)
-//   4. constraints        projections of the updated values, per group then per parameter
-//                         (constraint.hpp)
-//
-// Stages 1 and 2 modify p.grad() in place (as clip_grad_norm_ does): after step() the
-// gradients are the penalised, clipped ones the rule used. Parameters whose requires_grad() is
-// false are skipped entirely.
-//
-// Non-finite gradients (NonFinitePolicy):
-//   propagate  PyTorch's behaviour: NaN/inf flow into clipping and the update.
-//   raise      NonFiniteError naming the first parameter (in optimizer order) whose gradient
-//              holds a NaN or inf; nothing is modified.
-//   skip_step  nothing is modified (parameters, state, gradients), skipped_steps() += 1.
-//
-// State: state_dict() gives the per-parameter state as named tensors, PyTorch's names with the
-// parameter's index across all groups in order: "state.3.step" (a 0-d int64 tensor, exact to
-// 2^63 steps; load_state_dict also takes the float step PyTorch writes), "state.3.exp_avg",
-// "state.3.momentum_buffer", ... (tensors of T). load_state_dict() checks every name, dtype and
-// shape before it changes anything. Hyperparameters (lr, betas, ...) are configuration, not state:
-// they are not saved (a scheduler recomputes lr from its epoch).
+/// \file
+/// Optimizer<T>: the base of every update rule. It owns parameter groups (each with its own lr,
+/// weight decay, L1/L2 penalties and constraints) and runs step() as a documented pipeline:
+///
+///  -1. pre-step hooks    add_pre_step_hook(f): f() runs first, in the order added
+///                         (distributed::DistributedDataParallel waits there for the gradients
+///                         it averages across processes, so every stage below sees the average)
+///   0. non-finite check   (policy raise / skip_step only: before anything is modified)
+///   1. penalties          g += l1·sign(w) + 2·l2·w         (penalty.hpp, per group)
+///   2. clipping           by global norm over ALL parameters of the optimizer, then by value
+///                         (clip.hpp; the pre-clip total norm is returned by step())
+///   3. update rule        the derived class: SGD, Adam, AdamW, RMSprop (their weight_decay is
+///                         the rule's own, coupled or decoupled, as in PyTorch)
+///   4. constraints        projections of the updated values, per group then per parameter
+///                         (constraint.hpp)
+///
+/// Stages 1 and 2 modify p.grad() in place (as clip_grad_norm_ does): after step() the
+/// gradients are the penalised, clipped ones the rule used. Parameters whose requires_grad() is
+/// false are skipped entirely.
+///
+/// Non-finite gradients (NonFinitePolicy):
+///   propagate  PyTorch's behaviour: NaN/inf flow into clipping and the update.
+///   raise      NonFiniteError naming the first parameter (in optimizer order) whose gradient
+///              holds a NaN or inf; nothing is modified.
+///   skip_step  nothing is modified (parameters, state, gradients), skipped_steps() += 1.
+///
+/// State: state_dict() gives the per-parameter state as named tensors, PyTorch's names with the
+/// parameter's index across all groups in order: "state.3.step" (a 0-d int64 tensor, exact to
+/// 2^63 steps; load_state_dict also takes the float step PyTorch writes), "state.3.exp_avg",
+/// "state.3.momentum_buffer", ... (tensors of T). load_state_dict() checks every name, dtype and
+/// shape before it changes anything. Hyperparameters (lr, betas, ...) are configuration, not state:
+/// they are not saved (a scheduler recomputes lr from its epoch).
 
 #include <algorithm>
 #include <array>
@@ -53,27 +54,32 @@
 
 namespace tapegrad::optim {
 
+/// What step() does with NaN or inf gradients (see the file's description).
 enum class NonFinitePolicy { propagate, raise, skip_step };
 
+/// Parameters with their names, as Module::named_parameters() gives them.
 template <class T>
 using NamedParameters = std::vector<std::pair<std::string, Parameter<T>>>;
 
-// Named tensors of any dtype: the buffers are Tensor<T>, the step counts Tensor<int64_t>.
+/// Named tensors of any dtype: the buffers are Tensor<T>, the step counts Tensor<int64_t>.
 using StateDict = NamedTensors;
 
-// A set of parameters sharing hyperparameters (torch.optim param_groups).
+/// A set of parameters sharing hyperparameters (torch.optim param_groups).
 template <class T>
 struct ParamGroup {
+  /// The parameters of the group.
   std::vector<Parameter<T>> params;
-  std::vector<std::string> names;      // parallel to params, or empty (then named by index)
-  std::optional<double> lr;            // unset: the optimizer's lr
-  std::optional<double> weight_decay;  // unset: the optimizer's weight_decay
-  double l1 = 0;                       // Keras L1: adds l1·sign(w) to the gradient
-  double l2 = 0;                       // Keras L2: adds 2·l2·w to the gradient
-  // Biases and normalisation parameters: l1, l2 and weight_decay are treated as 0.
+  std::vector<std::string> names;      ///< parallel to params, or empty (then named by index)
+  std::optional<double> lr;            ///< unset: the optimizer's lr
+  std::optional<double> weight_decay;  ///< unset: the optimizer's weight_decay
+  double l1 = 0;                       ///< Keras L1: adds l1·sign(w) to the gradient
+  double l2 = 0;                       ///< Keras L2: adds 2·l2·w to the gradient
+  /// Biases and normalisation parameters: l1, l2 and weight_decay are treated as 0.
   bool exempt_from_penalties = false;
-  std::vector<Constraint<T>> constraints;  // applied after each update to every parameter
+  std::vector<Constraint<T>> constraints;  ///< applied after each update to every parameter
 
+  ///@{
+  /// A group of the given parameters (named: the names are kept), with the optimizer's defaults.
   static ParamGroup of(const std::vector<Parameter<T>>& params) {
     ParamGroup g;
     g.params = params;
@@ -87,19 +93,20 @@ struct ParamGroup {
     }
     return g;
   }
+  ///@}
 };
 
-// True for what common practice exempts from weight decay: biases and normalisation scales and
-// shifts, i.e. tensors of rank <= 1, and anything whose last name component is "bias".
+/// True for what common practice exempts from weight decay: biases and normalisation scales and
+/// shifts, i.e. tensors of rank <= 1, and anything whose last name component is "bias".
 inline bool is_no_decay(const std::string& name, int rank) {
   if (rank <= 1) return true;
   const auto dot = name.rfind('.');
   return name.substr(dot == std::string::npos ? 0 : dot + 1) == "bias";
 }
 
-// Splits a model's named_parameters() into {decayed, exempt}: group 0 holds the weights
-// (rank >= 2), group 1 the biases and normalisation parameters with exempt_from_penalties set.
-// Both groups are always returned (one may be empty), so the indices are fixed.
+/// Splits a model's named_parameters() into {decayed, exempt}: group 0 holds the weights
+/// (rank >= 2), group 1 the biases and normalisation parameters with exempt_from_penalties set.
+/// Both groups are always returned (one may be empty), so the indices are fixed.
 template <class T>
 std::vector<ParamGroup<T>> split_decay_groups(const NamedParameters<T>& named) {
   std::vector<ParamGroup<T>> groups(2);
@@ -112,6 +119,8 @@ std::vector<ParamGroup<T>> split_decay_groups(const NamedParameters<T>& named) {
   return groups;
 }
 
+/// The base of every update rule: parameter groups and the step() pipeline of the file's
+/// description. Not copyable.
 template <class T>
 class Optimizer {
  public:
@@ -119,12 +128,12 @@ class Optimizer {
   Optimizer(const Optimizer&) = delete;
   Optimizer& operator=(const Optimizer&) = delete;
 
-  // "SGD", "Adam", ...: the prefix of every error message.
+  /// "SGD", "Adam", ...: the prefix of every error message.
   const std::string& name() const { return name_; }
 
-  // Runs the pipeline once. Returns the global gradient norm before clipping (of order
-  // norm_type when clipping by norm, else 2), after the penalties; NaN when norm tracking is off
-  // and no norm clipping is set, and for a step skipped before the norm was known.
+  /// Runs the pipeline once. Returns the global gradient norm before clipping (of order
+  /// norm_type when clipping by norm, else 2), after the penalties; NaN when norm tracking is off
+  /// and no norm clipping is set, and for a step skipped before the norm was known.
   double step() {
     for (const auto& hook : pre_step_hooks_) hook();
     check_groups();
@@ -192,24 +201,31 @@ class Optimizer {
     return total;
   }
 
+  /// Marks every parameter's gradient zero.
   void zero_grad() {
     for (auto& s : slots_) s.param.zero_grad();
   }
 
-  // A function step() calls before anything else (stage -1 above); hooks run in the order they
-  // were added. An exception from a hook leaves step() with nothing modified.
+  /// A function step() calls before anything else (stage -1 above); hooks run in the order they
+  /// were added. An exception from a hook leaves step() with nothing modified.
   void add_pre_step_hook(std::function<void()> hook) {
     if (!hook) tapegrad::detail::fail<ValueError>(name_, ".add_pre_step_hook: empty function");
     pre_step_hooks_.push_back(std::move(hook));
   }
+  /// Number of pre-step hooks.
   size_t num_pre_step_hooks() const { return pre_step_hooks_.size(); }
 
   // ---- parameter groups ----
+  /// Number of parameter groups.
   size_t num_param_groups() const { return groups_.size(); }
-  // Mutable for lr, weight_decay, l1, l2, exempt_from_penalties and constraints; the params
-  // and names of a group are fixed once added (use add_param_group for more).
+  /// Mutable for lr, weight_decay, l1, l2, exempt_from_penalties and constraints; the params
+  /// and names of a group are fixed once added (use add_param_group for more).
   ParamGroup<T>& param_group(size_t i) { return groups_.at(i); }
+  /// The group i (std::out_of_range if there is none).
   const ParamGroup<T>& param_group(size_t i) const { return groups_.at(i); }
+  /// Adds a group, taking the optimizer's defaults where the group has none; throws ValueError for
+  /// an undefined parameter, one already in the optimizer, names not matching params, or negative
+  /// hyperparameters.
   void add_param_group(ParamGroup<T> group) {
     const size_t gi = groups_.size();
     if (!group.names.empty() && group.names.size() != group.params.size())
@@ -237,57 +253,68 @@ class Optimizer {
     initial_lr_.push_back(*group.lr);
     groups_.push_back(std::move(group));
   }
+  /// The lr of a group.
   double lr(size_t group = 0) const { return *groups_.at(group).lr; }
+  /// Sets every group's lr (ValueError if negative).
   void set_lr(double lr) {
     for (size_t g = 0; g < groups_.size(); ++g) set_lr(g, lr);
   }
+  /// Sets one group's lr (ValueError if negative).
   void set_lr(size_t group, double lr) {
     check_nonnegative("lr", lr);
     groups_.at(group).lr = lr;
   }
-  // The group's lr when it was added: the base a scheduler scales.
+  /// The group's lr when it was added: the base a scheduler scales.
   double initial_lr(size_t group) const { return initial_lr_.at(group); }
 
   // ---- parameters, in order across groups (the indices of state_dict) ----
+  /// Number of parameters across all groups.
   size_t num_params() const { return slots_.size(); }
+  /// Parameter i, in order across groups.
   const Parameter<T>& param(size_t i) const { return slots_.at(i).param; }
+  /// The name of parameter i (its group's name, or its index).
   const std::string& param_name(size_t i) const { return slots_.at(i).name; }
 
   // ---- pipeline configuration (chainable) ----
-  // Penalties of every group not exempt from them.
+  /// Penalties of every group not exempt from them.
   Optimizer& set_penalties(double l1, double l2) {
     L1L2Penalty{l1, l2}.validate(name_.c_str());
     for (auto& g : groups_) g.l1 = l1, g.l2 = l2;
     return *this;
   }
+  /// Stage 2: clip the global gradient norm to max_norm (ValueError for a negative max_norm or an
+  /// invalid norm_type).
   Optimizer& set_clip_grad_norm(double max_norm, double norm_type = 2.0) {
     GradNormClip c{max_norm, norm_type};
     c.validate(name_.c_str());
     clip_norm_ = c;
     return *this;
   }
+  /// Stage 2: clamp each gradient to [−clip_value, clip_value] (ValueError if negative).
   Optimizer& set_clip_grad_value(double clip_value) {
     GradValueClip c{clip_value};
     c.validate(name_.c_str());
     clip_value_ = c;
     return *this;
   }
+  /// Removes both kinds of clipping.
   Optimizer& clear_clipping() {
     clip_norm_.reset();
     clip_value_.reset();
     return *this;
   }
+  /// What step() does with non-finite gradients (default propagate).
   Optimizer& set_nonfinite_policy(NonFinitePolicy policy) {
     policy_ = policy;
     return *this;
   }
-  // Whether step() computes the gradient norm when it does not clip by norm (default on: it
-  // is one read of the gradients, and the number every training log wants).
+  /// Whether step() computes the gradient norm when it does not clip by norm (default on: it
+  /// is one read of the gradients, and the number every training log wants).
   Optimizer& set_track_grad_norm(bool on) {
     track_norm_ = on;
     return *this;
   }
-  // A constraint on one parameter, applied after its group's constraints.
+  /// A constraint on one parameter, applied after its group's constraints.
   Optimizer& add_constraint(const Parameter<T>& p, Constraint<T> c) {
     for (auto& s : slots_)
       if (s.param == p) {
@@ -298,15 +325,20 @@ class Optimizer {
                                        " is not in this optimizer");
   }
 
+  /// The norm clipping set, if any.
   const std::optional<GradNormClip>& clip_grad_norm() const { return clip_norm_; }
+  /// The value clipping set, if any.
   const std::optional<GradValueClip>& clip_grad_value() const { return clip_value_; }
+  /// The non-finite policy.
   NonFinitePolicy nonfinite_policy() const { return policy_; }
-  // The value the last step() returned.
+  /// The value the last step() returned.
   double last_total_norm() const { return last_total_norm_; }
-  // Steps skipped under NonFinitePolicy::skip_step.
+  /// Steps skipped under NonFinitePolicy::skip_step.
   int64_t skipped_steps() const { return skipped_; }
 
   // ---- state ----
+  /// The per-parameter state as named tensors, PyTorch's names ("state.3.exp_avg"; see the file's
+  /// description).
   StateDict state_dict() const {
     StateDict out;
     const auto names = buffer_names();
@@ -321,11 +353,11 @@ class Optimizer {
     return out;
   }
 
-  // Replaces the whole state (parameters absent from `state` start afresh). Throws ValueError
-  // for an unknown or duplicate name, an index beyond num_params(), a missing partner entry, a
-  // buffer whose dtype is not T or a step that is not a non-negative integer (int64, or float
-  // as PyTorch saves it), ShapeError for a tensor whose shape differs from its parameter's; on
-  // error the current state is unchanged.
+  /// Replaces the whole state (parameters absent from `state` start afresh). Throws ValueError
+  /// for an unknown or duplicate name, an index beyond num_params(), a missing partner entry, a
+  /// buffer whose dtype is not T or a step that is not a non-negative integer (int64, or float
+  /// as PyTorch saves it), ShapeError for a tensor whose shape differs from its parameter's; on
+  /// error the current state is unchanged.
   void load_state_dict(const StateDict& state) {
     const auto names = buffer_names();
     const std::string who = name_ + ".load_state_dict";
@@ -380,13 +412,18 @@ class Optimizer {
   }
 
  protected:
-  // Per-parameter state of a rule: a step count and up to three buffers, allocated once.
+  /// Per-parameter state of a rule: a step count and up to three buffers, allocated once.
   struct ParamState {
+    /// Updates done so far.
     int64_t step = 0;
+    /// Whether the buffers are allocated.
     bool initialized = false;
+    /// The rule's buffers (names from buffer_names()).
     std::array<Tensor<T>, 3> buf;
   };
 
+  /// For the rules: name for errors, the groups, and the defaults of lr and weight_decay. An empty
+  /// parameter list throws ValueError.
   Optimizer(std::string name, std::vector<ParamGroup<T>> groups, double default_lr,
             double default_weight_decay)
       : name_(std::move(name)),
@@ -396,14 +433,14 @@ class Optimizer {
     if (slots_.empty()) tapegrad::detail::fail<ValueError>(name_, ": got an empty parameter list");
   }
 
-  // The update rule for one parameter: reads p.grad(), writes p.value() and s.
+  /// The update rule for one parameter: reads p.grad(), writes p.value() and s.
   virtual void update(const Parameter<T>& p, ParamState& s, double lr, double weight_decay) = 0;
-  // The names of s.buf[0..2] in state_dict ("exp_avg", ...); nullptr marks an unused slot.
+  /// The names of s.buf[0..2] in state_dict ("exp_avg", ...); nullptr marks an unused slot.
   virtual std::array<const char*, 3> buffer_names() const = 0;
-  // Whether the state has a "step" entry (SGD's has none, as in PyTorch).
+  /// Whether the state has a "step" entry (SGD's has none, as in PyTorch).
   virtual bool has_step_count() const { return true; }
 
-  // Allocates the used buffers, zero-filled, on a parameter's first update.
+  /// Allocates the used buffers, zero-filled, on a parameter's first update.
   void init_state(ParamState& s, const Parameter<T>& p) const {
     const auto names = buffer_names();
     for (size_t k = 0; k < names.size(); ++k)
@@ -412,15 +449,16 @@ class Optimizer {
     s.initialized = true;
   }
 
+  /// Throws ValueError naming what if v is negative, NaN or inf.
   void check_nonnegative(const char* what, double v) const {
     if (!(v >= 0) || std::isinf(v))
       tapegrad::detail::fail<ValueError>(name_, ": invalid ", what, " ", v,
                                          " (must be finite and >= 0)");
   }
 
-  // Runs f(offset, length) over [0, n) in cache-sized pieces, so that a rule's several
-  // Eigen statements over the same elements read them from cache, not memory; pieces of a large
-  // parameter are shared among the threads.
+  /// Runs f(offset, length) over [0, n) in cache-sized pieces, so that a rule's several
+  /// Eigen statements over the same elements read them from cache, not memory; pieces of a large
+  /// parameter are shared among the threads.
   template <class F>
   static void for_chunks(int64_t n, F&& f) {
     tapegrad::detail::for_each_chunk(n, 2048, f);

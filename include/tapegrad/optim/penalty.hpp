@@ -1,15 +1,16 @@
 #pragma once
-// L1 / L2 weight penalties, Keras regularizer semantics (tf.keras.regularizers.L1L2):
-//
-//   penalty = l1·Σ|w| + l2·Σw²        gradient = l1·sign(w) + 2·l2·w     (sign(0) = 0)
-//
-// Keras' L2 has no ½, hence 2·l2·w; under SGD, Keras L2(λ) ≡ PyTorch weight_decay = 2λ
-// (PyTorch's weight_decay λ adds λ·w, the gradient of (λ/2)·‖w‖²: see the update rules).
-//
-// Two equivalent ways to use them:
-//   - in Optimizer::step() (stage 1): L1L2Penalty adds the gradient into p.grad() in place;
-//   - in a loss: loss = loss + l1_penalty(tape, params, λ), a scalar Var whose backward adds
-//     the same gradient (one fused op on the tape for all parameters).
+/// \file
+/// L1 / L2 weight penalties, Keras regularizer semantics (tf.keras.regularizers.L1L2):
+///
+///   penalty = l1·Σ|w| + l2·Σw²        gradient = l1·sign(w) + 2·l2·w     (sign(0) = 0)
+///
+/// Keras' L2 has no ½, hence 2·l2·w; under SGD, Keras L2(λ) ≡ PyTorch weight_decay = 2λ
+/// (PyTorch's weight_decay λ adds λ·w, the gradient of (λ/2)·‖w‖²: see the update rules).
+///
+/// Two equivalent ways to use them:
+///   - in Optimizer::step() (stage 1): L1L2Penalty adds the gradient into p.grad() in place;
+///   - in a loss: loss = loss + l1_penalty(tape, params, λ), a scalar Var whose backward adds
+///     the same gradient (one fused op on the tape for all parameters).
 
 #include <cmath>
 #include <span>
@@ -42,17 +43,22 @@ auto sign(const Eigen::ArrayBase<Derived>& x) {
 
 }  // namespace detail
 
-// Penalty stage: adds l1·sign(w) + 2·l2·w to the gradient of each parameter.
+/// Penalty stage: adds l1·sign(w) + 2·l2·w to the gradient of each parameter.
 struct L1L2Penalty {
+  /// The L1 coefficient.
   double l1 = 0;
+  /// The L2 coefficient.
   double l2 = 0;
 
+  /// Whether either coefficient is non-zero.
   bool active() const { return l1 != 0 || l2 != 0; }
+  /// Throws ValueError for a negative, NaN or inf coefficient.
   void validate(const char* who) const {
     if (!(l1 >= 0) || !(l2 >= 0) || std::isinf(l1) || std::isinf(l2))
       tapegrad::detail::fail<ValueError>(who, ": penalties must be finite and >= 0, got l1 = ", l1,
                                          ", l2 = ", l2);
   }
+  /// Adds l1·sign(w) + 2·l2·w to p's gradient.
   template <class T>
   void operator()(const Parameter<T>& p) const {
     if (!(p.grad().shape() == p.value().shape()))
@@ -68,6 +74,7 @@ struct L1L2Penalty {
     else if (l2 != 0)
       g += b * w;
   }
+  /// The same for each parameter.
   template <class T>
   void operator()(std::span<const Parameter<T>> params) const {
     for (const auto& p : params) (*this)(p);
@@ -96,7 +103,7 @@ Var<T> record_penalty(Tape<T>& tape, const std::vector<Parameter<T>>& params, co
 
 }  // namespace detail
 
-// λ·Σ_p Σ|w|: a scalar to add to the loss; its gradient is λ·sign(w), 0 at w = 0.
+/// λ·Σ_p Σ|w|: a scalar to add to the loss; its gradient is λ·sign(w), 0 at w = 0.
 template <class T>
 Var<T> l1_penalty(Tape<T>& tape, const std::vector<Parameter<T>>& params, double lambda) {
   detail::check_lambda("l1_penalty", lambda);
@@ -111,7 +118,7 @@ Var<T> l1_penalty(Tape<T>& tape, const std::vector<Parameter<T>>& params, double
   return out;
 }
 
-// λ·Σ_p Σw² (Keras L2, no ½): a scalar to add to the loss; its gradient is 2λ·w.
+/// λ·Σ_p Σw² (Keras L2, no ½): a scalar to add to the loss; its gradient is 2λ·w.
 template <class T>
 Var<T> l2_penalty(Tape<T>& tape, const std::vector<Parameter<T>>& params, double lambda) {
   detail::check_lambda("l2_penalty", lambda);
@@ -128,7 +135,10 @@ Var<T> l2_penalty(Tape<T>& tape, const std::vector<Parameter<T>>& params, double
 
 }  // namespace tapegrad::optim
 
+// Hidden from doxygen (an implementation detail it cannot place in Eigen's scope).
+/// \cond
 template <class T>
 struct Eigen::internal::functor_traits<tapegrad::optim::detail::SignOp<T>> {
   enum { Cost = 3 * NumTraits<T>::AddCost, PacketAccess = packet_traits<T>::Vectorizable };
 };
+/// \endcond

@@ -1,33 +1,45 @@
 #pragma once
-// RMSprop: torch.optim.RMSprop's equations and defaults (docs; C++
-// torch/csrc/api/src/optim/rmsprop.cpp):
-//
-//   g = g + wd·θ                                        (if wd ≠ 0, coupled)
-//   s = α·s + (1 − α)·g²
-//   centered:  ḡ = α·ḡ + (1 − α)·g  (as ḡ + (1 − α)(g − ḡ));   a = √(s − ḡ²) + eps
-//   else:      a = √s + eps                             (eps outside the square root)
-//   μ > 0:     b = μ·b + g / a;   θ = θ − lr·b
-//   else:      θ = θ − lr·g / a
-//
-// Defaults: lr 1e-2, alpha 0.99, eps 1e-8, weight_decay 0, momentum 0, centered false.
-// State: "step", "square_avg", "momentum_buffer" (μ > 0), "grad_avg" (centered).
+/// \file
+/// RMSprop: torch.optim.RMSprop's equations and defaults (docs; C++
+/// torch/csrc/api/src/optim/rmsprop.cpp):
+///
+///   g = g + wd·θ                                        (if wd ≠ 0, coupled)
+///   s = α·s + (1 − α)·g²
+///   centered:  ḡ = α·ḡ + (1 − α)·g  (as ḡ + (1 − α)(g − ḡ));   a = √(s − ḡ²) + eps
+///   else:      a = √s + eps                             (eps outside the square root)
+///   μ > 0:     b = μ·b + g / a;   θ = θ − lr·b
+///   else:      θ = θ − lr·g / a
+///
+/// Defaults: lr 1e-2, alpha 0.99, eps 1e-8, weight_decay 0, momentum 0, centered false.
+/// State: "step", "square_avg", "momentum_buffer" (μ > 0), "grad_avg" (centered).
 
 #include "tapegrad/optim/optimizer.hpp"
 
 namespace tapegrad::optim {
 
+/// RMSprop's hyperparameters (torch.optim.RMSprop's names and defaults).
 struct RMSpropOptions {
+  /// Learning rate.
   double lr = 1e-2;
+  /// Decay rate of the squared-gradient average.
   double alpha = 0.99;
+  /// Added to the denominator, after the square root.
   double eps = 1e-8;
+  /// Coupled L2 weight decay: g += weight_decay·θ.
   double weight_decay = 0;
+  /// Momentum μ (0: none).
   double momentum = 0;
+  /// Normalise by the variance estimate (s − ḡ²) instead of s.
   bool centered = false;
 };
 
+/// RMSprop, torch.optim.RMSprop (equations in the file's description). Negative hyperparameters
+/// throw ValueError.
 template <class T>
 class RMSprop : public Optimizer<T> {
  public:
+  ///@{
+  /// RMSprop over parameter groups, a parameter list, or named parameters.
   RMSprop(std::vector<ParamGroup<T>> groups, RMSpropOptions o = {})
       : Optimizer<T>("RMSprop", std::move(groups), o.lr, o.weight_decay), o_(o) {
     this->check_nonnegative("eps", o.eps);
@@ -40,13 +52,15 @@ class RMSprop : public Optimizer<T> {
       : RMSprop(std::vector<ParamGroup<T>>{ParamGroup<T>::of(params)}, o) {}
   RMSprop(const NamedParameters<T>& params, RMSpropOptions o = {})
       : RMSprop(std::vector<ParamGroup<T>>{ParamGroup<T>::of(params)}, o) {}
+  ///@}
 
+  /// The hyperparameters given at construction.
   const RMSpropOptions& options() const { return o_; }
 
  protected:
   using typename Optimizer<T>::ParamState;
 
-  // Fixed slots: 0 square_avg, 1 momentum_buffer, 2 grad_avg.
+  /// Fixed slots: 0 square_avg, 1 momentum_buffer, 2 grad_avg.
   std::array<const char*, 3> buffer_names() const override {
     return {"square_avg", o_.momentum > 0 ? "momentum_buffer" : nullptr,
             o_.centered ? "grad_avg" : nullptr};

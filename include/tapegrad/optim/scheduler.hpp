@@ -1,24 +1,25 @@
 #pragma once
-// Learning-rate schedules acting on an optimizer's parameter groups, with PyTorch's formulas
-// (torch.optim.lr_scheduler). Each group's lr is recomputed from its initial lr (the lr it had
-// when added to the optimizer) and the epoch e, in closed form:
-//
-//   StepLR(step_size, gamma = 0.1):      lr = base · gamma^⌊e / step_size⌋
-//   CosineAnnealingLR(T_max, eta_min):   lr = eta_min + (base − eta_min)·(1 + cos(π·e/T_max))/2
-//   LinearWarmup(warmup_steps, start_factor = 1/3, end_factor = 1)   (PyTorch's LinearLR):
-//                                        lr = base · (s + (f − s)·min(e,
-//                                        warmup_steps)/warmup_steps)
-//   SequentialLR(schedulers, milestones): scheduler k for milestone_{k−1} ≤ e < milestone_k,
-//                                        run on the epoch counted from its milestone (PyTorch's
-//                                        SequentialLR); WarmupCosineLR is warm-up then cosine.
-//   WarmupInverseSqrtLR(warmup_steps, start_factor = 1/warmup_steps):
-//                                        linear warm-up as LinearWarmup up to e = warmup_steps,
-//                                        then lr = base · √(warmup_steps / e) (the Transformer's
-//                                        schedule, Vaswani et al. 2017, normalised to peak at
-//                                        base; fairseq's inverse_sqrt)
-//
-// Like PyTorch, constructing a scheduler sets epoch 0's lr; call step() once per epoch (or per
-// iteration, for warm-up), after optimizer.step(). set_epoch(e) resumes at epoch e.
+/// \file
+/// Learning-rate schedules acting on an optimizer's parameter groups, with PyTorch's formulas
+/// (torch.optim.lr_scheduler). Each group's lr is recomputed from its initial lr (the lr it had
+/// when added to the optimizer) and the epoch e, in closed form:
+///
+///   StepLR(step_size, gamma = 0.1):      lr = base · gamma^⌊e / step_size⌋
+///   CosineAnnealingLR(T_max, eta_min):   lr = eta_min + (base − eta_min)·(1 + cos(π·e/T_max))/2
+///   LinearWarmup(warmup_steps, start_factor = 1/3, end_factor = 1)   (PyTorch's LinearLR):
+///                                        lr = base · (s + (f − s)·min(e,
+///                                        warmup_steps)/warmup_steps)
+///   SequentialLR(schedulers, milestones): scheduler k for milestone_{k−1} ≤ e < milestone_k,
+///                                        run on the epoch counted from its milestone (PyTorch's
+///                                        SequentialLR); WarmupCosineLR is warm-up then cosine.
+///   WarmupInverseSqrtLR(warmup_steps, start_factor = 1/warmup_steps):
+///                                        linear warm-up as LinearWarmup up to e = warmup_steps,
+///                                        then lr = base · √(warmup_steps / e) (the Transformer's
+///                                        schedule, Vaswani et al. 2017, normalised to peak at
+///                                        base; fairseq's inverse_sqrt)
+///
+/// Like PyTorch, constructing a scheduler sets epoch 0's lr; call step() once per epoch (or per
+/// iteration, for warm-up), after optimizer.step(). set_epoch(e) resumes at epoch e.
 
 #include <cmath>
 #include <cstdint>
@@ -30,31 +31,39 @@
 
 namespace tapegrad::optim {
 
+/// The base of the learning-rate schedules: sets each group's lr from its initial lr and the epoch
+/// (see the file's description).
 template <class T>
 class LRScheduler {
  public:
+  /// A schedule of optimizer's lr; subclasses set epoch 0's lr on construction.
   explicit LRScheduler(Optimizer<T>& optimizer) : opt_(&optimizer) {}
   virtual ~LRScheduler() = default;
 
-  // The lr of a group whose initial lr is base_lr, at epoch e.
+  /// The lr of a group whose initial lr is base_lr, at epoch e.
   virtual double lr_at(double base_lr, int64_t epoch) const = 0;
 
+  /// The next epoch: sets its lr.
   void step() { set_epoch(epoch_ + 1); }
+  /// Jumps to epoch (to resume) and sets its lr.
   void set_epoch(int64_t epoch) {
     if (epoch < 0) tapegrad::detail::fail<ValueError>("LRScheduler: negative epoch ", epoch);
     epoch_ = epoch;
     apply();
   }
+  /// The current epoch.
   int64_t last_epoch() const { return epoch_; }
-  // The lr of every group, as set by the last step().
+  /// The lr of every group, as set by the last step().
   std::vector<double> get_last_lr() const {
     std::vector<double> out;
     for (size_t g = 0; g < opt_->num_param_groups(); ++g) out.push_back(opt_->lr(g));
     return out;
   }
+  /// The optimizer whose lr the schedule sets.
   Optimizer<T>& optimizer() const { return *opt_; }
 
  protected:
+  /// Sets every group's lr to lr_at(initial lr, current epoch).
   void apply() {
     for (size_t g = 0; g < opt_->num_param_groups(); ++g)
       opt_->set_lr(g, lr_at(opt_->initial_lr(g), epoch_));
@@ -65,9 +74,11 @@ class LRScheduler {
   int64_t epoch_ = 0;
 };
 
+/// lr = base · gamma^⌊e / step_size⌋ (torch.optim.lr_scheduler.StepLR).
 template <class T>
 class StepLR : public LRScheduler<T> {
  public:
+  /// step_size < 1 or gamma < 0 throws ValueError.
   StepLR(Optimizer<T>& opt, int64_t step_size, double gamma = 0.1)
       : LRScheduler<T>(opt), step_size_(step_size), gamma_(gamma) {
     if (step_size < 1)
@@ -85,9 +96,12 @@ class StepLR : public LRScheduler<T> {
   double gamma_;
 };
 
+/// lr = eta_min + (base − eta_min)·(1 + cos(π·e/T_max))/2
+/// (torch.optim.lr_scheduler.CosineAnnealingLR).
 template <class T>
 class CosineAnnealingLR : public LRScheduler<T> {
  public:
+  /// T_max < 1 or eta_min < 0 throws ValueError.
   CosineAnnealingLR(Optimizer<T>& opt, int64_t T_max, double eta_min = 0)
       : LRScheduler<T>(opt), t_max_(T_max), eta_min_(eta_min) {
     if (T_max < 1)
@@ -106,9 +120,12 @@ class CosineAnnealingLR : public LRScheduler<T> {
   double eta_min_;
 };
 
+/// Linear warm-up: lr = base · (s + (f − s)·min(e, warmup_steps)/warmup_steps)
+/// (torch.optim.lr_scheduler.LinearLR).
 template <class T>
 class LinearWarmup : public LRScheduler<T> {
  public:
+  /// warmup_steps < 1 or factors outside [0, 1] throw ValueError.
   LinearWarmup(Optimizer<T>& opt, int64_t warmup_steps, double start_factor = 1.0 / 3,
                double end_factor = 1.0)
       : LRScheduler<T>(opt), steps_(warmup_steps), start_(start_factor), end_(end_factor) {
@@ -131,9 +148,12 @@ class LinearWarmup : public LRScheduler<T> {
   double start_, end_;
 };
 
+/// Scheduler k for milestone_{k−1} ≤ e < milestone_k, on the epoch counted from its milestone
+/// (torch.optim.lr_scheduler.SequentialLR).
 template <class T>
 class SequentialLR : public LRScheduler<T> {
  public:
+  /// One more scheduler than milestones, milestones increasing (ValueError otherwise).
   SequentialLR(Optimizer<T>& opt, std::vector<std::shared_ptr<LRScheduler<T>>> schedulers,
                std::vector<int64_t> milestones)
       : LRScheduler<T>(opt), scheds_(std::move(schedulers)), milestones_(std::move(milestones)) {
@@ -162,11 +182,13 @@ class SequentialLR : public LRScheduler<T> {
   std::vector<int64_t> milestones_;
 };
 
-// Linear warm-up over warmup_steps from start_factor·base to base, then cosine annealing from
-// base to eta_min over the next T_max epochs.
+/// Linear warm-up over warmup_steps from start_factor·base to base, then cosine annealing from
+/// base to eta_min over the next T_max epochs.
 template <class T>
 class WarmupCosineLR : public SequentialLR<T> {
  public:
+  /// Warm-up over warmup_steps, then cosine annealing over T_max epochs; invalid arguments throw
+  /// ValueError.
   WarmupCosineLR(Optimizer<T>& opt, int64_t warmup_steps, int64_t T_max,
                  double start_factor = 1.0 / 3, double eta_min = 0)
       : SequentialLR<T>(opt,
@@ -175,10 +197,12 @@ class WarmupCosineLR : public SequentialLR<T> {
                         {warmup_steps}) {}
 };
 
-// Linear warm-up from start_factor·base to base over warmup_steps, then decay as 1/√e.
+/// Linear warm-up from start_factor·base to base over warmup_steps, then decay as 1/√e.
 template <class T>
 class WarmupInverseSqrtLR : public LRScheduler<T> {
  public:
+  /// start_factor = 0 means 1/warmup_steps; warmup_steps < 1 or start_factor outside [0, 1] throw
+  /// ValueError.
   WarmupInverseSqrtLR(Optimizer<T>& opt, int64_t warmup_steps, double start_factor = 0)
       : LRScheduler<T>(opt),
         steps_(warmup_steps),

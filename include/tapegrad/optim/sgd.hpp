@@ -1,31 +1,42 @@
 #pragma once
-// SGD with momentum, dampening, Nesterov and coupled weight decay: torch.optim.SGD's equations
-// and defaults (docs; C++ torch/csrc/api/src/optim/sgd.cpp):
-//
-//   d = g + wd·θ                                       (if wd ≠ 0)
-//   if μ ≠ 0:  b = d on the first step (a copy, no dampening), then b = μ·b + (1 − τ)·d
-//              d = d + μ·b  (Nesterov)   or   d = b
-//   θ = θ − lr·d
-//
-// lr multiplies the step outside the buffer (PyTorch), so changing lr does not rescale the
-// momentum already accumulated. Nesterov requires μ > 0 and τ = 0 (ValueError otherwise).
-// State: "momentum_buffer" when μ ≠ 0; no step count (as PyTorch).
+/// \file
+/// SGD with momentum, dampening, Nesterov and coupled weight decay: torch.optim.SGD's equations
+/// and defaults (docs; C++ torch/csrc/api/src/optim/sgd.cpp):
+///
+///   d = g + wd·θ                                       (if wd ≠ 0)
+///   if μ ≠ 0:  b = d on the first step (a copy, no dampening), then b = μ·b + (1 − τ)·d
+///              d = d + μ·b  (Nesterov)   or   d = b
+///   θ = θ − lr·d
+///
+/// lr multiplies the step outside the buffer (PyTorch), so changing lr does not rescale the
+/// momentum already accumulated. Nesterov requires μ > 0 and τ = 0 (ValueError otherwise).
+/// State: "momentum_buffer" when μ ≠ 0; no step count (as PyTorch).
 
 #include "tapegrad/optim/optimizer.hpp"
 
 namespace tapegrad::optim {
 
+/// SGD's hyperparameters (torch.optim.SGD's names and defaults).
 struct SGDOptions {
+  /// Learning rate.
   double lr = 1e-3;
+  /// Momentum μ (0: none).
   double momentum = 0;
+  /// Dampening τ of the momentum.
   double dampening = 0;
+  /// Coupled L2 weight decay: d = g + weight_decay·θ.
   double weight_decay = 0;
+  /// Nesterov momentum (requires μ > 0 and τ = 0).
   bool nesterov = false;
 };
 
+/// SGD, torch.optim.SGD (equations in the file's description). Negative hyperparameters, or
+/// Nesterov without momentum or with dampening, throw ValueError.
 template <class T>
 class SGD : public Optimizer<T> {
  public:
+  ///@{
+  /// SGD over parameter groups, a parameter list, or named parameters.
   SGD(std::vector<ParamGroup<T>> groups, SGDOptions o = {})
       : Optimizer<T>("SGD", std::move(groups), o.lr, o.weight_decay), o_(o) {
     this->check_nonnegative("momentum", o.momentum);
@@ -41,7 +52,9 @@ class SGD : public Optimizer<T> {
       : SGD(std::vector<ParamGroup<T>>{ParamGroup<T>::of(params)}, o) {}
   SGD(const NamedParameters<T>& params, SGDOptions o = {})
       : SGD(std::vector<ParamGroup<T>>{ParamGroup<T>::of(params)}, o) {}
+  ///@}
 
+  /// The hyperparameters given at construction.
   const SGDOptions& options() const { return o_; }
 
  protected:
