@@ -1,11 +1,12 @@
 #pragma once
 // Helpers the example programs share (not part of the library): a progress bar drawn on stderr
-// only when stderr is a terminal, a small command-line flag reader, mkdir -p, and
+// only when stderr is a terminal, command-line parsing with CLI11, mkdir -p, and
 // classification accuracy over a dataset in eval mode without recording gradients.
 
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <cerrno>
 #include <chrono>
@@ -13,10 +14,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <optional>
+#include <ostream>
 #include <sstream>
 #include <string>
-#include <vector>
 
 #include "tapegrad/io/dataloader.hpp"
 #include "tapegrad/nn/module.hpp"
@@ -67,60 +67,34 @@ class ProgressBar {
   std::chrono::steady_clock::time_point last_{};
 };
 
-// Flags as "--name value" or "--name=value"; every flag takes a value except those listed as
-// switches. Unknown flags and missing values are errors with a pointer to --help.
-class Flags {
- public:
-  Flags(int argc, char** argv, std::vector<std::string> known, std::vector<std::string> switches)
-      : known_(std::move(known)), switches_(std::move(switches)) {
-    for (int i = 1; i < argc; ++i) {
-      std::string a = argv[i];
-      if (a.rfind("--", 0) != 0) fail("unexpected argument '" + a + "'");
-      std::string name = a.substr(2), value;
-      const auto eq = name.find('=');
-      const bool is_switch = contains(switches_, name);
-      if (eq != std::string::npos) {
-        value = name.substr(eq + 1);
-        name = name.substr(0, eq);
-      } else if (!is_switch) {
-        if (i + 1 >= argc) fail("--" + name + " needs a value");
-        value = argv[++i];
-      }
-      if (!contains(known_, name) && !contains(switches_, name)) fail("unknown flag --" + name);
-      values_.emplace_back(name, value);
-    }
+// Parses the command line into `app` (CLI11, which takes "--name value" and "--name=value"):
+// returns -1 when the program should go on, 0 after printing --help, 2 after printing why a flag
+// is wrong. `print` false prints nothing (fashion_ddp's ranks other than 0).
+inline int parse_flags(CLI::App& app, int argc, char** argv, bool print = true) {
+  try {
+    app.parse(argc, argv);
+    return -1;
+  } catch (const CLI::ParseError& e) {
+    std::ostream quiet(nullptr);
+    return (print ? app.exit(e) : app.exit(e, quiet, quiet)) == 0 ? 0 : 2;
   }
-  bool has(const std::string& name) const { return get(name).has_value(); }
-  std::optional<std::string> get(const std::string& name) const {
-    std::optional<std::string> v;
-    for (const auto& [n, x] : values_)
-      if (n == name) v = x;  // the last occurrence wins
-    return v;
-  }
-  std::string str(const std::string& name, const std::string& fallback) const {
-    return get(name).value_or(fallback);
-  }
-  long long integer(const std::string& name, long long fallback, long long min = 0) const {
-    const auto v = get(name);
-    if (!v) return fallback;
-    char* end = nullptr;
-    const long long x = std::strtoll(v->c_str(), &end, 10);
-    if (v->empty() || *end != '\0' || x < min)
-      fail("--" + name + " expects an integer >= " + std::to_string(min) + ", got '" + *v + "'");
-    return x;
-  }
+}
 
- private:
-  static bool contains(const std::vector<std::string>& v, const std::string& s) {
-    return std::find(v.begin(), v.end(), s) != v.end();
-  }
-  [[noreturn]] static void fail(const std::string& msg) {
-    std::fprintf(stderr, "error: %s (see --help)\n", msg.c_str());
-    std::exit(2);
-  }
-  std::vector<std::string> known_, switches_;
-  std::vector<std::pair<std::string, std::string>> values_;
-};
+// A CLI11 check that a flag's value is a number >= min (> min when `strict`), with a short message
+// (CLI::PositiveNumber's spells out the range up to 1.8e308 in full).
+inline CLI::Validator at_least(double min, bool strict = false) {
+  char m[32];
+  std::snprintf(m, sizeof m, "%s%g", strict ? ">" : ">=", min);
+  return CLI::Validator(
+      [=](std::string& s) {
+        char* end = nullptr;
+        const double x = std::strtod(s.c_str(), &end);
+        const bool ok = !s.empty() && *end == '\0' && (strict ? x > min : x >= min);
+        return ok ? std::string() : "expects a number " + std::string(m) + ", got '" + s + "'";
+      },
+      strict && min == 0 ? std::string("POSITIVE") : m);
+}
+inline CLI::Validator positive() { return at_least(0, true); }
 
 // mkdir -p.
 inline void make_dirs(const std::string& path) {

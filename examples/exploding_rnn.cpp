@@ -380,68 +380,49 @@ void write_outputs(const std::string& dir, const std::vector<Result>& results, i
   tg::io::write_file_atomically(dir + "/summary.csv", summary.str());
 }
 
-void usage() {
-  std::printf(
-      "Usage: exploding_rnn [flags]\n"
-      "Trains vanilla RNNs and LSTMs on the adding problem and shows the gradient through time:\n"
-      "exploding (cured by clipping the update), vanishing (cured by the LSTM's cell state).\n\n"
-      "  --out DIR       output folder, created if missing (default exploding_rnn_out)\n"
-      "  --steps N       training steps per configuration (default %lld)\n"
-      "  --seq-len T     sequence length (default %lld)\n"
-      "  --hidden H      hidden size (default %lld)\n"
-      "  --batch N       sequences per step (default %lld)\n"
-      "  --threads N     threads (default 1: the matrices are small, and on a shared machine\n"
-      "                  threads waiting for each other inside every GEMM cost more than they\n"
-      "                  save)\n"
-      "  --only KEYS     comma-separated configuration keys (default: all)\n"
-      "  --seed N        seed of the weights and the data (default 1)\n"
-      "  --help          this text\n\nConfigurations:\n",
-      static_cast<long long>(kDefaultSteps), static_cast<long long>(kDefaultSeqLen),
-      static_cast<long long>(kDefaultHidden), static_cast<long long>(kDefaultBatch));
-  for (const auto& c : all_configs()) std::printf("  %-15s %s\n", c.key, c.description);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  examples::Flags flags(argc, argv,
-                        {"out", "steps", "seq-len", "hidden", "batch", "threads", "only", "seed"},
-                        {"help"});
-  if (flags.has("help")) {
-    usage();
-    return 0;
+  std::string out = "exploding_rnn_out";
+  int64_t steps = kDefaultSteps, T = kDefaultSeqLen, H = kDefaultHidden, N = kDefaultBatch;
+  int threads = 1;
+  uint64_t seed = 1;
+  std::vector<std::string> only, keys;
+  std::string footer = "Configurations:\n";
+  for (const auto& c : all_configs()) {
+    keys.push_back(c.key);
+    footer += "  " + pad(c.key, 15) + " " + c.description + "\n";
   }
-  const std::string out = flags.str("out", "exploding_rnn_out");
-  const int64_t steps = flags.integer("steps", kDefaultSteps, 1);
-  const int64_t T = flags.integer("seq-len", kDefaultSeqLen, 2);
-  const int64_t H = flags.integer("hidden", kDefaultHidden, 1);
-  const int64_t N = flags.integer("batch", kDefaultBatch, 1);
-  const int threads = static_cast<int>(flags.integer("threads", 1, 1));
-  const uint64_t seed = static_cast<uint64_t>(flags.integer("seed", 1, 0));
+  CLI::App app(
+      "Trains vanilla RNNs and LSTMs on the adding problem and shows the gradient through time:\n"
+      "exploding (cured by clipping the update), vanishing (cured by the LSTM's cell state).");
+  app.footer(footer);
+  app.add_option("--out", out, "output folder, created if missing")->capture_default_str();
+  app.add_option("--steps", steps, "training steps per configuration")
+      ->capture_default_str()
+      ->check(examples::positive());
+  app.add_option("--seq-len", T, "sequence length")
+      ->capture_default_str()
+      ->check(examples::at_least(2));
+  app.add_option("--hidden", H, "hidden size")->capture_default_str()->check(examples::positive());
+  app.add_option("--batch", N, "sequences per step")
+      ->capture_default_str()
+      ->check(examples::positive());
+  app.add_option("--threads", threads,
+                 "threads (the matrices are small, and on a shared machine threads waiting\n"
+                 "for each other inside every GEMM cost more than they save)")
+      ->capture_default_str()
+      ->check(examples::positive());
+  app.add_option("--only", only, "comma-separated configuration keys (default: all)")
+      ->delimiter(',')
+      ->check(CLI::IsMember(keys).description(""));  // the keys are in the footer
+  app.add_option("--seed", seed, "seed of the weights and the data")->capture_default_str();
+  if (const int rc = examples::parse_flags(app, argc, argv); rc >= 0) return rc;
 
   std::vector<const Config*> chosen;
-  if (auto only = flags.get("only")) {
-    std::stringstream ss(*only);
-    std::string key;
-    while (std::getline(ss, key, ',')) {
-      if (key.empty()) continue;
-      auto it = std::find_if(all_configs().begin(), all_configs().end(),
-                             [&](const Config& c) { return key == c.key; });
-      if (it == all_configs().end()) {
-        std::fprintf(stderr, "error: unknown configuration '%s'; the keys are:", key.c_str());
-        for (const auto& c : all_configs()) std::fprintf(stderr, " %s", c.key);
-        std::fprintf(stderr, "\n");
-        return 2;
-      }
-      chosen.push_back(&*it);
-    }
-    if (chosen.empty()) {
-      std::fprintf(stderr, "error: --only lists no configuration\n");
-      return 2;
-    }
-  } else {
-    for (const auto& c : all_configs()) chosen.push_back(&c);
-  }
+  for (const auto& c : all_configs())
+    if (only.empty() || std::find(only.begin(), only.end(), c.key) != only.end())
+      chosen.push_back(&c);
 
   try {
     tg::set_num_threads(threads);

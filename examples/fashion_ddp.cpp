@@ -82,58 +82,54 @@ std::shared_ptr<nn::Sequential<float>> make_model(const std::string& kind) {
 }
 
 int train(dist::Environment& env, int argc, char** argv) {
-  examples::Flags f(argc, argv,
-                    {"model", "epochs", "batch-size", "data-dir", "threads", "checkpoint-dir",
-                     "resume", "seed", "lr-schedule", "bucket-cap-mb"},
-                    {"help", "no-sync-bn"});
-  if (f.has("help")) {
-    if (env.rank() == 0)
-      std::printf(
-          "Usage: mpirun -np P %s [flags]\n"
-          "Data-parallel training on Fashion-MNIST over MPI.\n\n"
-          "  --model M            resnet (fashion_resnet's: SGD 0.05, momentum 0.9, cosine lr) or\n"
-          "                       mlp (fashion_mlp's: Adam 1e-3, constant lr); default resnet\n"
-          "  --epochs N           epochs (default 3 for resnet, 5 for mlp); with --resume, the "
-          "total\n"
-          "  --batch-size B       the global batch, split among the P processes (default 64 for\n"
-          "                       resnet, 128 for mlp; must be a multiple of P)\n"
-          "  --no-sync-bn         BatchNorm on each process's share alone (default: "
-          "SyncBatchNorm)\n"
-          "  --bucket-cap-mb X    gradient bucket size (default 25, PyTorch's)\n"
-          "  --data-dir DIR       Fashion-MNIST folder (default $%s, else %s)\n"
-          "  --threads N          threads per process (default 1)\n"
-          "  --checkpoint-dir D   where rank 0 writes a checkpoint after every epoch (default\n"
-          "                       checkpoints; \"\" for none)\n"
-          "  --resume PATH        continue from a checkpoint this program wrote (every rank reads "
-          "it)\n"
-          "  --seed N             seed of the shuffling order (default 0)\n"
-          "  --lr-schedule S      cosine or constant (default: cosine for resnet, constant for "
-          "mlp)\n",
-          argv[0], io::FashionMNIST::environment_variable, io::FashionMNIST::default_directory);
-    return 0;
-  }
-  const std::string kind = f.str("model", "resnet");
-  if (kind != "resnet" && kind != "mlp") throw tg::ValueError("--model must be resnet or mlp");
+  // --epochs, --batch-size and --lr-schedule: 0 or "" until parsed, their defaults depend on
+  // --model.
+  examples::TrainOptions o;
+  o.name = "fashion_ddp";
+  o.epochs = 0;
+  o.checkpoint_dir = "checkpoints";
+  o.lr_schedule = "";
+  std::string kind = "resnet";
+  int64_t global_batch = 0;
+  int threads = 1;
+  bool no_sync_bn = false;
+  dist::DDPOptions ddp_options;
+  CLI::App app(
+      "Data-parallel training on Fashion-MNIST over MPI: run it as mpirun -np P fashion_ddp.");
+  app.add_option("--model", kind,
+                 "resnet (fashion_resnet's: SGD 0.05, momentum 0.9, cosine lr) or\n"
+                 "mlp (fashion_mlp's: Adam 1e-3, constant lr)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"resnet", "mlp"}));
+  app.add_option("--batch-size", global_batch,
+                 "the global batch, split among the P processes (a multiple of P)")
+      ->default_str("64 for resnet, 128 for mlp")
+      ->check(examples::positive());
+  app.add_flag("--no-sync-bn", no_sync_bn,
+               "BatchNorm on each process's share alone (default: SyncBatchNorm)");
+  app.add_option("--bucket-cap-mb", ddp_options.bucket_cap_mb, "gradient bucket size (PyTorch's)")
+      ->capture_default_str()
+      ->check(examples::positive());
+  examples::add_train_flags(app, o, threads);
+  app.get_option("--epochs")->default_str("3 for resnet, 5 for mlp");
+  app.get_option("--lr-schedule")->default_str("cosine for resnet, constant for mlp");
+  if (const int rc = examples::parse_flags(app, argc, argv, env.rank() == 0); rc >= 0) return rc;
   const bool resnet = kind == "resnet";
-  const int epochs = int(f.integer("epochs", resnet ? 3 : 5, 1));
-  const int64_t global_batch = f.integer("batch-size", resnet ? 64 : 128, 1);
+  if (o.epochs == 0) o.epochs = resnet ? 3 : 5;
+  if (global_batch == 0) global_batch = resnet ? 64 : 128;
+  if (o.lr_schedule.empty()) o.lr_schedule = resnet ? "cosine" : "constant";
   const int p = env.world_size(), rank = env.rank();
   if (global_batch % p != 0)
     throw tg::ValueError("--batch-size " + std::to_string(global_batch) +
                          " is not a multiple of the " + std::to_string(p) + " processes");
-  const std::string schedule = f.str("lr-schedule", resnet ? "cosine" : "constant");
-  if (schedule != "cosine" && schedule != "constant")
-    throw tg::ValueError("--lr-schedule must be cosine or constant");
-  const std::string checkpoint_dir = f.str("checkpoint-dir", "checkpoints");
-  const uint64_t seed = uint64_t(f.integer("seed", 0, 0));
-  tg::set_num_threads(int(f.integer("threads", 1, 1)));
+  tg::set_num_threads(threads);
   dist::ProcessGroup& world = env.world();
 
   const auto layout = resnet ? io::ImageLayout::NCHW : io::ImageLayout::Flat;
-  const io::FashionMNIST train_set(io::Split::Train, f.str("data-dir", ""), layout);
-  const io::FashionMNIST test_set(io::Split::Test, f.str("data-dir", ""), layout);
+  const io::FashionMNIST train_set(io::Split::Train, o.data_dir, layout);
+  const io::FashionMNIST test_set(io::Split::Test, o.data_dir, layout);
   auto sampler = std::make_shared<dist::DistributedSampler>(
-      train_set.size(), world, dist::DistributedSamplerOptions{.shuffle = true, .seed = seed});
+      train_set.size(), world, dist::DistributedSamplerOptions{.shuffle = true, .seed = o.seed});
   io::DataLoader<float> loader(train_set.images, train_set.labels,
                                io::DataLoaderOptions(global_batch / p)
                                    .normalize(examples::kFashionMean, examples::kFashionStd),
@@ -144,9 +140,7 @@ int train(dist::Environment& env, int argc, char** argv) {
       std::make_shared<Strided>(test_set.size(), p, rank));
 
   auto model = make_model(kind);
-  const int synced = f.has("no-sync-bn") ? 0 : dist::convert_sync_batchnorm(*model, world);
-  dist::DDPOptions ddp_options;
-  if (f.has("bucket-cap-mb")) ddp_options.bucket_cap_mb = std::stod(*f.get("bucket-cap-mb"));
+  const int synced = no_sync_bn ? 0 : dist::convert_sync_batchnorm(*model, world);
   dist::DistributedDataParallel<float> ddp(model, world, ddp_options);
   std::unique_ptr<tg::optim::Optimizer<float>> opt;
   if (resnet)
@@ -162,31 +156,31 @@ int train(dist::Environment& env, int argc, char** argv) {
         "per process, progress thread %s\n",
         kind.c_str(), p, static_cast<long long>(global_batch / p),
         static_cast<long long>(global_batch),
-        synced                ? "SyncBatchNorm"
-        : f.has("no-sync-bn") ? "local BatchNorm"
-                              : "no BatchNorm",
+        synced       ? "SyncBatchNorm"
+        : no_sync_bn ? "local BatchNorm"
+                     : "no BatchNorm",
         tg::get_num_threads(), ddp.has_progress_thread() ? "on" : "off");
 
   int first_epoch = 1;
-  if (f.has("resume")) {
-    const io::Metadata meta = dist::load_checkpoint(*f.get("resume"), ddp, *opt);
+  if (!o.resume.empty()) {
+    const io::Metadata meta = dist::load_checkpoint(o.resume, ddp, *opt);
     for (const auto& [k, v] : meta)
       if (k == "epoch") first_epoch = std::stoi(v) + 1;
     if (rank == 0)
-      std::printf("resumed from %s after epoch %d\n", f.get("resume")->c_str(), first_epoch - 1);
+      std::printf("resumed from %s after epoch %d\n", o.resume.c_str(), first_epoch - 1);
   }
-  if (!checkpoint_dir.empty() && rank == 0) examples::make_dirs(checkpoint_dir);
+  if (!o.checkpoint_dir.empty() && rank == 0) examples::make_dirs(o.checkpoint_dir);
   loader.set_epoch(first_epoch - 1);
   std::unique_ptr<tg::optim::CosineAnnealingLR<float>> cosine;
-  if (schedule == "cosine") {
+  if (o.lr_schedule == "cosine") {
     cosine = std::make_unique<tg::optim::CosineAnnealingLR<float>>(
-        *opt, std::max<int64_t>(1, int64_t(epochs) * loader.size()));
+        *opt, std::max<int64_t>(1, int64_t(o.epochs) * loader.size()));
     cosine->set_epoch(int64_t(first_epoch - 1) * loader.size());
   }
 
   double acc = 0;
   tg::Tape<float> tape;
-  for (int epoch = first_epoch; epoch <= epochs; ++epoch) {
+  for (int epoch = first_epoch; epoch <= o.epochs; ++epoch) {
     model->train();
     ddp.reset_stats();
     examples::ProgressBar bar(rank == 0 ? "epoch " + std::to_string(epoch) : std::string(),
@@ -220,13 +214,13 @@ int train(dist::Environment& env, int argc, char** argv) {
     const dist::DDPStats& s = ddp.stats();
     if (rank == 0) {
       std::printf("epoch %d/%d  train loss %.4f  test accuracy %.4f  %.1f s (%.0f img/s)", epoch,
-                  epochs, train_loss, acc, seconds, double(seen * p) / seconds);
+                  o.epochs, train_loss, acc, seconds, double(seen * p) / seconds);
       if (p > 1)
         std::printf("  allreduce %.1f s, %.0f%% hidden behind backward", s.communication_seconds,
                     100 * s.hidden_fraction());
     }
-    if (!checkpoint_dir.empty()) {
-      const std::string path = checkpoint_dir + "/fashion_ddp_" + kind + "_epoch" +
+    if (!o.checkpoint_dir.empty()) {
+      const std::string path = o.checkpoint_dir + "/fashion_ddp_" + kind + "_epoch" +
                                std::to_string(epoch) + ".safetensors";
       char a[32];
       std::snprintf(a, sizeof a, "%.4f", acc);

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstdlib>
 #include <memory>
 #include <string>
 
@@ -133,43 +134,44 @@ double fit(tg::nn::Module<float>& model, Opt& opt, const TrainOptions& o) {
   return acc;
 }
 
-// The flags both examples take; prints --help text with `what` describing the example.
+// Declares the flags fashion_mlp, fashion_resnet and fashion_ddp take, into `o` and `threads`;
+// --help shows the values they hold as the defaults.
+inline void add_train_flags(CLI::App& app, TrainOptions& o, int& threads) {
+  app.add_option("--epochs", o.epochs, "epochs to train; with --resume, the total")
+      ->capture_default_str()
+      ->check(positive());
+  app.add_option("--data-dir", o.data_dir,
+                 std::string("Fashion-MNIST folder\n(default $") +
+                     tg::io::FashionMNIST::environment_variable + ", else " +
+                     tg::io::FashionMNIST::default_directory + ")");
+  app.add_option("--threads", threads, "threads (more help only on an idle machine)")
+      ->capture_default_str()
+      ->check(positive());
+  app.add_option("--checkpoint-dir", o.checkpoint_dir,
+                 "where a checkpoint is written after every epoch (\"\" for none)")
+      ->capture_default_str();
+  app.add_option("--resume", o.resume, "continue from a checkpoint this program wrote");
+  app.add_option("--seed", o.seed, "seed of the shuffling order")->capture_default_str();
+  app.add_option("--lr-schedule", o.lr_schedule,
+                 "cosine (annealed per step to 0 at the last epoch's end, over --epochs)\n"
+                 "or constant")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cosine", "constant"}));
+}
+
+// Parses the flags of fashion_mlp and fashion_resnet (`what` describes the example); exits after
+// --help (status 0) or a bad flag (status 2).
 inline TrainOptions parse_train_flags(int argc, char** argv, const char* name, const char* what,
                                       int default_epochs, const char* default_schedule,
                                       int& threads) {
-  Flags f(argc, argv,
-          {"epochs", "data-dir", "threads", "checkpoint-dir", "resume", "seed", "lr-schedule"},
-          {"help"});
-  if (f.has("help")) {
-    std::printf(
-        "Usage: %s [flags]\n%s\n\n"
-        "  --epochs N           epochs to train (default %d); with --resume, the total\n"
-        "  --data-dir DIR       Fashion-MNIST folder (default $%s, else %s)\n"
-        "  --threads N          threads (default 1; more help only on an idle machine)\n"
-        "  --checkpoint-dir D   where a checkpoint is written after every epoch\n"
-        "                       (default checkpoints; \"\" for none)\n"
-        "  --resume PATH        continue from a checkpoint this program wrote\n"
-        "  --seed N             seed of the shuffling order (default 0)\n"
-        "  --lr-schedule S      cosine (annealed per step to 0 at the last epoch's end, over\n"
-        "                       --epochs) or constant (default %s)\n"
-        "  --help               this text\n",
-        name, what, default_epochs, tg::io::FashionMNIST::environment_variable,
-        tg::io::FashionMNIST::default_directory, default_schedule);
-    std::exit(0);
-  }
   TrainOptions o;
   o.name = name;
-  o.epochs = static_cast<int>(f.integer("epochs", default_epochs, 1));
-  o.data_dir = f.str("data-dir", "");
-  o.checkpoint_dir = f.str("checkpoint-dir", "checkpoints");
-  o.resume = f.str("resume", "");
-  o.seed = static_cast<uint64_t>(f.integer("seed", 0, 0));
-  o.lr_schedule = f.str("lr-schedule", default_schedule);
-  if (o.lr_schedule != "cosine" && o.lr_schedule != "constant") {
-    std::fprintf(stderr, "error: --lr-schedule must be cosine or constant (see --help)\n");
-    std::exit(2);
-  }
-  threads = static_cast<int>(f.integer("threads", 1, 1));
+  o.epochs = default_epochs;
+  o.checkpoint_dir = "checkpoints";
+  o.lr_schedule = default_schedule;
+  CLI::App app(what);
+  add_train_flags(app, o, threads);
+  if (const int rc = parse_flags(app, argc, argv); rc >= 0) std::exit(rc);
   return o;
 }
 

@@ -350,87 +350,69 @@ std::vector<double> smooth(const std::vector<double>& v, size_t window) {
   return out;
 }
 
-void usage() {
-  std::printf(
-      "Usage: transformer_lm [flags]\n"
-      "A causal character-level Transformer (4 layers, d_model 128, 4 heads, context 64) on the\n"
-      "fortunes text: gradient norms per block at initialisation for Post-LN and Pre-LN, then\n"
-      "Post-LN without and with warm-up and Pre-LN without warm-up trained at one large learning\n"
-      "rate on the same batches, held-out bits per character, and a sample.\n\n"
-      "  --data DIR          text files (default %s, Debian's fortunes package)\n"
-      "  --out DIR           output folder, created if missing (default transformer_lm_out)\n"
-      "  --steps N           training steps per run (default 600)\n"
-      "  --batch N           sequences per step (default 32)\n"
-      "  --lr X              Adam's learning rate for every run (default 0.005)\n"
-      "  --warmup N          warm-up steps of the warm-up run, linear from 1%% (default 150)\n"
-      "  --only KEYS         comma-separated runs: post-ln, post-ln-warmup, pre-ln (default all)\n"
-      "  --threads N         threads (default 2)\n"
-      "  --seed N            seed of the weights, the batches and the sample (default 1)\n"
-      "  --init xavier|pytorch  encoder matrices xavier_uniform_ as nn.Transformer initialises\n"
-      "                      them (default), or the layers' own defaults (Linear's\n"
-      "                      kaiming_uniform_, as nn.TransformerEncoder alone leaves them)\n"
-      "  --sample N          characters to sample from the best model (default 400)\n"
-      "  --temperature X     sampling temperature (default 0.8)\n"
-      "  --prompt TEXT       the sample's beginning (default a newline)\n"
-      "  --help              this text\n",
-      kDefaultData);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  examples::Flags flags(argc, argv,
-                        {"data", "out", "steps", "batch", "lr", "warmup", "only", "threads", "seed",
-                         "init", "sample", "temperature", "prompt"},
-                        {"help"});
-  if (flags.has("help")) {
-    usage();
-    return 0;
-  }
-  const std::string data_dir = flags.str("data", kDefaultData);
-  const std::string out = flags.str("out", "transformer_lm_out");
-  Settings s{};
-  s.steps = flags.integer("steps", 600, 1);
-  s.batch = flags.integer("batch", 32, 1);
-  s.warmup = flags.integer("warmup", 150, 1);
-  s.seed = static_cast<uint64_t>(flags.integer("seed", 1, 0));
-  const std::string init = flags.str("init", "xavier");
-  if (init != "xavier" && init != "pytorch") {
-    std::fprintf(stderr, "error: --init expects xavier or pytorch, got '%s'\n", init.c_str());
-    return 2;
-  }
+  std::string data_dir = kDefaultData, out = "transformer_lm_out", init = "xavier", prompt = "\n";
+  Settings s{.steps = 600,
+             .batch = 32,
+             .warmup = 150,
+             .eval_every = 1,
+             .xavier = true,
+             .lr = 5e-3,
+             .seed = 1};
+  int threads = 2;
+  int64_t sample_length = 400;
+  double temperature = 0.8;
+  std::vector<std::string> only = {"post-ln", "post-ln-warmup", "pre-ln"};
+  CLI::App app(
+      "A causal character-level Transformer (4 layers, d_model 128, 4 heads, context 64) on the\n"
+      "fortunes text: gradient norms per block at initialisation for Post-LN and Pre-LN, then\n"
+      "Post-LN without and with warm-up and Pre-LN without warm-up trained at one large learning\n"
+      "rate on the same batches, held-out bits per character, and a sample.");
+  app.add_option("--data", data_dir, "text files (Debian's fortunes package)")
+      ->capture_default_str();
+  app.add_option("--out", out, "output folder, created if missing")->capture_default_str();
+  app.add_option("--steps", s.steps, "training steps per run")
+      ->capture_default_str()
+      ->check(examples::positive());
+  app.add_option("--batch", s.batch, "sequences per step")
+      ->capture_default_str()
+      ->check(examples::positive());
+  app.add_option("--lr", s.lr, "Adam's learning rate for every run")
+      ->capture_default_str()
+      ->check(examples::positive());
+  app.add_option("--warmup", s.warmup, "warm-up steps of the warm-up run, linear from 1%")
+      ->capture_default_str()
+      ->check(examples::positive());
+  app.add_option("--only", only, "comma-separated runs")
+      ->capture_default_str()
+      ->delimiter(',')
+      ->check(CLI::IsMember(only));
+  app.add_option("--threads", threads, "threads")
+      ->capture_default_str()
+      ->check(examples::positive());
+  app.add_option("--seed", s.seed, "seed of the weights, the batches and the sample")
+      ->capture_default_str();
+  app.add_option("--init", init,
+                 "encoder matrices xavier_uniform_ as nn.Transformer initialises them, or\n"
+                 "the layers' own defaults (Linear's kaiming_uniform_, as nn.TransformerEncoder\n"
+                 "alone leaves them)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"xavier", "pytorch"}));
+  app.add_option("--sample", sample_length, "characters to sample from the best model")
+      ->capture_default_str()
+      ->check(examples::at_least(0));
+  app.add_option("--temperature", temperature, "sampling temperature")
+      ->capture_default_str()
+      ->check(examples::positive());
+  app.add_option("--prompt", prompt, "the sample's beginning (default a newline)");
+  if (const int rc = examples::parse_flags(app, argc, argv); rc >= 0) return rc;
   s.xavier = init == "xavier";
   s.eval_every = std::max<int64_t>(1, s.steps / 12);
-  const auto real = [&](const char* name, double fallback) {
-    const auto v = flags.get(name);
-    if (!v) return fallback;
-    char* end = nullptr;
-    const double x = std::strtod(v->c_str(), &end);
-    if (v->empty() || *end != '\0' || !(x > 0)) {
-      std::fprintf(stderr, "error: --%s expects a positive number, got '%s'\n", name, v->c_str());
-      std::exit(2);
-    }
-    return x;
-  };
-  s.lr = real("lr", 5e-3);
-  const double temperature = real("temperature", 0.8);
-  const int64_t sample_length = flags.integer("sample", 400, 0);
-  const std::string prompt = flags.str("prompt", "\n");
-  const int threads = static_cast<int>(flags.integer("threads", 2, 1));
   std::vector<const Config*> chosen;
-  {
-    std::stringstream ss(flags.str("only", "post-ln,post-ln-warmup,pre-ln"));
-    for (std::string key; std::getline(ss, key, ',');) {
-      auto it = std::find_if(configs().begin(), configs().end(),
-                             [&](const Config& c) { return key == c.key; });
-      if (it == configs().end()) {
-        std::fprintf(stderr, "error: unknown run '%s' (post-ln, post-ln-warmup, pre-ln)\n",
-                     key.c_str());
-        return 2;
-      }
-      chosen.push_back(&*it);
-    }
-  }
+  for (const auto& c : configs())
+    if (std::find(only.begin(), only.end(), c.key) != only.end()) chosen.push_back(&c);
 
   try {
     tg::set_num_threads(threads);

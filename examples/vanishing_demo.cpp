@@ -35,7 +35,6 @@
 #include <cstdio>
 #include <exception>
 #include <memory>
-#include <optional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -490,66 +489,50 @@ void write_outputs(const std::string& dir, const std::vector<Result>& results) {
   io::write_file_atomically(dir + "/summary.csv", s.str());
 }
 
-void usage() {
-  std::printf(
-      "Usage: vanishing_demo [flags]\n"
-      "Trains a 784 -> 20 x 256 -> 10 MLP on Fashion-MNIST in several configurations and shows\n"
-      "how the gradient vanishes or explodes layer by layer, and what cures it.\n\n"
-      "  --out DIR        output folder, created if missing (default vanishing_out)\n"
-      "  --steps N        SGD steps per configuration (default %d; 468 = one epoch)\n"
-      "  --data-dir DIR   Fashion-MNIST folder (default $%s, else %s)\n"
-      "  --threads N      threads (default 1; more help only on an idle machine)\n"
-      "  --only KEYS      comma-separated configuration keys (default: all)\n"
-      "  --seed N         seed of the weights and the batch order (default 1)\n"
-      "  --help           this text\n\nConfigurations:\n",
-      kDefaultSteps, io::FashionMNIST::environment_variable, io::FashionMNIST::default_directory);
-  for (const auto& c : all_configs()) std::printf("  (%s) %-17s %s\n", c.tag, c.key, c.description);
-}
-
 }  // namespace
 
 int main(int argc, char** argv) {
-  examples::Flags flags(argc, argv, {"out", "steps", "data-dir", "threads", "only", "seed"},
-                        {"help"});
-  if (flags.has("help")) {
-    usage();
-    return 0;
-  }
-  const std::string out = flags.str("out", "vanishing_out");
-  const int64_t steps = flags.integer("steps", kDefaultSteps, 1);
+  std::string out = "vanishing_out", data_dir;
+  int64_t steps = kDefaultSteps;
   // One thread by default: the matrices of a 128-sample batch are small, and on a shared machine
   // two threads that wait for each other inside every GEMM ran 5-30x slower than one.
-  const int threads = static_cast<int>(flags.integer("threads", 1, 1));
-  const uint64_t seed = static_cast<uint64_t>(flags.integer("seed", 1, 0));
+  int threads = 1;
+  uint64_t seed = 1;
+  std::vector<std::string> only, keys;
+  std::string footer = "Configurations:\n";
+  for (const auto& c : all_configs()) {
+    keys.push_back(c.key);
+    footer += "  (" + std::string(c.tag) + ") " + pad(c.key, 17) + " " + c.description + "\n";
+  }
+  CLI::App app(
+      "Trains a 784 -> 20 x 256 -> 10 MLP on Fashion-MNIST in several configurations and shows\n"
+      "how the gradient vanishes or explodes layer by layer, and what cures it.");
+  app.footer(footer);
+  app.add_option("--out", out, "output folder, created if missing")->capture_default_str();
+  app.add_option("--steps", steps, "SGD steps per configuration (468 = one epoch)")
+      ->capture_default_str()
+      ->check(examples::positive());
+  app.add_option("--data-dir", data_dir,
+                 std::string("Fashion-MNIST folder\n(default $") +
+                     io::FashionMNIST::environment_variable + ", else " +
+                     io::FashionMNIST::default_directory + ")");
+  app.add_option("--threads", threads, "threads (more help only on an idle machine)")
+      ->capture_default_str()
+      ->check(examples::positive());
+  app.add_option("--only", only, "comma-separated configuration keys (default: all)")
+      ->delimiter(',')
+      ->check(CLI::IsMember(keys).description(""));  // the keys are in the footer
+  app.add_option("--seed", seed, "seed of the weights and the batch order")->capture_default_str();
+  if (const int rc = examples::parse_flags(app, argc, argv); rc >= 0) return rc;
 
   std::vector<const Config*> chosen;
-  if (auto only = flags.get("only")) {
-    std::stringstream ss(*only);
-    std::string key;
-    while (std::getline(ss, key, ',')) {
-      if (key.empty()) continue;
-      auto it = std::find_if(all_configs().begin(), all_configs().end(),
-                             [&](const Config& c) { return key == c.key; });
-      if (it == all_configs().end()) {
-        std::fprintf(stderr, "error: unknown configuration '%s'; the keys are:", key.c_str());
-        for (const auto& c : all_configs()) std::fprintf(stderr, " %s", c.key);
-        std::fprintf(stderr, "\n");
-        return 2;
-      }
-      chosen.push_back(&*it);
-    }
-    if (chosen.empty()) {
-      std::fprintf(stderr, "error: --only lists no configuration\n");
-      return 2;
-    }
-  } else {
-    for (const auto& c : all_configs()) chosen.push_back(&c);
-  }
+  for (const auto& c : all_configs())
+    if (only.empty() || std::find(only.begin(), only.end(), c.key) != only.end())
+      chosen.push_back(&c);
 
   try {
     tg::set_num_threads(threads);
     const auto t0 = std::chrono::steady_clock::now();
-    const std::string data_dir = flags.str("data-dir", "");
     const io::FashionMNIST train(io::Split::Train, data_dir, io::ImageLayout::Flat);
     const io::FashionMNIST test(io::Split::Test, data_dir, io::ImageLayout::Flat);
     examples::make_dirs(out);

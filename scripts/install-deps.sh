@@ -6,9 +6,10 @@ set -euo pipefail
 # libopenblas-dev: the release-blas preset (TAPEGRAD_USE_BLAS=ON) links the system BLAS.
 # fortunes: the text examples/transformer_lm.cpp trains on (/usr/share/games/fortunes).
 # doxygen: `make docs` (the API reference).
+# libcli11-dev: CLI11, the command-line parser of the examples (not needed by the library).
 # libopenmpi-dev, openmpi-bin: tapegrad::distributed (data-parallel training over MPI), its tests
 # (run under mpirun) and examples.
-PACKAGES="g++ cmake make libeigen3-dev googletest libgtest-dev libbenchmark-dev zlib1g-dev libopenblas-dev libopenmpi-dev openmpi-bin dataset-fashion-mnist fortunes doxygen"
+PACKAGES="g++ cmake make libeigen3-dev googletest libgtest-dev libbenchmark-dev zlib1g-dev libopenblas-dev libopenmpi-dev openmpi-bin dataset-fashion-mnist fortunes doxygen libcli11-dev"
 
 # Extra packages from the command line (scripts/install-bench-deps.sh passes the peer's).
 PACKAGES="$PACKAGES $*"
