@@ -10,6 +10,7 @@
 #include "layer_check.hpp"
 #include "tapegrad/nn/batch_norm.hpp"
 #include "tapegrad/nn/layer_norm.hpp"
+#include "tapegrad/nn/sequential.hpp"
 #include "tapegrad/ops/activation.hpp"
 #include "tapegrad/ops/reduce.hpp"
 #include "test_util.hpp"
@@ -195,6 +196,29 @@ TEST(BatchNormLayer, ForwardReluMatchesForwardThenRelu) {
     plain.zero_grad();
   }
   EXPECT_EQ(fused.num_batches_tracked.item(), 2.0);
+}
+
+// In a Sequential, a BatchNorm followed by a ReLU runs as batch_norm_relu, with the values and
+// running statistics of the two layers called one after the other.
+TEST(BatchNormLayer, SequentialFusesBatchNormAndRelu) {
+  auto bn = std::make_shared<tg::nn::BatchNorm2d<double>>(2);
+  tg::nn::Sequential<double> seq{bn, std::make_shared<tg::nn::ReLU<double>>()};
+  tg::nn::BatchNorm2d<double> plain(2);
+  tg::nn::ReLU<double> relu;
+  const TD x = sample({3, 2, 2, 2}, 90);
+  tg::Tape<double> tf, tp;
+  auto yf = seq(tf.input(x));
+  auto yp = relu(plain(tp.input(x)));
+  EXPECT_EQ(std::string(yf.node().op), "batch_norm_relu");
+  EXPECT_EQ(tf.size(), 4u);  // x, weight, bias, batch_norm_relu
+  for (int64_t i = 0; i < x.numel(); ++i) EXPECT_EQ(yf.value()[i], yp.value()[i]) << i;
+  for (int c = 0; c < 2; ++c) {
+    EXPECT_EQ(bn->running_mean[c], plain.running_mean[c]);
+    EXPECT_EQ(bn->running_var[c], plain.running_var[c]);
+  }
+  EXPECT_EQ(bn->num_batches_tracked.item(), 1.0);
+  // summary() still lists both layers.
+  EXPECT_NE(seq.summary({3, 2, 2, 2}).find("ReLU"), std::string::npos);
 }
 
 TEST(BatchNormLayer, MomentumNoneIsCumulativeAverage) {
