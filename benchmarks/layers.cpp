@@ -10,6 +10,14 @@
 //   BM_SmallResNet/<t>        conv3×3 1→16 + BN + ReLU, 3 × BasicBlock(16), BasicBlock(16→32,
 //                             stride 2), GlobalAvgPool2D, Dense 32→10; batch 64 of 1×28×28
 //
+//   BM_ResNetOp/<op>/<phase>/<t>  one op of small-resnet at the workload's shapes (batch 64),
+//                             phase fwd (forward only) or fwd_bwd (forward, then backward from a
+//                             fixed output gradient into the input and the parameters): the
+//                             Amdahl table of the speed issue (each op's share of the step and
+//                             its speed-up from a second thread). Ops: conv3x3 1->16, 16->16,
+//                             32->32, 16->32 stride 2, conv1x1 16->32 stride 2, batch_norm,
+//                             relu, add at 16x28x28 and 32x14x14.
+//
 // Run: bench_layers --benchmark_repetitions=3 --benchmark_report_aggregates_only=true
 
 #include <benchmark/benchmark.h>
@@ -17,6 +25,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <string>
 #include <vector>
 
 #include "tapegrad/nn/activation.hpp"
@@ -116,6 +125,80 @@ void BM_SmallResNet(benchmark::State& state) {
   run_steps(state, *net, {64, 1, 28, 28});
 }
 
+// One op of small-resnet: f maps the input Var (a parameter, so that backward computes its
+// gradient) to the output; fwd_bwd adds backward from a fixed random output gradient.
+using OpFn = std::function<tg::Var<float>(tg::Tape<float>&, const tg::Var<float>&)>;
+
+void run_op(benchmark::State& state, const tg::Shape& in, const OpFn& f, bool backward) {
+  tg::set_num_threads(static_cast<int>(state.range(0)));
+  tg::Generator gen(3);
+  tg::Parameter<float> x(tg::Tensor<float>::randn(in, gen));
+  tg::Tape<float> tape;
+  tg::Tensor<float> seed;
+  auto once = [&] {
+    tape.clear();
+    const tg::Var<float> y = f(tape, tape.param(x));
+    if (backward) {
+      if (seed.numel() != y.numel()) seed = tg::Tensor<float>::randn(y.shape(), gen);
+      tape.backward(y, seed);
+    }
+  };
+  for (int i = 0; i < 3; ++i) once();
+  for (auto _ : state) once();
+  tg::set_num_threads(1);
+}
+
+template <class M>
+OpFn module_op(std::shared_ptr<M> m) {
+  return [m](tg::Tape<float>&, const tg::Var<float>& x) { return (*m)(x); };
+}
+
+void register_resnet_ops() {
+  const tg::Shape a{64, 16, 28, 28}, b{64, 32, 14, 14};
+  struct Op {
+    const char* name;
+    tg::Shape in;
+    OpFn f;
+  };
+  tg::Generator gen(5);
+  auto conv = [&](int64_t i, int64_t o, int64_t k, int64_t s) {
+    return module_op(std::make_shared<nn::Conv2D<float>>(i, o, k, s, k / 2, 1, false, gen));
+  };
+  auto bn = [](int64_t c) { return module_op(std::make_shared<nn::BatchNorm2d<float>>(c)); };
+  auto relu = [](tg::Tape<float>&, const tg::Var<float>& x) { return tg::relu(x); };
+  // The residual sum's second operand: a constant of the same shape, made once per shape.
+  auto add = [](const tg::Shape& s) {
+    auto other = std::make_shared<tg::Tensor<float>>(tg::Tensor<float>::ones(s));
+    return OpFn([other](tg::Tape<float>& t, const tg::Var<float>& x) {
+      return x + t.constant(*other);
+    });
+  };
+  const std::vector<Op> ops{
+      {"conv3x3_1to16_28", {64, 1, 28, 28}, conv(1, 16, 3, 1)},
+      {"conv3x3_16to16_28", a, conv(16, 16, 3, 1)},
+      {"conv3x3_16to32_s2", a, conv(16, 32, 3, 2)},
+      {"conv3x3_32to32_14", b, conv(32, 32, 3, 1)},
+      {"conv1x1_16to32_s2", a, conv(16, 32, 1, 2)},
+      {"batch_norm_16x28", a, bn(16)},
+      {"batch_norm_32x14", b, bn(32)},
+      {"relu_16x28", a, relu},
+      {"relu_32x14", b, relu},
+      {"add_16x28", a, add(a)},
+      {"add_32x14", b, add(b)},
+  };
+  for (const Op& op : ops)
+    for (bool bwd : {false, true}) {
+      const std::string label = std::string("BM_ResNetOp/") + op.name + (bwd ? "/fwd_bwd" : "/fwd");
+      benchmark::RegisterBenchmark(label.c_str(),
+                                   [op, bwd](benchmark::State& s) { run_op(s, op.in, op.f, bwd); })
+          ->ArgName("threads")
+          ->Arg(1)
+          ->Arg(2)
+          ->UseRealTime()
+          ->Unit(benchmark::kMicrosecond);
+    }
+}
+
 }  // namespace
 
 BENCHMARK(BM_DeepMLP_ReLU)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
@@ -124,4 +207,11 @@ BENCHMARK(BM_DeepMLP_LayerNorm)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::
 BENCHMARK(BM_WideMLP)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 BENCHMARK(BM_SmallResNet)->Arg(1)->Arg(2)->UseRealTime()->Unit(benchmark::kMillisecond);
 
-BENCHMARK_MAIN();
+int main(int argc, char** argv) {
+  register_resnet_ops();
+  benchmark::Initialize(&argc, argv);
+  if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+  benchmark::RunSpecifiedBenchmarks();
+  benchmark::Shutdown();
+  return 0;
+}

@@ -10,6 +10,8 @@
 #include "layer_check.hpp"
 #include "tapegrad/nn/batch_norm.hpp"
 #include "tapegrad/nn/layer_norm.hpp"
+#include "tapegrad/nn/sequential.hpp"
+#include "tapegrad/ops/activation.hpp"
 #include "tapegrad/ops/reduce.hpp"
 #include "test_util.hpp"
 
@@ -155,6 +157,68 @@ TEST(BatchNormLayer, EvalUsesRunningStatsAndDoesNotUpdateThem) {
   // One sample is fine in eval.
   const TD x1 = sample({1, 2, 1, 1}, 15);
   expect_normalized(run(bn, x1), x1, rm, rv, g, b, 1e-5);
+}
+
+// forward_relu (the fused batch_norm_relu op) against relu(forward(x)): the same outputs,
+// running statistics and counter, in training (two steps) and in eval, and the same gradients
+// up to the order of the sums; summary() still lists the layer.
+TEST(BatchNormLayer, ForwardReluMatchesForwardThenRelu) {
+  tg::nn::BatchNorm2d<double> fused(3), plain(3);
+  for (auto* bn : {&fused, &plain}) {
+    bn->weight.value().copy_(TD::from({1.5, -0.5, 1.0}));
+    bn->bias.value().copy_(TD::from({0.25, 0.0, -0.5}));
+  }
+  for (int step = 0; step < 3; ++step) {
+    if (step == 2) {
+      fused.eval();
+      plain.eval();
+    }
+    const TD x = sample({4, 3, 2, 3}, 70 + step), dy = sample({4, 3, 2, 3}, 80 + step);
+    tg::Tape<double> tf, tp;
+    auto xf = tf.input(x), xp = tp.input(x);
+    auto yf = fused.forward_relu(xf);
+    auto yp = tg::relu(plain(xp));
+    EXPECT_EQ(std::string(yf.node().op), "batch_norm_relu");
+    tf.backward(yf, dy);
+    tp.backward(yp, dy);
+    for (int64_t i = 0; i < x.numel(); ++i) {
+      ASSERT_EQ(yf.value()[i], yp.value()[i]) << "step " << step << " y " << i;
+      ASSERT_NEAR(xf.grad()[i], xp.grad()[i], 1e-12) << "step " << step << " dx " << i;
+    }
+    for (int c = 0; c < 3; ++c) {
+      EXPECT_EQ(fused.running_mean[c], plain.running_mean[c]) << step;
+      EXPECT_EQ(fused.running_var[c], plain.running_var[c]) << step;
+      EXPECT_NEAR(fused.weight.grad()[c], plain.weight.grad()[c], 1e-12) << step;
+      EXPECT_NEAR(fused.bias.grad()[c], plain.bias.grad()[c], 1e-12) << step;
+    }
+    EXPECT_EQ(fused.num_batches_tracked.item(), plain.num_batches_tracked.item()) << step;
+    fused.zero_grad();
+    plain.zero_grad();
+  }
+  EXPECT_EQ(fused.num_batches_tracked.item(), 2.0);
+}
+
+// In a Sequential, a BatchNorm followed by a ReLU runs as batch_norm_relu, with the values and
+// running statistics of the two layers called one after the other.
+TEST(BatchNormLayer, SequentialFusesBatchNormAndRelu) {
+  auto bn = std::make_shared<tg::nn::BatchNorm2d<double>>(2);
+  tg::nn::Sequential<double> seq{bn, std::make_shared<tg::nn::ReLU<double>>()};
+  tg::nn::BatchNorm2d<double> plain(2);
+  tg::nn::ReLU<double> relu;
+  const TD x = sample({3, 2, 2, 2}, 90);
+  tg::Tape<double> tf, tp;
+  auto yf = seq(tf.input(x));
+  auto yp = relu(plain(tp.input(x)));
+  EXPECT_EQ(std::string(yf.node().op), "batch_norm_relu");
+  EXPECT_EQ(tf.size(), 4u);  // x, weight, bias, batch_norm_relu
+  for (int64_t i = 0; i < x.numel(); ++i) EXPECT_EQ(yf.value()[i], yp.value()[i]) << i;
+  for (int c = 0; c < 2; ++c) {
+    EXPECT_EQ(bn->running_mean[c], plain.running_mean[c]);
+    EXPECT_EQ(bn->running_var[c], plain.running_var[c]);
+  }
+  EXPECT_EQ(bn->num_batches_tracked.item(), 1.0);
+  // summary() still lists both layers.
+  EXPECT_NE(seq.summary({3, 2, 2, 2}).find("ReLU"), std::string::npos);
 }
 
 TEST(BatchNormLayer, MomentumNoneIsCumulativeAverage) {

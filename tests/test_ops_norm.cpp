@@ -1,5 +1,5 @@
-// batch_norm and layer_norm ops: gradchecks in double, values against the documented formulas
-// written out here with plain loops, running statistics, and the errors.
+// batch_norm, batch_norm_relu and layer_norm ops: gradchecks in double, values against the
+// documented formulas written out here with plain loops, running statistics, and the errors.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -7,6 +7,7 @@
 #include <vector>
 
 #include "tapegrad/diag/gradcheck.hpp"
+#include "tapegrad/ops/activation.hpp"
 #include "tapegrad/ops/norm.hpp"
 #include "tapegrad/threads.hpp"
 #include "test_util.hpp"
@@ -280,6 +281,105 @@ TEST(BatchNormOp, SteadyStateReusesBuffers) {
     else
       EXPECT_EQ(saved, y.node().saved[0].data());
   }
+}
+
+// ---------------------------------------------------------------- batch_norm_relu
+
+TEST(BatchNormReluOp, GradcheckTrainAndEval) {
+  TD rm = tensor_of({0.3, -0.2, 0.1}, {3}), rv = tensor_of({0.5, 1.5, 2.0}, {3});
+  for (const tg::Shape s : {tg::Shape{5, 3}, tg::Shape{2, 3, 2, 3}}) {
+    for (bool training : {true, false}) {
+      auto r = tg::gradcheck(
+          [&](tg::Tape<double>&, const Inputs& v) {
+            return tg::batch_norm_relu(v[0], v[1], v[2], rm, rv, training);
+          },
+          {sample(s, 50), sample({3}, 51, 0.5, 1.5), sample({3}, 52)});
+      EXPECT_TRUE(r) << s << " training " << training << ": " << r;
+      auto r2 = tg::gradcheck(
+          [&](tg::Tape<double>&, const Inputs& v) {
+            return tg::batch_norm_relu(v[0], VD{}, VD{}, TD(), TD(), true);
+          },
+          {sample(s, 53)});
+      EXPECT_TRUE(r2) << s << " no affine: " << r2;
+    }
+  }
+}
+
+TEST(BatchNormReluOp, GradcheckAccumulatesIntoAnInputUsedTwice) {
+  auto r = tg::gradcheck(
+      [](tg::Tape<double>&, const Inputs& v) {
+        return add(tg::batch_norm_relu(v[0], v[1], v[2], TD(), TD(), true),
+                   tg::batch_norm(v[0], v[1], VD{}, TD(), TD(), true));
+      },
+      {sample({3, 2, 2, 2}, 54), sample({2}, 55, 0.5, 1.5), sample({2}, 56)});
+  EXPECT_TRUE(r) << r;
+}
+
+// The fused op against relu(batch_norm(x)) in float, below and above parallel_threshold, both
+// layouts, training and eval, 1 and 2 threads: the same values and running statistics bit for
+// bit, the same gradients up to the order of the sums.
+TEST(BatchNormReluOp, MatchesTheUnfusedOps) {
+  using TF = tg::Tensor<float>;
+  for (int threads : {1, 2}) {
+    tg::set_num_threads(threads);
+    for (const tg::Shape s :
+         {tg::Shape{4, 3, 5, 6}, tg::Shape{16, 8, 20, 20}, tg::Shape{7, 5}, tg::Shape{600, 70}}) {
+      const int64_t C = s[1];
+      for (bool training : {true, false}) {
+        const TF xt = sample(s, 60).to<float>(), dyt = sample(s, 61).to<float>();
+        const TF g0 = sample({C}, 62, 0.5, 1.5).to<float>(), b0 = sample({C}, 63).to<float>();
+        struct Run {
+          TF y, dx, dg, db, rm, rv, nbt;
+        };
+        auto run = [&](bool fused) {
+          Run r{TF(),
+                TF(),
+                TF(),
+                TF(),
+                sample({C}, 64).to<float>(),
+                sample({C}, 65, 0.5, 2).to<float>(),
+                TF::zeros({})};
+          tg::Parameter<float> g(g0.clone()), b(b0.clone());
+          tg::Tape<float> tape;
+          auto x = tape.input(xt);
+          auto y = fused ? tg::batch_norm_relu(x, tape.param(g), tape.param(b), r.rm, r.rv,
+                                               training, 0.1, 1e-5, r.nbt)
+                         : tg::relu(tg::batch_norm(x, tape.param(g), tape.param(b), r.rm, r.rv,
+                                                   training, 0.1, 1e-5, r.nbt));
+          tape.backward(y, dyt);
+          r.y = y.value().clone();
+          r.dx = x.grad().clone();
+          r.dg = g.grad().clone();
+          r.db = b.grad().clone();
+          return r;
+        };
+        const Run f = run(true), u = run(false);
+        const std::string what =
+            s.str() + (training ? " train" : " eval") + " threads " + std::to_string(threads);
+        for (int64_t i = 0; i < xt.numel(); ++i) {
+          ASSERT_EQ(f.y[i], u.y[i]) << what << " y " << i;
+          ASSERT_NEAR(f.dx[i], u.dx[i], 1e-5 * (1 + std::abs(u.dx[i]))) << what << " dx " << i;
+        }
+        for (int64_t c = 0; c < C; ++c) {
+          EXPECT_NEAR(f.dg[c], u.dg[c], 1e-4 * (1 + std::abs(u.dg[c]))) << what << " dgamma";
+          EXPECT_NEAR(f.db[c], u.db[c], 1e-4 * (1 + std::abs(u.db[c]))) << what << " dbeta";
+          EXPECT_EQ(f.rm[c], u.rm[c]) << what << " running_mean";
+          EXPECT_EQ(f.rv[c], u.rv[c]) << what << " running_var";
+        }
+        EXPECT_EQ(f.nbt.item(), u.nbt.item()) << what;
+      }
+    }
+  }
+  tg::set_num_threads(1);
+}
+
+TEST(BatchNormReluOp, ErrorsNameTheOp) {
+  tg::Tape<double> tape;
+  expect_error_containing<tg::ValueError>(
+      [&] {
+        tg::batch_norm_relu(tape.constant(TD::ones({1, 3})), VD{}, VD{}, TD(), TD(), true);
+      },
+      {"batch_norm_relu", "Expected more than 1 value per channel when training"});
 }
 
 // ---------------------------------------------------------------- batch_norm: errors

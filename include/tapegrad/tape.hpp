@@ -712,6 +712,19 @@ class Tape {
   int32_t first_closure_ = -1;  // the first op recorded by record_closure (tracked), or -1
 };
 
+namespace detail {
+// Elements [off, off + len) of t as an Eigen array (for add_grad_elementwise and for_each_slice).
+template <class T>
+Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> elements(const Tensor<T>& t, int64_t off,
+                                                              int64_t len) {
+  return Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(t.data() + off, len);
+}
+template <class T>
+Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> elements(Tensor<T>& t, int64_t off, int64_t len) {
+  return Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(t.data() + off, len);
+}
+}  // namespace detail
+
 /// What a backward function sees: its node's output, its output gradient, its inputs, and the
 /// gradients of its inputs to add into.
 template <class T>
@@ -747,6 +760,23 @@ class OpContext {
       n.grad.array() = e;
     else
       n.grad.array() += e;
+  }
+  /// Same for an elementwise expression built piece by piece, split among the threads when
+  /// large (detail::for_each_slice): f(offset, length) returns the expression's elements
+  /// [offset, offset + length) (Eigen arrays of that length, e.g. maps at the offset).
+  template <class F>
+  void add_grad_elementwise(int k, F&& f) {
+    Node<T>& n = in(k);
+    if (!n.requires_grad) return;
+    const bool assign = fresh(n);
+    T* g = n.grad.data();
+    detail::for_each_slice(n.grad.numel(), [&](int64_t off, int64_t len) {
+      Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> d(g + off, len);
+      if (assign)
+        d = f(off, len);
+      else
+        d += f(off, len);
+    });
   }
   /// Same for a matrix expression (e.g. a product) viewed as rows x cols of input k's gradient.
   template <class Expr>

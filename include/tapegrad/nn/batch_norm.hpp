@@ -30,6 +30,7 @@
 #include <string>
 
 #include "tapegrad/nn/module.hpp"
+#include "tapegrad/ops/activation.hpp"
 #include "tapegrad/ops/norm.hpp"
 
 namespace tapegrad::nn {
@@ -58,7 +59,19 @@ class BatchNorm : public Module<T> {
   Tensor<T> running_mean, running_var, num_batches_tracked;
   ///@}
 
-  Var<T> forward(const Var<T>& x) override {
+  Var<T> forward(const Var<T>& x) override { return apply(x, false); }
+
+  /// relu(forward(x)) as one op, batch_norm_relu (ops/norm.hpp): one pass over the values
+  /// forward and one fewer backward, the same running statistics and eval behaviour. The
+  /// ResNet blocks call it for a BatchNorm followed by a ReLU. Under summary() it is
+  /// (*this)(x) and then relu, so that the table lists this layer.
+  Var<T> forward_relu(const Var<T>& x) {
+    if (in_summary()) return relu_((*this)(x));
+    return apply(x, true);
+  }
+
+ private:
+  Var<T> apply(const Var<T>& x, bool relu) {
     const Shape s = x.shape();  // a copy: recording may move the nodes
     check_rank(s);
     if (s[1] != num_features_)
@@ -80,11 +93,14 @@ class BatchNorm : public Module<T> {
     const Var<T> b = affine_ ? tape.param(bias) : Var<T>();
     // summary() must not move the running statistics: it then normalises with batch stats only.
     const bool keep_stats = track_running_stats_ && !(this->is_training() && in_summary());
-    return batch_norm(x, g, b, keep_stats ? running_mean : Tensor<T>(),
-                      keep_stats ? running_var : Tensor<T>(), use_batch_stats, momentum_, eps_,
-                      keep_stats ? num_batches_tracked : Tensor<T>(), reducer);
+    return (relu ? batch_norm_relu<T>
+                 : batch_norm<T>)(x, g, b, keep_stats ? running_mean : Tensor<T>(),
+                                  keep_stats ? running_var : Tensor<T>(), use_batch_stats,
+                                  momentum_, eps_, keep_stats ? num_batches_tracked : Tensor<T>(),
+                                  reducer);
   }
 
+ public:
   std::string name() const override {
     std::ostringstream os;
     os << (reducer_ ? "SyncBatchNorm" : kind_) << "(" << num_features_;

@@ -163,7 +163,7 @@ class BasicBlock : public Module<T> {
 
   Var<T> forward(const Var<T>& x) override {
     detail::check_image_input<T>(*this, x.shape(), in_);
-    Var<T> y = relu_((*bn1)((*conv1)(x)));
+    Var<T> y = bn1->forward_relu((*conv1)(x));  // relu(bn1(...)) as one op
     y = (*bn2)((*conv2)(y));
     const Var<T> s = downsample ? (*downsample)(x) : x;
     return relu_(detail::residual_sum<T>(
@@ -218,9 +218,9 @@ class PreActBlock : public Module<T> {
 
   Var<T> forward(const Var<T>& x) override {
     detail::check_image_input<T>(*this, x.shape(), in_);
-    const Var<T> a = relu_((*bn1)(x));
+    const Var<T> a = bn1->forward_relu(x);  // relu(bn1(x)) as one op
     const Var<T> s = shortcut ? (*shortcut)(a) : x;
-    const Var<T> y = (*conv2)(relu_((*bn2)((*conv1)(a))));
+    const Var<T> y = (*conv2)(bn2->forward_relu((*conv1)(a)));
     return detail::residual_sum<T>(*this, "body output", y,
                                    shortcut ? "shortcut output" : "identity shortcut", s, x);
   }

@@ -14,6 +14,10 @@
 /// while gradients are on: only every k-th layer's output is kept, each segment runs again in
 /// backward. As torch.utils.checkpoint_sequential, the last segment is not checkpointed (its
 /// values are needed as soon as backward starts). 0 turns it off.
+///
+/// A BatchNorm followed by a ReLU layer runs as one op, BatchNorm::forward_relu (batch_norm_relu:
+/// the same values and running statistics; ops/norm.hpp), also inside a checkpoint segment
+/// that holds both, but not under summary().
 
 #include <cstddef>
 #include <cstdint>
@@ -21,8 +25,11 @@
 #include <memory>
 #include <string>
 #include <type_traits>
+#include <typeinfo>
 #include <vector>
 
+#include "tapegrad/nn/activation.hpp"
+#include "tapegrad/nn/batch_norm.hpp"
 #include "tapegrad/nn/checkpoint.hpp"
 #include "tapegrad/nn/module.hpp"
 
@@ -88,8 +95,7 @@ class Sequential : public Module<T> {
     size_t i = 0;
     if (k > 0)
       for (; i + k < n; i += k) y = tapegrad::checkpoint(Segment{this, i, i + k}, y);
-    for (; i < n; ++i) y = (*layers_[i])(hand_on(y, x, *layers_[i]));
-    return y;
+    return run(i, n, y, x);
   }
   std::string name() const override { return "Sequential"; }
 
@@ -108,6 +114,27 @@ class Sequential : public Module<T> {
       tapegrad::detail::fail<ValueError>("Sequential: index ", i, " out of range (", layers_.size(),
                                          " modules)");
   }
+  // Layers [begin, end) on y (input: the Sequential's or the segment's input); a BatchNorm
+  // followed by a ReLU as one op.
+  Var<T> run(size_t begin, size_t end, Var<T> y, const Var<T>& input) const {
+    for (size_t i = begin; i < end; ++i) {
+      if (auto* bn = bn_before_relu(i, end)) {
+        y = bn->forward_relu(y);
+        ++i;
+        continue;
+      }
+      y = (*layers_[i])(hand_on(y, input, *layers_[i]));
+    }
+    return y;
+  }
+  // Layer i as a BatchNorm when layer i + 1 < end is a ReLU (exactly nn::ReLU: a subclass may
+  // differ), not under summary() (which lists both); else nullptr.
+  BatchNorm<T>* bn_before_relu(size_t i, size_t end) const {
+    if (i + 1 >= end || detail::summary_rows != nullptr) return nullptr;
+    const Module<T>& next = *layers_[i + 1];
+    if (typeid(next) != typeid(ReLU<T>)) return nullptr;
+    return dynamic_cast<BatchNorm<T>*>(layers_[i].get());
+  }
   // Lets an in-place activation layer (ReLU, Sigmoid, Tanh) write over the previous layer's
   // output, which only it reads; never over the Sequential's own input (the caller holds it),
   // and never inside another module, which may read its input twice (a residual block).
@@ -123,11 +150,7 @@ class Sequential : public Module<T> {
     uint32_t begin, end;
     Segment(Sequential* seq, size_t b, size_t e)
         : s(seq), begin(static_cast<uint32_t>(b)), end(static_cast<uint32_t>(e)) {}
-    Var<T> operator()(const Var<T>& x) const {
-      Var<T> y = x;
-      for (uint32_t i = begin; i < end; ++i) y = (*s->layers_[i])(hand_on(y, x, *s->layers_[i]));
-      return y;
-    }
+    Var<T> operator()(const Var<T>& x) const { return s->run(begin, end, x, x); }
     void save_random(std::vector<int64_t>& ints) const {
       for (uint32_t i = begin; i < end; ++i) detail::save_dropout_calls(*s->layers_[i], ints);
     }

@@ -64,19 +64,33 @@ void sigmoid_into(const Tensor<T>& x, Tensor<T>& y) {
 
 // The backward of the activations that read only their output (so that they can run in
 // place over their input: relu_, sigmoid_, tanh_).
+// Elementwise, so split among the threads when large (OpContext::add_grad_elementwise).
 template <class T>
 void sigmoid_backward(OpContext<T>& c) {  // y (1 - y)
-  const auto v = c.value().array();
-  c.add_grad(0, c.grad_out().array() * v * (T(1) - v));
+  c.add_grad_elementwise(0, [&](int64_t off, int64_t n) {
+    const auto v = elements(c.value(), off, n);
+    return elements(c.grad_out(), off, n) * v * (T(1) - v);
+  });
 }
 template <class T>
 void tanh_backward(OpContext<T>& c) {  // 1 - y^2
-  const auto v = c.value().array();
-  c.add_grad(0, c.grad_out().array() * (T(1) - v.square()));
+  c.add_grad_elementwise(0, [&](int64_t off, int64_t n) {
+    return elements(c.grad_out(), off, n) * (T(1) - elements(c.value(), off, n).square());
+  });
 }
 template <class T>
 void relu_backward(OpContext<T>& c) {  // [y > 0], which is [x > 0]
-  c.add_grad(0, c.grad_out().array() * step_positive(c.value().array()));
+  c.add_grad_elementwise(0, [&](int64_t off, int64_t n) {
+    return elements(c.grad_out(), off, n) * step_positive(elements(c.value(), off, n));
+  });
+}
+
+// y = max(x, 0), split among the threads when large; y may be x's own buffer (relu_).
+template <class T>
+void relu_into(const Tensor<T>& x, Tensor<T>& y) {
+  for_each_slice(x.numel(), [&](int64_t off, int64_t n) {
+    elements(y, off, n) = elements(x, off, n).max(T(0));
+  });
 }
 
 // Records a unary op whose backward reads only its output, on x's buffer when in_place and
@@ -154,9 +168,8 @@ Var<T> tanh(const Var<T>& x) {
 /// relu(x) = max(x, 0) (NaN stays NaN);  d/dx = [x > 0], so relu'(0) = 0 as in PyTorch.
 template <class T>
 Var<T> relu(const Var<T>& x) {
-  return detail::unary_of_output(
-      "relu", x, &detail::relu_backward<T>, false,
-      [](const Tensor<T>& in, Tensor<T>& out) { out.array() = in.array().max(T(0)); });
+  return detail::unary_of_output("relu", x, &detail::relu_backward<T>, false,
+                                 &detail::relu_into<T>);
 }
 
 /// In place, as PyTorch's relu_ / sigmoid_ / tanh_ (and nn.ReLU(inplace=True)): the output is
@@ -165,9 +178,8 @@ Var<T> relu(const Var<T>& x) {
 /// tape throws TapeError if something does. The activation layers use them.
 template <class T>
 Var<T> relu_(const Var<T>& x) {
-  return detail::unary_of_output(
-      "relu", x, &detail::relu_backward<T>, true,
-      [](const Tensor<T>& in, Tensor<T>& out) { out.array() = in.array().max(T(0)); });
+  return detail::unary_of_output("relu", x, &detail::relu_backward<T>, true,
+                                 &detail::relu_into<T>);
 }
 /// sigmoid written over x's buffer when the tape allows it (see relu_); same values and gradient as
 /// sigmoid(x).

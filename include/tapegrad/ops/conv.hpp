@@ -522,12 +522,10 @@ void conv2d_backward(OpContext<T>& c) {
     part.zero_();
   }
   const bool shifted = c.node().ints[conv_path_at] == 1;
-  // The padded-image path writes every element of dx (assigning on the sweep's first write);
-  // col2im scatters, so it needs a zeroed buffer.
+  // Every path writes every element of dx, assigning on the sweep's first write (col2im
+  // scatters: then each image's dx is zeroed first, inside the parallel loop).
   bool assign_dx = false;
-  T* dx = !need_x   ? nullptr
-          : shifted ? c.grad_in_uninitialized(0, assign_dx).data()
-                    : c.grad_in(0).data();
+  T* dx = need_x ? c.grad_in_uninitialized(0, assign_dx).data() : nullptr;
 
   if (shifted) {
     // Padded-image kernels. Scratch saved(1): the flipped kernel, then one block per thread.
@@ -591,10 +589,15 @@ void conv2d_backward(OpContext<T>& c) {
         Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(pt + OK, g.O) += dyn.rowwise().sum();
       if (need_x) {
         if (direct) {
-          RowMajorMap<T>(dx + n * chw, K, L).noalias() += wm.transpose() * dyn;
+          RowMajorMap<T> dxn(dx + n * chw, K, L);
+          if (assign_dx)
+            dxn.noalias() = wm.transpose() * dyn;
+          else
+            dxn.noalias() += wm.transpose() * dyn;
         } else {
           RowMajorMap<T> dc(dcol.data() + t * K * L, K, L);
           dc.noalias() = wm.transpose() * dyn;
+          if (assign_dx) std::fill_n(dx + n * chw, chw, T(0));
           col2im_add(dc.data(), dx + n * chw, g);
         }
       }

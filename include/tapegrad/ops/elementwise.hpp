@@ -67,9 +67,16 @@ void binary_backward(OpContext<T>& c) {
   const Tensor<T>& B = c.input(1);
   const Tensor<T>& Y = c.value();
   const Tensor<T>& G = c.grad_out();
-  if (A.shape() == B.shape()) {  // no broadcasting: one expression per operand
-    c.add_grad(0, Op::da(G.array(), A.array(), B.array(), Y.array()));
-    c.add_grad(1, Op::db(G.array(), A.array(), B.array(), Y.array()));
+  if (A.shape() == B.shape()) {  // no broadcasting: one expression per operand, by slices
+    // (the expressions hold maps by value: safe to return)
+    c.add_grad_elementwise(0, [&](int64_t off, int64_t n) {
+      return Op::da(elements(G, off, n), elements(A, off, n), elements(B, off, n),
+                    elements(Y, off, n));
+    });
+    c.add_grad_elementwise(1, [&](int64_t off, int64_t n) {
+      return Op::db(elements(G, off, n), elements(A, off, n), elements(B, off, n),
+                    elements(Y, off, n));
+    });
     return;
   }
   const BroadcastPlan p = make_plan(Y.shape(), A.shape(), B.shape());
@@ -119,8 +126,10 @@ Var<T> binary(const Var<T>& a, const Var<T>& b, bool in_place = false) {
   const Tensor<T>& A = a.node().value;
   const Tensor<T>& B = b.node().value;
   Tensor<T>& Y = y.node().value;
-  if (same) {
-    Y.array() = Op::f(A.array(), B.array());
+  if (same) {  // elementwise, split among the threads when large
+    for_each_slice(Y.numel(), [&](int64_t off, int64_t n) {
+      elements(Y, off, n) = Op::f(elements(A, off, n), elements(B, off, n));
+    });
     return y;
   }
   const BroadcastPlan p = make_plan(out, sa, sb);

@@ -17,6 +17,13 @@
 ///     dx = (1/n)·(1/√(σ²_B+eps))·(n·dx̂ − Σdx̂ − x̂·Σ(dx̂·x̂)); dγ = Σ dy·x̂; dβ = Σ dy.
 ///   backward (eval): dx = dy·γ/√(running_var+eps).
 ///
+/// batch_norm_relu: relu(batch_norm(...)) in one node, one pass to write y = max(γ·x̂ + β, 0)
+///   and, backward, batch_norm's backward with dy masked on the fly, dy·[y > 0] (relu'(0) = 0),
+///   instead of relu's separate pass and gradient buffer. Same arguments, running statistics and
+///   eval mode as batch_norm; the value is relu's of batch_norm's, the gradients batch_norm's
+///   of relu's (sums in a different order: equal to rounding, not bit for bit). Its backward
+///   reads x and its own output.
+///
 /// layer_norm (torch.nn.functional.layer_norm; torch.nn.LayerNorm docs): statistics over the
 ///   last D = numel(normalized_shape) values of each row, biased variance; γ, β have
 ///   normalized_shape; the backward is batch_norm's with n = D per row, dγ and dβ summed over
@@ -39,6 +46,7 @@
 #include <optional>
 #include <vector>
 
+#include "tapegrad/ops/activation.hpp"
 #include "tapegrad/tape.hpp"
 #include "tapegrad/threads.hpp"
 
@@ -77,11 +85,30 @@ inline std::vector<double>& bn_reduce_buffer(size_t n) {
   return buffer;
 }
 
+// The output gradient of batch_norm (dy) or, when Relu (batch_norm_relu), of the batch_norm
+// inside it: dy·[y > 0] with y the op's output, as relu_backward computes it.
+template <bool Relu, class Dy, class Y>
+auto bn_masked(const Dy& dy, const Y& y) {
+  if constexpr (Relu)
+    return dy * step_positive(y);
+  else
+    return dy;
+}
+
 // batch_norm backward. ints: N, C, S, gamma index, beta index, training, reducer address (0:
-// none). saved(0) = per-channel mean used, saved(1) = per-channel 1/√(var + eps) used;
-// scalars[0] = the count n over all processes when a reducer took part.
+// none), relu (1: batch_norm_relu). saved(0) = per-channel mean used, saved(1) = per-channel
+// 1/√(var + eps) used; scalars[0] = the count n over all processes when a reducer took part.
+template <class T, bool Relu>
+void batch_norm_backward_impl(OpContext<T>& c);
 template <class T>
 void batch_norm_backward(OpContext<T>& c) {
+  if (c.node().ints[7] != 0)
+    batch_norm_backward_impl<T, true>(c);
+  else
+    batch_norm_backward_impl<T, false>(c);
+}
+template <class T, bool Relu>
+void batch_norm_backward_impl(OpContext<T>& c) {
   const auto& in = c.node().ints;
   const int64_t N = in[0], C = in[1], S = in[2];
   const int gi = static_cast<int>(in[3]), bi = static_cast<int>(in[4]);
@@ -93,6 +120,11 @@ void batch_norm_backward(OpContext<T>& c) {
   const T* rstd = c.saved(1).data();
   const T* x = c.input(0).data();
   const T* dy = c.grad_out().data();
+  const T* yv = Relu ? c.value().data() : nullptr;  // the mask's source
+  // dy (masked) of the S values at offset off.
+  auto grad_at = [&](int64_t off, int64_t len) {
+    return bn_masked<Relu>(ConstColArray<T>(dy + off, len), ConstColArray<T>(yv + off, len));
+  };
   const T* gamma = gi >= 0 ? c.input(gi).data() : nullptr;
   T* dgamma = gi >= 0 && c.needs_grad(gi) ? c.grad_in(gi).data() : nullptr;
   T* dbeta = bi >= 0 && c.needs_grad(bi) ? c.grad_in(bi).data() : nullptr;
@@ -146,7 +178,8 @@ void batch_norm_backward(OpContext<T>& c) {
       double s1 = 0, s2 = 0;
       const T mu = mean[ch];
       for (int64_t r = 0; r < N; ++r) {
-        ConstColArray<T> g(dy + (r * C + ch) * S, S), xv(x + (r * C + ch) * S, S);
+        const auto g = grad_at((r * C + ch) * S, S);
+        ConstColArray<T> xv(x + (r * C + ch) * S, S);
         s1 += g.sum();
         s2 += (g * (xv - mu)).sum();
       }
@@ -163,7 +196,8 @@ void batch_norm_backward(OpContext<T>& c) {
       const T k1 = k[ch], k2 = k[C + ch], k3 = k[2 * C + ch];
       for (int64_t r = 0; r < N; ++r) {
         const int64_t off = (r * C + ch) * S;
-        ConstColArray<T> g(dy + off, S), xv(x + off, S);
+        const auto g = grad_at(off, S);
+        ConstColArray<T> xv(x + off, S);
         ColArray<T> d(dx + off, S);
         if (assign)
           d = g * k1 + xv * k2 + k3;
@@ -185,7 +219,8 @@ void batch_norm_backward(OpContext<T>& c) {
         double s1 = 0, s2 = 0;
         const T mu = mean[ch];
         for (int64_t r = 0; r < N; ++r) {
-          ConstColArray<T> g(dy + (r * C + ch) * S, S), xv(x + (r * C + ch) * S, S);
+          const auto g = grad_at((r * C + ch) * S, S);
+          ConstColArray<T> xv(x + (r * C + ch) * S, S);
           s1 += g.sum();
           s2 += (g * (xv - mu)).sum();
         }
@@ -197,7 +232,8 @@ void batch_norm_backward(OpContext<T>& c) {
       const T k1 = k[ch], k2 = k[C + ch], k3 = k[2 * C + ch];
       for (int64_t r = 0; r < N; ++r) {
         const int64_t off = (r * C + ch) * S;
-        ConstColArray<T> g(dy + off, S), xv(x + off, S);
+        const auto g = grad_at(off, S);
+        ConstColArray<T> xv(x + off, S);
         ColArray<T> d(dx + off, S);
         if (training) {
           if (assign)
@@ -226,7 +262,8 @@ void batch_norm_backward(OpContext<T>& c) {
       ColArray<T> s1(sum_dy + c0, w), s2(sum_dyx + c0, w);
       ConstColArray<T> mu(mean + c0, w);
       for (int64_t r = 0; r < N; ++r) {
-        ConstColArray<T> g(dy + r * C + c0, w), xv(x + r * C + c0, w);
+        const auto g = grad_at(r * C + c0, w);
+        ConstColArray<T> xv(x + r * C + c0, w);
         s1 += g;
         s2 += g * (xv - mu);
       }
@@ -236,7 +273,8 @@ void batch_norm_backward(OpContext<T>& c) {
   }
   if (!need_dx) return;
   for (int64_t ch = 0; ch < C; ++ch) coefficients(ch);
-  const auto dyA = c.grad_out().matrix(N, C).array();
+  const auto dyA =
+      bn_masked<Relu>(c.grad_out().matrix(N, C).array(), c.value().matrix(N, C).array());
   const auto xA = c.input(0).matrix(N, C).array();
   ConstRowArray<T> k1(k, C), k2(k + C, C), k3(k + 2 * C, C);
   if (training)
@@ -305,31 +343,22 @@ void layer_norm_backward(OpContext<T>& c) {
   }
 }
 
-}  // namespace detail
-
-/// Batch normalisation of x [N,C] or [N,C,H,W] (any rank >= 2: channels are dim 1).
-/// gamma, beta: [C] or empty Vars (affine = false). running_mean, running_var: [C] tensors
-/// updated in place when training (empty Tensors: no running statistics; then training must be
-/// true). momentum: weight of the new batch, or nullopt for the cumulative average, which needs
-/// num_batches_tracked (a one-element tensor, incremented on every training call). reducer: in
-/// training, the statistics over several processes (see the top of this file); nullptr: this
-/// batch alone.
+// batch_norm, and batch_norm_relu when relu (op = its name, in errors and on the tape).
 template <class T>
-Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tensor<T> running_mean,
-                  Tensor<T> running_var, bool training, std::optional<double> momentum = 0.1,
-                  double eps = 1e-5, Tensor<T> num_batches_tracked = Tensor<T>(),
-                  const BatchStatsReducer* reducer = nullptr) {
+Var<T> batch_norm_op(const char* op, bool relu, const Var<T>& x, const Var<T>& gamma,
+                     const Var<T>& beta, Tensor<T> running_mean, Tensor<T> running_var,
+                     bool training, std::optional<double> momentum, double eps,
+                     Tensor<T> num_batches_tracked, const BatchStatsReducer* reducer) {
   const Shape xs = x.shape();  // a copy: recording may move the nodes
   if (xs.rank() < 2)
-    detail::fail<ShapeError>("batch_norm: input of shape ", xs,
-                             ": expected [N,C] or [N,C,H,W] (rank >= 2)");
+    fail<ShapeError>(op, ": input of shape ", xs, ": expected [N,C] or [N,C,H,W] (rank >= 2)");
   const int64_t N = xs[0], C = xs[1];
   int64_t S = 1;
   for (int d = 2; d < xs.rank(); ++d) S *= xs[d];
   auto check_channels = [&](const char* what, const Shape& s) {
     if (!(s.rank() == 1 && s[0] == C))
-      detail::fail<ShapeError>("batch_norm: input ", xs, " has ", C, " channels but ", what,
-                               " has shape ", s, " (expected [", C, "])");
+      fail<ShapeError>(op, ": input ", xs, " has ", C, " channels but ", what, " has shape ", s,
+                       " (expected [", C, "])");
   };
   if (gamma.defined()) check_channels("weight (gamma)", gamma.shape());
   if (beta.defined()) check_channels("bias (beta)", beta.shape());
@@ -339,34 +368,33 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
     check_channels("running_var", running_var.shape());
   }
   if (!training && !has_running)
-    detail::fail<ValueError>("batch_norm: input ", xs,
-                             ": eval mode needs running_mean and running_var");
-  if (!(eps >= 0)) detail::fail<ValueError>("batch_norm: eps must be >= 0, got ", eps);
+    fail<ValueError>(op, ": input ", xs, ": eval mode needs running_mean and running_var");
+  if (!(eps >= 0)) fail<ValueError>(op, ": eps must be >= 0, got ", eps);
   if (!training) reducer = nullptr;
   if (training && !reducer && N * S == 1)  // the unbiased variance n/(n−1) needs two values
-    detail::fail<ValueError>(
-        "batch_norm: Expected more than 1 value per channel when training, got input size ", xs);
-  const bool update = training && has_running && !detail::recomputing;  // see ops/checkpoint.hpp
+    fail<ValueError>(op, ": Expected more than 1 value per channel when training, got input size ",
+                     xs);
+  const bool update = training && has_running && !recomputing;  // see ops/checkpoint.hpp
   if (update && !momentum && num_batches_tracked.numel() != 1)
-    detail::fail<ValueError>("batch_norm: input ", xs,
-                             ": momentum=None (cumulative average) needs num_batches_tracked");
+    fail<ValueError>(op, ": input ", xs,
+                     ": momentum=None (cumulative average) needs num_batches_tracked");
   if (num_batches_tracked.numel() > 1)
-    detail::fail<ShapeError>("batch_norm: num_batches_tracked has shape ",
-                             num_batches_tracked.shape(), " (expected one element)");
+    fail<ShapeError>(op, ": num_batches_tracked has shape ", num_batches_tracked.shape(),
+                     " (expected one element)");
 
   // Inputs: x, then gamma and beta when present; their positions go into ints.
   Var<T> inputs[3] = {x};
   int n_inputs = 1;
-  const int64_t gi = gamma.defined() ? n_inputs : detail::absent;
+  const int64_t gi = gamma.defined() ? n_inputs : absent;
   if (gamma.defined()) inputs[n_inputs++] = gamma;
-  const int64_t bi = beta.defined() ? n_inputs : detail::absent;
+  const int64_t bi = beta.defined() ? n_inputs : absent;
   if (beta.defined()) inputs[n_inputs++] = beta;
-  Var<T> out = x.tape().record("batch_norm", xs,
-                               std::span<const Var<T>>(inputs, static_cast<size_t>(n_inputs)),
-                               &detail::batch_norm_backward<T>, Reads::inputs);
+  Var<T> out =
+      x.tape().record(op, xs, std::span<const Var<T>>(inputs, static_cast<size_t>(n_inputs)),
+                      &batch_norm_backward<T>, relu ? Reads::all : Reads::inputs);
   Node<T>& node = out.node();
   node.ints.assign({N, C, S, gi, bi, training ? 1 : 0,
-                    static_cast<int64_t>(reinterpret_cast<intptr_t>(reducer))});
+                    static_cast<int64_t>(reinterpret_cast<intptr_t>(reducer)), relu ? 1 : 0});
   node.saved[0].resize(Shape{C});
   node.saved[1].resize(Shape{C});
   T* mean = node.saved[0].data();
@@ -412,7 +440,7 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
   // Statistics over all processes: count and Σx, then Σ(x − μ)² with the global μ.
   if (reducer) {
     // buf: [count, Σx per channel], then Σ(x − μ)² in place of Σx; the means after them.
-    std::vector<double>& buf = detail::bn_reduce_buffer(static_cast<size_t>(2 * C + 1));
+    std::vector<double>& buf = bn_reduce_buffer(static_cast<size_t>(2 * C + 1));
     double* mu = buf.data() + C + 1;
     auto channel_sums = [&](auto&& value) {
 #pragma omp parallel for if (work > parallel_threshold) schedule(static)
@@ -427,14 +455,14 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
       channel_sums([&](int64_t r, int64_t ch) { return static_cast<double>(xp[r * C + ch]); });
     else
       channel_sums([&](int64_t r, int64_t ch) {
-        return static_cast<double>(detail::ConstColArray<T>(xp + (r * C + ch) * S, S).sum());
+        return static_cast<double>(ConstColArray<T>(xp + (r * C + ch) * S, S).sum());
       });
     reducer->sum(buf.data(), C + 1);
     const double total = buf[0];
     if (total <= 1)
-      detail::fail<ValueError>(
-          "batch_norm: Expected more than 1 value per channel when training, got input size ", xs,
-          " (", total, " values per channel over all processes)");
+      fail<ValueError>(op,
+                       ": Expected more than 1 value per channel when training, got input size ",
+                       xs, " (", total, " values per channel over all processes)");
     node.scalars[0] = total;
     unbias = total / (total - 1);
     for (int64_t ch = 0; ch < C; ++ch) {
@@ -449,7 +477,7 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
     else
       channel_sums([&](int64_t r, int64_t ch) {
         return static_cast<double>(
-            (detail::ConstColArray<T>(xp + (r * C + ch) * S, S) - mean[ch]).square().sum());
+            (ConstColArray<T>(xp + (r * C + ch) * S, S) - mean[ch]).square().sum());
       });
     reducer->sum(buf.data() + 1, C);
     for (int64_t ch = 0; ch < C; ++ch)
@@ -464,18 +492,17 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
     T* scale = scratch.data();
     T* shift = scale + C;
     if (local_stats) {
-      detail::ColArray<T>(mean, C).setZero();
-      detail::ColArray<T>(rstd, C).setZero();  // holds Σ(x − μ)² first
-      const int64_t blocks = (C + detail::bn_column_block - 1) / detail::bn_column_block;
+      ColArray<T>(mean, C).setZero();
+      ColArray<T>(rstd, C).setZero();  // holds Σ(x − μ)² first
+      const int64_t blocks = (C + bn_column_block - 1) / bn_column_block;
 #pragma omp parallel for if (work > parallel_threshold) schedule(static)
       for (int64_t blk = 0; blk < blocks; ++blk) {
-        const int64_t c0 = blk * detail::bn_column_block;
-        const int64_t w = std::min(detail::bn_column_block, C - c0);
-        detail::ColArray<T> mu(mean + c0, w), sq(rstd + c0, w);
-        for (int64_t r = 0; r < N; ++r) mu += detail::ConstColArray<T>(xp + r * C + c0, w);
+        const int64_t c0 = blk * bn_column_block;
+        const int64_t w = std::min(bn_column_block, C - c0);
+        ColArray<T> mu(mean + c0, w), sq(rstd + c0, w);
+        for (int64_t r = 0; r < N; ++r) mu += ConstColArray<T>(xp + r * C + c0, w);
         mu /= T(N);
-        for (int64_t r = 0; r < N; ++r)
-          sq += (detail::ConstColArray<T>(xp + r * C + c0, w) - mu).square();
+        for (int64_t r = 0; r < N; ++r) sq += (ConstColArray<T>(xp + r * C + c0, w) - mu).square();
       }
       for (int64_t ch = 0; ch < C; ++ch)
         finish_channel(ch, mean[ch], static_cast<double>(rstd[ch]) / static_cast<double>(N));
@@ -484,9 +511,12 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
       scale[ch] = (g ? g[ch] : T(1)) * rstd[ch];
       shift[ch] = (b ? b[ch] : T(0)) - mean[ch] * scale[ch];
     }
-    detail::ConstRowArray<T> sc(scale, C), sh(shift, C);
-    out.value().matrix(N, C).array() =
-        (x.value().matrix(N, C).array().rowwise() * sc).rowwise() + sh;
+    ConstRowArray<T> sc(scale, C), sh(shift, C);
+    const auto affine = (x.value().matrix(N, C).array().rowwise() * sc).rowwise() + sh;
+    if (relu)
+      out.value().matrix(N, C).array() = affine.max(T(0));
+    else
+      out.value().matrix(N, C).array() = affine;
     return out;
   }
 
@@ -496,21 +526,56 @@ Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tens
   for (int64_t ch = 0; ch < C; ++ch) {
     if (local_stats) {
       double s = 0;
-      for (int64_t r = 0; r < N; ++r) s += detail::ConstColArray<T>(xp + (r * C + ch) * S, S).sum();
+      for (int64_t r = 0; r < N; ++r) s += ConstColArray<T>(xp + (r * C + ch) * S, S).sum();
       const double mu = s / static_cast<double>(n);
       const T mu_t = static_cast<T>(mu);
       double q = 0;
       for (int64_t r = 0; r < N; ++r)
-        q += (detail::ConstColArray<T>(xp + (r * C + ch) * S, S) - mu_t).square().sum();
+        q += (ConstColArray<T>(xp + (r * C + ch) * S, S) - mu_t).square().sum();
       finish_channel(ch, mu, q / static_cast<double>(n));
     }
     const T scale = (g ? g[ch] : T(1)) * rstd[ch];
     const T shift = (b ? b[ch] : T(0)) - mean[ch] * scale;
-    for (int64_t r = 0; r < N; ++r)
-      detail::ColArray<T>(yp + (r * C + ch) * S, S) =
-          detail::ConstColArray<T>(xp + (r * C + ch) * S, S) * scale + shift;
+    for (int64_t r = 0; r < N; ++r) {
+      const auto affine = ConstColArray<T>(xp + (r * C + ch) * S, S) * scale + shift;
+      if (relu)
+        ColArray<T>(yp + (r * C + ch) * S, S) = affine.max(T(0));
+      else
+        ColArray<T>(yp + (r * C + ch) * S, S) = affine;
+    }
   }
   return out;
+}
+}  // namespace detail
+
+/// Batch normalisation of x [N,C] or [N,C,H,W] (any rank >= 2: channels are dim 1).
+/// gamma, beta: [C] or empty Vars (affine = false). running_mean, running_var: [C] tensors
+/// updated in place when training (empty Tensors: no running statistics; then training must be
+/// true). momentum: weight of the new batch, or nullopt for the cumulative average, which needs
+/// num_batches_tracked (a one-element tensor, incremented on every training call). reducer: in
+/// training, the statistics over several processes (see the top of this file); nullptr: this
+/// batch alone.
+template <class T>
+Var<T> batch_norm(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta, Tensor<T> running_mean,
+                  Tensor<T> running_var, bool training, std::optional<double> momentum = 0.1,
+                  double eps = 1e-5, Tensor<T> num_batches_tracked = Tensor<T>(),
+                  const BatchStatsReducer* reducer = nullptr) {
+  return detail::batch_norm_op("batch_norm", false, x, gamma, beta, std::move(running_mean),
+                               std::move(running_var), training, momentum, eps,
+                               std::move(num_batches_tracked), reducer);
+}
+
+/// relu(batch_norm(...)) as one op (see the top of this file): the same arguments, running
+/// statistics and errors (named batch_norm_relu).
+template <class T>
+Var<T> batch_norm_relu(const Var<T>& x, const Var<T>& gamma, const Var<T>& beta,
+                       Tensor<T> running_mean, Tensor<T> running_var, bool training,
+                       std::optional<double> momentum = 0.1, double eps = 1e-5,
+                       Tensor<T> num_batches_tracked = Tensor<T>(),
+                       const BatchStatsReducer* reducer = nullptr) {
+  return detail::batch_norm_op("batch_norm_relu", true, x, gamma, beta, std::move(running_mean),
+                               std::move(running_var), training, momentum, eps,
+                               std::move(num_batches_tracked), reducer);
 }
 
 /// Layer normalisation over the trailing dims of x given by normalized_shape (rank >= 1).
