@@ -38,9 +38,7 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
   const int64_t m = dst.rows();
   const int threads = get_num_threads();
   if (threads > 1 && m >= 32 && m * dst.cols() * lhs.cols() >= gemm_split_min_macs) {
-#pragma omp parallel num_threads(threads)
-    {
-      const int64_t t = omp_get_thread_num(), nt = omp_get_num_threads();
+    run_team(threads, [&](int64_t t, int64_t nt) {
       // Block edges on multiples of 16 rows, the kernel's register-block size.
       const int64_t r0 = m * t / nt / 16 * 16;
       const int64_t r1 = t + 1 == nt ? m : m * (t + 1) / nt / 16 * 16;
@@ -48,9 +46,13 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
         auto block = dst.middleRows(r0, r1 - r0);
         gemm_rows(block, lhs.middleRows(r0, r1 - r0), rhs, accumulate);
       }
-    }
+    });
     return;
   }
+  // A product that stays whole runs on one thread: Eigen's own parallel GEMM would compute other
+  // bits than this (its blocking depends on its thread count) and would escape run_team's watch
+  // on contention.
+  OneThread one;
 #endif
   gemm_rows(dst, lhs, rhs, accumulate);
 }
@@ -62,13 +64,11 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
 // (split = true: use gemm). Product i is computed the same way on whichever thread runs it.
 template <class F>
 void for_each_product(int64_t count, int64_t macs_each, F&& f) {
-#ifdef _OPENMP
-  if (count > 1 && get_num_threads() > 1 && count * macs_each >= gemm_split_min_macs) {
-#pragma omp parallel for schedule(static)
-    for (int64_t i = 0; i < count; ++i) f(i, false);
+  if (count > 1 && get_num_threads() > 1 && !inside_team() &&
+      count * macs_each >= gemm_split_min_macs) {
+    parallel_for(count, true, [&](int64_t i) { f(i, false); });
     return;
   }
-#endif
   for (int64_t i = 0; i < count; ++i) f(i, true);
 }
 

@@ -178,8 +178,7 @@ Var<T> relu(const Var<T>& x) {
 /// tape throws TapeError if something does. The activation layers use them.
 template <class T>
 Var<T> relu_(const Var<T>& x) {
-  return detail::unary_of_output("relu", x, &detail::relu_backward<T>, true,
-                                 &detail::relu_into<T>);
+  return detail::unary_of_output("relu", x, &detail::relu_backward<T>, true, &detail::relu_into<T>);
 }
 /// sigmoid written over x's buffer when the tape allows it (see relu_); same values and gradient as
 /// sigmoid(x).

@@ -172,14 +172,6 @@ template <class T>
 using ConstRowMajorMap =
     Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>>;
 
-inline int omp_thread() {
-#ifdef _OPENMP
-  return omp_get_thread_num();
-#else
-  return 0;
-#endif
-}
-
 template <class T>
 void conv2d_backward(OpContext<T>& c);
 
@@ -286,9 +278,8 @@ void conv2d_shifted_forward(const Tensor<T>& x, const Tensor<T>& w, const T* bia
   const int64_t* off = node.ints.data() + conv_offsets_at;
   const T* xd = x.data();
   T* yd = y.data();
-#pragma omp parallel for schedule(static) if (parallel)
-  for (int64_t n = 0; n < g.N; ++n) {
-    T* xp = scratch.data() + wsz + omp_thread() * per_thread;
+  detail::parallel_for(g.N, parallel, [&](int64_t n) {
+    T* xp = scratch.data() + wsz + thread_index() * per_thread;
     T* yb = xp + xsz;
     copy_into_phases(xd + n * chw, xp, g);
     shifted_conv(wt, O, off, K, xp, Mpad, yb, Mpad);
@@ -298,7 +289,7 @@ void conv2d_shifted_forward(const Tensor<T>& x, const Tensor<T>& w, const T* bia
       for (int64_t p = 0; p < g.OH; ++p)
         copy_row_plus(yb + o * Mpad + p * Wh, g.OW, bo, yn + (o * g.OH + p) * g.OW);
     }
-  }
+  });
 }
 
 // One thread's scratch of the padded-image backward, which handles `images` images at a time,
@@ -480,8 +471,7 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& w, const Var<T>& b, Size2 stride = 
   T* yd = y.value().data();
   const auto wm = w.value().matrix(g.O, K);
   const T* bd = has_bias ? b.value().data() : nullptr;
-#pragma omp parallel for schedule(static) if (g.N * K * L > parallel_threshold)
-  for (int64_t n = 0; n < g.N; ++n) {
+  detail::parallel_for(g.N, g.N * K * L > parallel_threshold, [&](int64_t n) {
     const T* cn = xd + n * chw;
     if (!direct) {
       detail::im2col(xd + n * chw, col + n * K * L, g);
@@ -490,7 +480,7 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& w, const Var<T>& b, Size2 stride = 
     detail::RowMajorMap<T> yn(yd + n * g.O * L, g.O, L);
     yn.noalias() = wm * detail::ConstRowMajorMap<T>(cn, K, L);
     if (bd) yn.colwise() += Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>>(bd, g.O);
-  }
+  });
   return y;
 }
 
@@ -560,9 +550,8 @@ void conv2d_backward(OpContext<T>& c) {
     const int64_t* off = c.node().ints.data() + conv_offsets_at;
     const T* xd = c.input(0).data();
     const int64_t chunks = (g.N + sz.images - 1) / sz.images;
-#pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t ch = 0; ch < chunks; ++ch) {
-      const int t = omp_thread();
+    detail::parallel_for(chunks, parallel, [&](int64_t ch) {
+      const int t = thread_index();
       T* pt = part.data() + t * (OK + g.O);
       const int64_t n0 = ch * sz.images, images = std::min(sz.images, g.N - n0);
       conv2d_shifted_backward_images(g, sz, off, xd + n0 * chw, dy + n0 * g.O * L, images, wflip,
@@ -572,15 +561,14 @@ void conv2d_backward(OpContext<T>& c) {
         for (int64_t n = n0; n < n0 + images; ++n)
           Eigen::Map<Eigen::Matrix<T, Eigen::Dynamic, 1>>(pt + OK, g.O) +=
               ConstRowMajorMap<T>(dy + n * g.O * L, g.O, L).rowwise().sum();
-    }
+    });
   } else {
     const T* cols = direct ? c.input(0).data() : c.saved(0).data();
     const auto wm = c.input(1).matrix(g.O, K);
     Tensor<T>& dcol = c.saved(1);
     if (need_x && !direct) dcol.resize(Shape{threads, K, L});
-#pragma omp parallel for schedule(static) if (parallel)
-    for (int64_t n = 0; n < g.N; ++n) {
-      const int t = omp_thread();
+    detail::parallel_for(g.N, parallel, [&](int64_t n) {
+      const int t = thread_index();
       ConstRowMajorMap<T> dyn(dy + n * g.O * L, g.O, L);
       ConstRowMajorMap<T> cn(cols + n * (direct ? chw : K * L), K, L);
       T* pt = part.data() + t * (OK + g.O);
@@ -601,7 +589,7 @@ void conv2d_backward(OpContext<T>& c) {
           col2im_add(dc.data(), dx + n * chw, g);
         }
       }
-    }
+    });
   }
   if (need_w || need_b) {
     auto p = part.matrix(threads, OK + g.O);

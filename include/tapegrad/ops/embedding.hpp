@@ -76,10 +76,10 @@ Var<T> embedding_impl(Shape index_shape, const Var<T>& weight, std::optional<int
   const T* w = weight.value().data();
   T* yv = y.value().data();
   const int64_t* idx = ints.data() + 1;
-#pragma omp parallel for schedule(static) if (n * dim > parallel_threshold)
-  for (int64_t i = 0; i < n; ++i)
+  detail::parallel_for(n, n * dim > parallel_threshold, [&](int64_t i) {
     Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>(yv + i * dim, dim) =
         Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>>(w + idx[i] * dim, dim);
+  });
   return y;
 }
 

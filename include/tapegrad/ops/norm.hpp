@@ -173,8 +173,7 @@ void batch_norm_backward_impl(OpContext<T>& c) {
 
   if (S > 1 && sync) {
     // [N,C,S] over several processes: all sums, their reduction, then dx.
-#pragma omp parallel for if (work > parallel_threshold) schedule(static)
-    for (int64_t ch = 0; ch < C; ++ch) {
+    detail::parallel_for(C, work > parallel_threshold, [&](int64_t ch) {
       double s1 = 0, s2 = 0;
       const T mu = mean[ch];
       for (int64_t r = 0; r < N; ++r) {
@@ -185,13 +184,12 @@ void batch_norm_backward_impl(OpContext<T>& c) {
       }
       sum_dy[ch] = static_cast<T>(s1);
       sum_dyx[ch] = static_cast<T>(s2);
-    }
+    });
     parameter_grads();
     reduce_sums();
     bool assign = false;
     T* dx = c.grad_in_uninitialized(0, assign).data();
-#pragma omp parallel for if (work > parallel_threshold) schedule(static)
-    for (int64_t ch = 0; ch < C; ++ch) {
+    detail::parallel_for(C, work > parallel_threshold, [&](int64_t ch) {
       coefficients(ch);
       const T k1 = k[ch], k2 = k[C + ch], k3 = k[2 * C + ch];
       for (int64_t r = 0; r < N; ++r) {
@@ -204,7 +202,7 @@ void batch_norm_backward_impl(OpContext<T>& c) {
         else
           d += g * k1 + xv * k2 + k3;
       }
-    }
+    });
     return;
   }
 
@@ -213,8 +211,7 @@ void batch_norm_backward_impl(OpContext<T>& c) {
     // x are still in cache (one read of each from memory), written straight into the gradient.
     bool assign = false;
     T* dx = need_dx ? c.grad_in_uninitialized(0, assign).data() : nullptr;
-#pragma omp parallel for if (work > parallel_threshold) schedule(static)
-    for (int64_t ch = 0; ch < C; ++ch) {
+    detail::parallel_for(C, work > parallel_threshold, [&](int64_t ch) {
       if (need_sums) {
         double s1 = 0, s2 = 0;
         const T mu = mean[ch];
@@ -227,7 +224,7 @@ void batch_norm_backward_impl(OpContext<T>& c) {
         sum_dy[ch] = static_cast<T>(s1);
         sum_dyx[ch] = static_cast<T>(s2);
       }
-      if (!dx) continue;
+      if (!dx) return;
       coefficients(ch);
       const T k1 = k[ch], k2 = k[C + ch], k3 = k[2 * C + ch];
       for (int64_t r = 0; r < N; ++r) {
@@ -247,7 +244,7 @@ void batch_norm_backward_impl(OpContext<T>& c) {
             d += g * k1;
         }
       }
-    }
+    });
     if (need_sums) parameter_grads();
     return;
   }
@@ -256,8 +253,7 @@ void batch_norm_backward_impl(OpContext<T>& c) {
   if (need_sums) {
     ColArray<T>(sum_dy, 2 * C).setZero();
     const int64_t blocks = (C + bn_column_block - 1) / bn_column_block;
-#pragma omp parallel for if (work > parallel_threshold) schedule(static)
-    for (int64_t b = 0; b < blocks; ++b) {
+    detail::parallel_for(blocks, work > parallel_threshold, [&](int64_t b) {
       const int64_t c0 = b * bn_column_block, w = std::min(bn_column_block, C - c0);
       ColArray<T> s1(sum_dy + c0, w), s2(sum_dyx + c0, w);
       ConstColArray<T> mu(mean + c0, w);
@@ -267,7 +263,7 @@ void batch_norm_backward_impl(OpContext<T>& c) {
         s1 += g;
         s2 += g * (xv - mu);
       }
-    }
+    });
     parameter_grads();
     if (sync) reduce_sums();
   }
@@ -315,8 +311,7 @@ void layer_norm_backward(OpContext<T>& c) {
   T* b = a + R;
   T* k = a + 2 * R;
   const T* gamma = has_gamma ? c.input(gi).data() : nullptr;
-#pragma omp parallel for if (R * D > parallel_threshold) schedule(static)
-  for (int64_t r = 0; r < R; ++r) {
+  detail::parallel_for(R, R * D > parallel_threshold, [&](int64_t r) {
     const auto g = dyA.row(r);
     const auto xhat = (xA.row(r) - mean[r]) * rstd[r];
     T m1, m2;
@@ -332,7 +327,7 @@ void layer_norm_backward(OpContext<T>& c) {
     a[r] = s;
     b[r] = -s * s * m2;
     k[r] = s * s * m2 * mean[r] - s * m1;
-  }
+  });
   ConstColArray<T> A(a, R), B(b, R), K(k, R);
   if (gamma) {
     ConstRowArray<T> gm(gamma, D);
@@ -443,12 +438,11 @@ Var<T> batch_norm_op(const char* op, bool relu, const Var<T>& x, const Var<T>& g
     std::vector<double>& buf = bn_reduce_buffer(static_cast<size_t>(2 * C + 1));
     double* mu = buf.data() + C + 1;
     auto channel_sums = [&](auto&& value) {
-#pragma omp parallel for if (work > parallel_threshold) schedule(static)
-      for (int64_t ch = 0; ch < C; ++ch) {
+      detail::parallel_for(C, work > parallel_threshold, [&](int64_t ch) {
         double s = 0;
         for (int64_t r = 0; r < N; ++r) s += value(r, ch);
         buf[static_cast<size_t>(ch + 1)] = s;
-      }
+      });
     };
     buf[0] = static_cast<double>(n);
     if (S == 1)
@@ -495,15 +489,14 @@ Var<T> batch_norm_op(const char* op, bool relu, const Var<T>& x, const Var<T>& g
       ColArray<T>(mean, C).setZero();
       ColArray<T>(rstd, C).setZero();  // holds Σ(x − μ)² first
       const int64_t blocks = (C + bn_column_block - 1) / bn_column_block;
-#pragma omp parallel for if (work > parallel_threshold) schedule(static)
-      for (int64_t blk = 0; blk < blocks; ++blk) {
+      detail::parallel_for(blocks, work > parallel_threshold, [&](int64_t blk) {
         const int64_t c0 = blk * bn_column_block;
         const int64_t w = std::min(bn_column_block, C - c0);
         ColArray<T> mu(mean + c0, w), sq(rstd + c0, w);
         for (int64_t r = 0; r < N; ++r) mu += ConstColArray<T>(xp + r * C + c0, w);
         mu /= T(N);
         for (int64_t r = 0; r < N; ++r) sq += (ConstColArray<T>(xp + r * C + c0, w) - mu).square();
-      }
+      });
       for (int64_t ch = 0; ch < C; ++ch)
         finish_channel(ch, mean[ch], static_cast<double>(rstd[ch]) / static_cast<double>(N));
     }
@@ -522,8 +515,7 @@ Var<T> batch_norm_op(const char* op, bool relu, const Var<T>& x, const Var<T>& g
 
   // [N,C,H,W]: one task per channel; its N slices of S contiguous values are read for the
   // mean, again for the variance and once more to write y, while they are still in cache.
-#pragma omp parallel for if (work > parallel_threshold) schedule(static)
-  for (int64_t ch = 0; ch < C; ++ch) {
+  detail::parallel_for(C, work > parallel_threshold, [&](int64_t ch) {
     if (local_stats) {
       double s = 0;
       for (int64_t r = 0; r < N; ++r) s += ConstColArray<T>(xp + (r * C + ch) * S, S).sum();
@@ -543,7 +535,7 @@ Var<T> batch_norm_op(const char* op, bool relu, const Var<T>& x, const Var<T>& g
       else
         ColArray<T>(yp + (r * C + ch) * S, S) = affine;
     }
-  }
+  });
   return out;
 }
 }  // namespace detail
@@ -623,8 +615,7 @@ Var<T> layer_norm(const Var<T>& x, const Shape& normalized_shape, const Var<T>& 
   auto yA = out.value().matrix(R, D).array();
   const T* g = gamma.defined() ? gamma.value().data() : nullptr;
   const T* b = beta.defined() ? beta.value().data() : nullptr;
-#pragma omp parallel for if (R * D > parallel_threshold) schedule(static)
-  for (int64_t r = 0; r < R; ++r) {
+  detail::parallel_for(R, R * D > parallel_threshold, [&](int64_t r) {
     const auto row = xA.row(r);
     const T mu = row.sum() / T(D);
     const T var = (row - mu).square().sum() / T(D);
@@ -639,7 +630,7 @@ Var<T> layer_norm(const Var<T>& x, const Shape& normalized_shape, const Var<T>& 
       yA.row(r) = (row - mu) * s + detail::ConstRowArray<T>(b, D);
     else
       yA.row(r) = (row - mu) * s;
-  }
+  });
   return out;
 }
 

@@ -102,9 +102,9 @@ Var<T> max_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = s
         const T* dy = c.grad_out().data();
         T* dx = c.grad_in(0).data();
         const int64_t hw = g.H * g.W, L = g.OH * g.OW;
-#pragma omp parallel for schedule(static) if (g.planes * L > parallel_threshold)
-        for (int64_t pl = 0; pl < g.planes; ++pl)
+        detail::parallel_for(g.planes, g.planes * L > parallel_threshold, [&](int64_t pl) {
           for (int64_t k = pl * L; k < (pl + 1) * L; ++k) dx[pl * hw + arg[k]] += dy[k];
+        });
       },
       Reads::none);  // the maxima's positions are in ints
   auto& ints = y.node().ints;
@@ -114,8 +114,7 @@ Var<T> max_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = s
   int64_t* arg = ints.data() + g.count;
   const T* xd = x.value().data();
   T* yd = y.value().data();
-#pragma omp parallel for schedule(static) if (g.work() > parallel_threshold)
-  for (int64_t pl = 0; pl < g.planes; ++pl) {
+  detail::parallel_for(g.planes, g.work() > parallel_threshold, [&](int64_t pl) {
     const T* xp = xd + pl * hw;
     for (int64_t p = 0; p < g.OH; ++p)
       for (int64_t q = 0; q < g.OW; ++q) {
@@ -135,7 +134,7 @@ Var<T> max_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = s
         yd[k] = best;
         arg[k] = best_at;
       }
-  }
+  });
   return y;
 }
 
@@ -152,8 +151,7 @@ Var<T> avg_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = s
         const T* dy = c.grad_out().data();
         T* dx = c.grad_in(0).data();
         const int64_t hw = g.H * g.W, L = g.OH * g.OW;
-#pragma omp parallel for schedule(static) if (g.work() > parallel_threshold)
-        for (int64_t pl = 0; pl < g.planes; ++pl) {
+        detail::parallel_for(g.planes, g.work() > parallel_threshold, [&](int64_t pl) {
           T* dxp = dx + pl * hw;
           for (int64_t p = 0; p < g.OH; ++p)
             for (int64_t q = 0; q < g.OW; ++q) {
@@ -163,7 +161,7 @@ Var<T> avg_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = s
               for (int64_t r = r0; r < r1; ++r)
                 for (int64_t s = c0; s < c1; ++s) dxp[r * g.W + s] += d;
             }
-        }
+        });
       },
       Reads::none);
   g.store(y.node().ints);
@@ -171,8 +169,7 @@ Var<T> avg_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = s
   const int64_t L = g.OH * g.OW, hw = g.H * g.W;
   const T* xd = x.value().data();
   T* yd = y.value().data();
-#pragma omp parallel for schedule(static) if (g.work() > parallel_threshold)
-  for (int64_t pl = 0; pl < g.planes; ++pl) {
+  detail::parallel_for(g.planes, g.work() > parallel_threshold, [&](int64_t pl) {
     const T* xp = xd + pl * hw;
     for (int64_t p = 0; p < g.OH; ++p)
       for (int64_t q = 0; q < g.OW; ++q) {
@@ -183,7 +180,7 @@ Var<T> avg_pool2d(const Var<T>& x, Size2 kernel, std::optional<Size2> stride = s
           for (int64_t s = c0; s < c1; ++s) sum += xp[r * g.W + s];
         yd[pl * L + p * g.OW + q] = sum * scale;
       }
-  }
+  });
   return y;
 }
 

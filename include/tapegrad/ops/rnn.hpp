@@ -238,8 +238,7 @@ void lstm_forward(OpContext<T>& c) {
   const T* cp = l.ci >= 0 ? c.input(l.ci).data() + (l.c_cols - H) : nullptr;
   const T* P = pre.data();
   T* Y = c.node().value.data();
-#pragma omp parallel for schedule(static) if (cell_parallel(l.n, 4 * H))
-  for (int64_t r = 0; r < l.n; ++r) {
+  detail::parallel_for(l.n, cell_parallel(l.n, 4 * H), [&](int64_t r) {
     const T* p = P + r * 4 * H;
     T* y = Y + r * 5 * H;
     Seg<T>(y, 2 * H) = sigmoid_of<T>(ConstSeg<T>(p, 2 * H));          // i, f
@@ -248,7 +247,7 @@ void lstm_forward(OpContext<T>& c) {
     Seg<T> cn(y + 4 * H, H);
     cn = ConstSeg<T>(y, H) * ConstSeg<T>(y + 2 * H, H);                       // i * g
     if (cp) cn += ConstSeg<T>(y + H, H) * ConstSeg<T>(cp + r * l.c_cols, H);  // + f * c
-  }
+  });
 }
 
 template <class T>
@@ -264,8 +263,7 @@ void gru_forward(OpContext<T>& c) {
   const T* P = hp.data();
   T* A = act.data();
   T* Y = c.node().value.data();
-#pragma omp parallel for schedule(static) if (cell_parallel(l.n, 3 * H))
-  for (int64_t r = 0; r < l.n; ++r) {
+  detail::parallel_for(l.n, cell_parallel(l.n, 3 * H), [&](int64_t r) {
     const T* x = X.data() + r * X.outerStride();
     const T* p = P + r * 3 * H;
     T* a = A + r * 3 * H;
@@ -278,7 +276,7 @@ void gru_forward(OpContext<T>& c) {
       y = n + z * (ConstSeg<T>(h + r * H, H) - n);
     else
       y = (T(1) - z) * n;
-  }
+  });
 }
 
 }  // namespace detail
@@ -332,8 +330,7 @@ Var<T> lstm_cell(const Var<T>& xp, StepRows rows, const Var<T>& h, const Var<T>&
         const T* cp = l.ci >= 0 ? ctx.input(l.ci).data() + (l.c_cols - H) : nullptr;
         T* gc = c_grad ? ctx.grad_in(l.ci).data() + (l.c_cols - H) : nullptr;
         T* Dp = D.data();
-#pragma omp parallel for schedule(static) if (detail::cell_parallel(l.n, 4 * H))
-        for (int64_t r = 0; r < l.n; ++r) {
+        detail::parallel_for(l.n, detail::cell_parallel(l.n, 4 * H), [&](int64_t r) {
           using S = detail::ConstSeg<T>;
           const T* y = Y + r * 5 * H;
           const T* g = G + r * 5 * H;
@@ -348,7 +345,7 @@ Var<T> lstm_cell(const Var<T>& xp, StepRows rows, const Var<T>& h, const Var<T>&
           detail::Seg<T>(d + 2 * H, H) = (S(g + 2 * H, H) + dc * i) * (T(1) - gg.square());
           detail::Seg<T>(d + 3 * H, H) = S(g + 3 * H, H) * o * (T(1) - o);
           if (gc) detail::Seg<T>(gc + r * l.c_cols, H) += dc * f;
-        }
+        });
         if (ctx.needs_grad(0)) {
           Tensor<T>& gx = ctx.grad_in(0);
           detail::step_rows(gx, l) += D.matrix(l.n, 4 * H);
@@ -374,13 +371,12 @@ Var<T> lstm_hidden(const Var<T>& record) {
     const T* TC = c.saved(0).data();
     const T* G = c.grad_out().data();
     T* GR = c.grad_in(0).data();
-#pragma omp parallel for schedule(static) if (detail::cell_parallel(n, 2 * H))
-    for (int64_t r = 0; r < n; ++r) {
+    detail::parallel_for(n, detail::cell_parallel(n, 2 * H), [&](int64_t r) {
       using S = detail::ConstSeg<T>;
       const S g(G + r * H, H), tc(TC + r * H, H), o(R + r * 5 * H + 3 * H, H);
       detail::Seg<T>(GR + r * 5 * H + 3 * H, H) += g * tc;
       detail::Seg<T>(GR + r * 5 * H + 4 * H, H) += g * o * (T(1) - tc.square());
-    }
+    });
   });
   Tensor<T>& tc = y.node().saved[0];  // tanh(c'), for backward
   tc.resize(Shape{n, H});
@@ -425,8 +421,7 @@ Var<T> gru_cell(const Var<T>& xp, StepRows rows, const Var<T>& h, const Var<T>& 
           gx_stride = GX.outerStride();
         }
         T* Dp = D.data();
-#pragma omp parallel for schedule(static) if (detail::cell_parallel(l.n, 3 * H))
-        for (int64_t r = 0; r < l.n; ++r) {
+        detail::parallel_for(l.n, detail::cell_parallel(l.n, 3 * H), [&](int64_t r) {
           using S = detail::ConstSeg<T>;
           const T* a = A + r * 3 * H;
           const S rg(a, H), z(a + H, H), n(a + 2 * H, H), g(G + r * H, H);
@@ -445,7 +440,7 @@ Var<T> gru_cell(const Var<T>& xp, StepRows rows, const Var<T>& h, const Var<T>& 
           }
           dn *= rg;
           if (gh) detail::Seg<T>(gh + r * H, H) += g * z;
-        }
+        });
         detail::cell_weight_grads(c, l, D);
       },
       0);
