@@ -71,7 +71,7 @@ int main() {
   std::vector<Step> by_threads;
   bool repeatable = true;
   for (int threads : {1, 2}) {
-    tg::set_num_threads(threads);           // Eigen's GEMM and tapegrad's own loops
+    tg::set_num_threads(threads);           // tapegrad's loops and matrix products
     const Step first = step(*model, tape);  // also allocates the tape's buffers, once
     by_threads.push_back(step(*model, tape));
     repeatable = repeatable && same(first, by_threads.back());

@@ -1,6 +1,8 @@
 #pragma once
 /// \file
-/// One switch for both thread pools: Eigen's GEMM and our own OpenMP loops.
+/// Threads: one switch for tapegrad's OpenMP loops and matrix products (set_num_threads), and
+/// the teams that run those loops, which fall back to the calling thread while another program
+/// takes our cores (detail::run_team).
 
 #include <time.h>
 
