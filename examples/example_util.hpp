@@ -17,6 +17,7 @@
 #include <ostream>
 #include <sstream>
 #include <string>
+#include <vector>
 
 #include "tapegrad/io/dataloader.hpp"
 #include "tapegrad/nn/module.hpp"
@@ -95,6 +96,25 @@ inline CLI::Validator at_least(double min, bool strict = false) {
       strict && min == 0 ? std::string("POSITIVE") : m);
 }
 inline CLI::Validator positive() { return at_least(0, true); }
+
+// --only: a comma-separated subset of `keys` (the help's footer lists them) into `only`.
+inline void add_only_flag(CLI::App& app, std::vector<std::string>& only,
+                          const std::vector<std::string>& keys) {
+  app.add_option("--only", only, "comma-separated configuration keys (default: all)")
+      ->delimiter(',')
+      ->check(CLI::IsMember(keys).description(""));
+}
+
+// The configurations whose key --only named, all when it named none, in program order.
+template <class Config>
+std::vector<const Config*> chosen_configs(const std::vector<Config>& all,
+                                          const std::vector<std::string>& only) {
+  std::vector<const Config*> chosen;
+  for (const auto& c : all)
+    if (only.empty() || std::find(only.begin(), only.end(), c.key) != only.end())
+      chosen.push_back(&c);
+  return chosen;
+}
 
 // mkdir -p.
 inline void make_dirs(const std::string& path) {

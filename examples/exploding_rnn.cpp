@@ -408,21 +408,14 @@ int main(int argc, char** argv) {
   app.add_option("--batch", N, "sequences per step")
       ->capture_default_str()
       ->check(examples::positive());
-  app.add_option("--threads", threads,
-                 "threads (the matrices are small, and on a shared machine threads waiting\n"
-                 "for each other inside every GEMM cost more than they save)")
+  app.add_option("--threads", threads, "threads")
       ->capture_default_str()
       ->check(examples::positive());
-  app.add_option("--only", only, "comma-separated configuration keys (default: all)")
-      ->delimiter(',')
-      ->check(CLI::IsMember(keys).description(""));  // the keys are in the footer
+  examples::add_only_flag(app, only, keys);
   app.add_option("--seed", seed, "seed of the weights and the data")->capture_default_str();
   if (const int rc = examples::parse_flags(app, argc, argv); rc >= 0) return rc;
 
-  std::vector<const Config*> chosen;
-  for (const auto& c : all_configs())
-    if (only.empty() || std::find(only.begin(), only.end(), c.key) != only.end())
-      chosen.push_back(&c);
+  const std::vector<const Config*> chosen = examples::chosen_configs(all_configs(), only);
 
   try {
     tg::set_num_threads(threads);

@@ -144,9 +144,7 @@ inline void add_train_flags(CLI::App& app, TrainOptions& o, int& threads) {
                  std::string("Fashion-MNIST folder\n(default $") +
                      tg::io::FashionMNIST::environment_variable + ", else " +
                      tg::io::FashionMNIST::default_directory + ")");
-  app.add_option("--threads", threads, "threads (more help only on an idle machine)")
-      ->capture_default_str()
-      ->check(positive());
+  app.add_option("--threads", threads, "threads")->capture_default_str()->check(positive());
   app.add_option("--checkpoint-dir", o.checkpoint_dir,
                  "where a checkpoint is written after every epoch (\"\" for none)")
       ->capture_default_str();

@@ -494,8 +494,7 @@ void write_outputs(const std::string& dir, const std::vector<Result>& results) {
 int main(int argc, char** argv) {
   std::string out = "vanishing_out", data_dir;
   int64_t steps = kDefaultSteps;
-  // One thread by default: the matrices of a 128-sample batch are small, and on a shared machine
-  // two threads that wait for each other inside every GEMM ran 5-30x slower than one.
+  // One thread by default: the README's timings of the demo were taken so.
   int threads = 1;
   uint64_t seed = 1;
   std::vector<std::string> only, keys;
@@ -516,19 +515,14 @@ int main(int argc, char** argv) {
                  std::string("Fashion-MNIST folder\n(default $") +
                      io::FashionMNIST::environment_variable + ", else " +
                      io::FashionMNIST::default_directory + ")");
-  app.add_option("--threads", threads, "threads (more help only on an idle machine)")
+  app.add_option("--threads", threads, "threads")
       ->capture_default_str()
       ->check(examples::positive());
-  app.add_option("--only", only, "comma-separated configuration keys (default: all)")
-      ->delimiter(',')
-      ->check(CLI::IsMember(keys).description(""));  // the keys are in the footer
+  examples::add_only_flag(app, only, keys);
   app.add_option("--seed", seed, "seed of the weights and the batch order")->capture_default_str();
   if (const int rc = examples::parse_flags(app, argc, argv); rc >= 0) return rc;
 
-  std::vector<const Config*> chosen;
-  for (const auto& c : all_configs())
-    if (only.empty() || std::find(only.begin(), only.end(), c.key) != only.end())
-      chosen.push_back(&c);
+  const std::vector<const Config*> chosen = examples::chosen_configs(all_configs(), only);
 
   try {
     tg::set_num_threads(threads);

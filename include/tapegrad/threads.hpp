@@ -123,8 +123,7 @@ struct Contention {
 
   std::atomic<int64_t> alone_until{0};  // steady-clock ns: teams run on the caller until then
   std::atomic<int64_t> stretch{0};      // the next stretch's length, 0 when not backing off
-  // Counted for tests and diagnostics.
-  std::atomic<int64_t> late_teams{0}, teams_alone{0}, teams_parallel{0};
+  std::atomic<int64_t> late_teams{0};   // counted for tests
 
   bool backing_off(int64_t now) const { return now < alone_until.load(std::memory_order_relaxed); }
   // A team started at `start` by a caller whose own share ended at `own_end` (having run on a
@@ -180,7 +179,6 @@ void run_team(int threads, F&& body) {
   Contention& c = contention();
   const int64_t start = now_ns();
   if (c.backing_off(start)) {
-    c.teams_alone.fetch_add(1, std::memory_order_relaxed);
     OneThread one;
     for (int t = 0; t < threads; ++t) {
       TeamShare share(t);
@@ -188,7 +186,6 @@ void run_team(int threads, F&& body) {
     }
     return;
   }
-  c.teams_parallel.fetch_add(1, std::memory_order_relaxed);
 #ifdef _OPENMP
   const int64_t start_cpu = thread_cpu_ns();
   int64_t own_end = start, own_cpu = 0;
