@@ -265,6 +265,61 @@ TEST(BatchNormOp, FloatMatchesDoubleFormula) {
   }
 }
 
+TEST(BatchNormOp, ImagesGiveTheSameBitsAtOneAndTwoThreadsAndExactStatisticsFarFromZero) {
+  // float [16, 8, 32, 33], values 1000 + N(0, 1) per channel c scaled by (c + 1): large enough
+  // to run on both threads, where the slices are cut in memory order, while one thread goes
+  // channel by channel. Same bits either way (values, all gradients, running statistics); the
+  // statistics, from per-slice sums combined per channel, against the double formula: a
+  // one-pass Σx² in float would lose the variance here entirely (mean² / var = 1e6 / (c+1)²).
+  const int64_t N = 16, C = 8, S = 32 * 33;
+  const tg::Shape shape{N, C, 32, 33};
+  const TD noise = sample(shape, 50), dyt = sample(shape, 51);
+  TD xd(shape);
+  for (int64_t i = 0; i < xd.numel(); ++i) xd[i] = 1000.0 + noise[i] * double((i / S) % C + 1);
+  const tg::Tensor<float> xf = xd.to<float>();
+  struct Run {
+    tg::Tensor<float> y, dx, dg, db, rm, rv;
+  };
+  auto run = [&](int threads, bool relu) {
+    tg::set_num_threads(threads);
+    Run r{{}, {}, {}, {}, tg::Tensor<float>::zeros({C}), tg::Tensor<float>::ones({C})};
+    tg::Parameter<float> g(tg::Tensor<float>::full({C}, 1.5f)),
+        b(tg::Tensor<float>::full({C}, 0.25f));
+    tg::Tape<float> tape;
+    auto x = tape.input(xf);
+    auto y = (relu ? tg::batch_norm_relu<float>
+                   : tg::batch_norm<float>)(x, tape.param(g), tape.param(b), r.rm, r.rv, true, 1.0,
+                                            1e-5, tg::Tensor<float>(), nullptr);
+    tape.backward(y, dyt.to<float>());
+    r.y = y.value().clone();
+    r.dx = x.grad().clone();
+    r.dg = g.grad().clone();
+    r.db = b.grad().clone();
+    tg::set_num_threads(1);
+    return r;
+  };
+  auto same_bits = [](const tg::Tensor<float>& a, const tg::Tensor<float>& b, const char* what) {
+    ASSERT_EQ(a.numel(), b.numel()) << what;
+    for (int64_t i = 0; i < a.numel(); ++i) ASSERT_EQ(a[i], b[i]) << what << " " << i;
+  };
+  for (bool relu : {false, true}) {
+    const Run one = run(1, relu), two = run(2, relu);
+    same_bits(one.y, two.y, "y");
+    same_bits(one.dx, two.dx, "dx");
+    same_bits(one.dg, two.dg, "dgamma");
+    same_bits(one.db, two.db, "dbeta");
+    same_bits(one.rm, two.rm, "running_mean");
+    same_bits(one.rv, two.rv, "running_var");
+  }
+  const Run r = run(2, false);
+  const auto ref = bn_reference(xf.to<double>(), N, C, S, {}, {}, 1e-5, true);
+  const double n = double(N * S);
+  for (int64_t c = 0; c < C; ++c) {
+    EXPECT_NEAR(r.rm[c], ref.mean[c], 1e-4) << c;  // momentum 1: the batch's own statistics
+    EXPECT_NEAR(r.rv[c], ref.var[c] * n / (n - 1), 1e-5 * ref.var[c]) << c;
+  }
+}
+
 TEST(BatchNormOp, SteadyStateReusesBuffers) {
   tg::Tape<float> tape;
   tg::Parameter<float> g(tg::Tensor<float>::ones({4})), b(tg::Tensor<float>::zeros({4}));

@@ -85,6 +85,14 @@ inline std::vector<double>& bn_reduce_buffer(size_t n) {
   return buffer;
 }
 
+// Per-slice partial sums of batch_norm over [N,C,S] (two per slice of S values): grows once,
+// then is reused.
+inline double* bn_slice_buffer(size_t n) {
+  thread_local std::vector<double> buffer;
+  if (buffer.size() < n) buffer.resize(n);
+  return buffer.data();
+}
+
 // The output gradient of batch_norm (dy) or, when Relu (batch_norm_relu), of the batch_norm
 // inside it: dy·[y > 0] with y the op's output, as relu_backward computes it.
 template <bool Relu, class Dy, class Y>
@@ -207,44 +215,67 @@ void batch_norm_backward_impl(OpContext<T>& c) {
   }
 
   if (S > 1) {
-    // [N,C,S]: one channel at a time, its sums and then its dx while its N·S values of dy and
-    // x are still in cache (one read of each from memory), written straight into the gradient.
+    // [N,C,S]: per slice (S values of one image and channel) Σdy and Σdy·(x − μ), summed per
+    // channel in slice order; then dx slice by slice, written straight into the gradient. Cut
+    // as forward cuts them: among the threads in memory order, or on one thread channel by
+    // channel (the channel's dy and x read from memory once). Same bits either way.
+    const int64_t slices = N * C;
+    double* part = bn_slice_buffer(static_cast<size_t>(2 * slices));
     bool assign = false;
     T* dx = need_dx ? c.grad_in_uninitialized(0, assign).data() : nullptr;
-    detail::parallel_for(C, work > parallel_threshold, [&](int64_t ch) {
-      if (need_sums) {
-        double s1 = 0, s2 = 0;
-        const T mu = mean[ch];
-        for (int64_t r = 0; r < N; ++r) {
-          const auto g = grad_at((r * C + ch) * S, S);
-          ConstColArray<T> xv(x + (r * C + ch) * S, S);
-          s1 += g.sum();
-          s2 += (g * (xv - mu)).sum();
-        }
-        sum_dy[ch] = static_cast<T>(s1);
-        sum_dyx[ch] = static_cast<T>(s2);
-      }
-      if (!dx) return;
-      coefficients(ch);
-      const T k1 = k[ch], k2 = k[C + ch], k3 = k[2 * C + ch];
+    auto slice_sums = [&](int64_t i) {
+      const auto g = grad_at(i * S, S);
+      ConstColArray<T> xv(x + i * S, S);
+      part[2 * i] = static_cast<double>(g.sum());
+      part[2 * i + 1] = static_cast<double>((g * (xv - mean[i % C])).sum());
+    };
+    auto channel_sums = [&](int64_t ch) {
+      double s1 = 0, s2 = 0;
       for (int64_t r = 0; r < N; ++r) {
-        const int64_t off = (r * C + ch) * S;
-        const auto g = grad_at(off, S);
-        ConstColArray<T> xv(x + off, S);
-        ColArray<T> d(dx + off, S);
-        if (training) {
-          if (assign)
-            d = g * k1 + xv * k2 + k3;
-          else
-            d += g * k1 + xv * k2 + k3;
-        } else {
-          if (assign)
-            d = g * k1;
-          else
-            d += g * k1;
-        }
+        s1 += part[2 * (r * C + ch)];
+        s2 += part[2 * (r * C + ch) + 1];
       }
-    });
+      sum_dy[ch] = static_cast<T>(s1);
+      sum_dyx[ch] = static_cast<T>(s2);
+    };
+    auto slice_dx = [&](int64_t i) {
+      const int64_t ch = i % C, off = i * S;
+      const T k1 = k[ch], k2 = k[C + ch], k3 = k[2 * C + ch];
+      const auto g = grad_at(off, S);
+      ConstColArray<T> xv(x + off, S);
+      ColArray<T> d(dx + off, S);
+      if (training) {
+        if (assign)
+          d = g * k1 + xv * k2 + k3;
+        else
+          d += g * k1 + xv * k2 + k3;
+      } else {
+        if (assign)
+          d = g * k1;
+        else
+          d += g * k1;
+      }
+    };
+    if (split_among_threads(work)) {
+      if (need_sums) {
+        detail::parallel_for(slices, true, slice_sums);
+        for (int64_t ch = 0; ch < C; ++ch) channel_sums(ch);
+      }
+      if (dx) {
+        for (int64_t ch = 0; ch < C; ++ch) coefficients(ch);
+        detail::parallel_for(slices, true, slice_dx);
+      }
+    } else {
+      for (int64_t ch = 0; ch < C; ++ch) {
+        if (need_sums) {
+          for (int64_t r = 0; r < N; ++r) slice_sums(r * C + ch);
+          channel_sums(ch);
+        }
+        if (!dx) continue;
+        coefficients(ch);
+        for (int64_t r = 0; r < N; ++r) slice_dx(r * C + ch);
+      }
+    }
     if (need_sums) parameter_grads();
     return;
   }
@@ -513,29 +544,62 @@ Var<T> batch_norm_op(const char* op, bool relu, const Var<T>& x, const Var<T>& g
     return out;
   }
 
-  // [N,C,H,W]: one task per channel; its N slices of S contiguous values are read for the
-  // mean, again for the variance and once more to write y, while they are still in cache.
-  detail::parallel_for(C, work > parallel_threshold, [&](int64_t ch) {
+  // [N,C,H,W]: statistics from per-slice partial sums (a slice: S contiguous values of one
+  // image and channel). Slice i's sum and Σ(x − a_i)² about a_i, its mean rounded to T, are
+  // read from L1; per channel, in slice order, μ = Σ sums / n and Σ(x − μ)² = Σ_i [Σ(x − a_i)²
+  // + S((m_i − μ)² − (m_i − a_i)²)], m_i the slice's exact mean (Chan, Golub, LeVeque). On
+  // several threads the slices are cut in memory order, as the elementwise ops and the
+  // convolutions cut the batch, so each thread reads what it wrote; on one, channel by channel,
+  // so a channel's values stay in cache from its statistics to its output. Same bits either way.
+  const int64_t slices = N * C;
+  const double per_slice = static_cast<double>(S);
+  double* part = bn_slice_buffer(static_cast<size_t>(2 * slices));
+  Tensor<T>& scratch = node.saved[2];  // scale, shift per channel
+  scratch.resize(Shape{2 * C});
+  T* scale = scratch.data();
+  T* shift = scale + C;
+  auto slice_sums = [&](int64_t i) {
+    ConstColArray<T> xs(xp + i * S, S);
+    const double sum = static_cast<double>(xs.sum());
+    part[2 * i] = sum;
+    part[2 * i + 1] = static_cast<double>((xs - static_cast<T>(sum / per_slice)).square().sum());
+  };
+  auto channel_stats = [&](int64_t ch) {
     if (local_stats) {
       double s = 0;
-      for (int64_t r = 0; r < N; ++r) s += ConstColArray<T>(xp + (r * C + ch) * S, S).sum();
+      for (int64_t r = 0; r < N; ++r) s += part[2 * (r * C + ch)];
       const double mu = s / static_cast<double>(n);
-      const T mu_t = static_cast<T>(mu);
       double q = 0;
-      for (int64_t r = 0; r < N; ++r)
-        q += (ConstColArray<T>(xp + (r * C + ch) * S, S) - mu_t).square().sum();
-      finish_channel(ch, mu, q / static_cast<double>(n));
+      for (int64_t r = 0; r < N; ++r) {
+        const int64_t i = r * C + ch;
+        const double m = part[2 * i] / per_slice;
+        const double a = static_cast<double>(static_cast<T>(m));
+        q += part[2 * i + 1] + per_slice * ((m - mu) * (m - mu) - (m - a) * (m - a));
+      }
+      finish_channel(ch, mu, std::max(q, 0.0) / static_cast<double>(n));
     }
-    const T scale = (g ? g[ch] : T(1)) * rstd[ch];
-    const T shift = (b ? b[ch] : T(0)) - mean[ch] * scale;
-    for (int64_t r = 0; r < N; ++r) {
-      const auto affine = ConstColArray<T>(xp + (r * C + ch) * S, S) * scale + shift;
-      if (relu)
-        ColArray<T>(yp + (r * C + ch) * S, S) = affine.max(T(0));
-      else
-        ColArray<T>(yp + (r * C + ch) * S, S) = affine;
+    scale[ch] = (g ? g[ch] : T(1)) * rstd[ch];
+    shift[ch] = (b ? b[ch] : T(0)) - mean[ch] * scale[ch];
+  };
+  auto write_slice = [&](int64_t i) {
+    const auto affine = ConstColArray<T>(xp + i * S, S) * scale[i % C] + shift[i % C];
+    if (relu)
+      ColArray<T>(yp + i * S, S) = affine.max(T(0));
+    else
+      ColArray<T>(yp + i * S, S) = affine;
+  };
+  if (split_among_threads(work)) {
+    if (local_stats) detail::parallel_for(slices, true, slice_sums);
+    for (int64_t ch = 0; ch < C; ++ch) channel_stats(ch);
+    detail::parallel_for(slices, true, write_slice);
+  } else {
+    for (int64_t ch = 0; ch < C; ++ch) {
+      if (local_stats)
+        for (int64_t r = 0; r < N; ++r) slice_sums(r * C + ch);
+      channel_stats(ch);
+      for (int64_t r = 0; r < N; ++r) write_slice(r * C + ch);
     }
-  });
+  }
   return out;
 }
 }  // namespace detail
