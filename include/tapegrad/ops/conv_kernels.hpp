@@ -35,7 +35,10 @@ struct ShiftedKernel {
   static constexpr int64_t MB = MP * PS;       // positions per block
   static constexpr int OB = PS >= 16 ? 8 : 4;  // output channels per block (forward)
   static constexpr int GO = PS >= 16 ? 4 : 2;  // output channels per block (wgrad)
-  static constexpr int GK = 4;                 // taps per block (wgrad)
+  // Taps per block (wgrad). With 32 AVX-512 registers, 4 x 6 accumulators feed 24 FMAs from 10
+  // loads instead of 16 from 8 (4 x 4): the taps' loads mostly split cache lines, and on this
+  // Zen 5 the 16 -> 16 channel weight gradient at 28x28 went from 79 to 130-220 GFLOP/s.
+  static constexpr int GK = PS >= 16 ? 6 : 4;
   static constexpr int64_t round_up(int64_t m) { return (m + MB - 1) / MB * MB; }
 };
 
@@ -219,6 +222,10 @@ inline void shifted_wgrad_rows(const T* g, int64_t ldg, int64_t o0, const int64_
   for (; k0 + GK <= K; k0 += GK)
     shifted_wgrad_block<T, GOn, GK>(g, ldg, o0, off, k0, in, M, images, g_stride, in_stride, dw,
                                     ldw);
+  if constexpr (GK > 3)  // an odd channel count leaves 3 taps of a 3x3 kernel
+    for (; k0 + 3 <= K; k0 += 3)
+      shifted_wgrad_block<T, GOn, 3>(g, ldg, o0, off, k0, in, M, images, g_stride, in_stride, dw,
+                                     ldw);
   for (; k0 < K; ++k0)
     shifted_wgrad_block<T, GOn, 1>(g, ldg, o0, off, k0, in, M, images, g_stride, in_stride, dw,
                                    ldw);
