@@ -36,8 +36,8 @@ struct ShiftedKernel {
   static constexpr int OB = PS >= 16 ? 8 : 4;  // output channels per block (forward)
   static constexpr int GO = PS >= 16 ? 4 : 2;  // output channels per block (wgrad)
   // Taps per block (wgrad). With 32 AVX-512 registers, 4 x 6 accumulators feed 24 FMAs from 10
-  // loads instead of 16 from 8 (4 x 4): the taps' loads mostly split cache lines, and on this
-  // Zen 5 the 16 -> 16 channel weight gradient at 28x28 went from 79 to 130-220 GFLOP/s.
+  // loads instead of 16 from 8 (4 x 4): the taps' loads mostly split cache lines; on a 2-core
+  // Zen 5 VM the 16 -> 16 channel weight gradient at 28x28 went from 79 to 130-220 GFLOP/s.
   static constexpr int GK = PS >= 16 ? 6 : 4;
   static constexpr int64_t round_up(int64_t m) { return (m + MB - 1) / MB * MB; }
 };
