@@ -689,7 +689,7 @@ class Tape {
     if (n.retain) {
       n.grad.resize(n.value.shape());
     } else {
-      n.grad = pool_->acquire(n.value.shape());
+      pool_->acquire(n.value.shape(), n.grad);
       n.pooled = true;
     }
   }
