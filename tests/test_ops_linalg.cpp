@@ -2,10 +2,12 @@
 // gradcheck (double, 1e-6), errors by type and message.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <string>
 #include <vector>
 
 #include "tapegrad/diag/gradcheck.hpp"
+#include "tapegrad/ops/elementwise.hpp"
 #include "tapegrad/ops/linalg.hpp"
 #include "test_util.hpp"
 
@@ -56,6 +58,30 @@ TEST(Matmul, LargeProductMatchesNaiveLoops) {  // above Eigen's small-product th
   const TD av = randn({70, 90}, 3), bv = randn({90, 40}, 4);
   auto y = tg::matmul(tape.input(av), tape.input(bv));
   expect_values(y.value(), naive_matmul(av, bv, 70, 90, 40), {70, 40}, 1e-10);
+}
+
+// At 2 threads a large product is cut among them: by columns of the result when it is wider
+// than tall (each thread packs half of the right operand), else by rows. Both cuts, with edges
+// off the 16-element blocks, and the gradients (products with a transposed operand, the second
+// one accumulated into the first), against naive loops.
+TEST(Matmul, SplitAmongThreadsByRowsOrColumnsMatchesNaiveLoops) {
+  tg::set_num_threads(2);
+  for (const auto& [m, k, n] : {std::array<int64_t, 3>{40, 300, 333},    // columns
+                                std::array<int64_t, 3>{333, 300, 40}}) {  // rows
+    tg::Tape<double> tape;
+    const TD av = randn({m, k}, 5), bv = randn({k, n}, 6), cv = randn({k, n}, 7);
+    auto a = tape.input(av);
+    auto y = tg::matmul(a, tape.input(bv));
+    expect_values(y.value(), naive_matmul(av, bv, m, k, n), {m, n}, 1e-10);
+    const TD g = randn({m, n}, 8);
+    tape.backward(y + tg::matmul(a, tape.input(cv)), g);
+    // da = g (b + c)^T, the two products' shares added up
+    TD bc_t = TD::zeros({n, k});
+    for (int64_t i = 0; i < k; ++i)
+      for (int64_t j = 0; j < n; ++j) bc_t[j * k + i] = bv[i * n + j] + cv[i * n + j];
+    expect_values(a.grad(), naive_matmul(g, bc_t, m, n, k), {m, k}, 1e-9);
+  }
+  tg::set_num_threads(1);
 }
 
 TEST(Matmul, Gradcheck) {

@@ -2,25 +2,30 @@
 /// \file
 /// dst = lhs · rhs (or +=): the GEMM behind linear, matmul and the recurrent cells.
 ///
-/// At two or more threads a large product is split by rows of dst: each thread multiplies its
-/// own block of rows with Eigen's single-threaded GEMM (Eigen runs sequentially inside a parallel
-/// region). On this 2-core Zen 4 machine the split beats Eigen's own parallel GEMM where it
-/// matters most, the deep MLPs' 128x256x256 (161-175 GFLOP/s vs 122-150 in three runs of
-/// benchmarks/core.cpp's BM_GemmSplit), and matches or beats it on the larger shapes within the
-/// machine's noise. Every row block is computed the same way whichever thread takes it, so the
-/// results are bit-identical run to run for a thread count.
+/// At two or more threads a large product is cut among them, each thread multiplying its block
+/// with Eigen's single-threaded GEMM (Eigen runs sequentially inside a parallel region): by
+/// columns of dst when it is wider than tall, else by rows. Each thread packs (copies into
+/// Eigen's panel layout) all of the operand that is not cut, and Eigen's packing of the right
+/// operand is the slower one, so a wide product, e.g. a layer's 128 x 256 output from its 256 x
+/// 256 weight, is cut so that each thread packs half of that operand. On a 2-core Zen 4 the row
+/// cut beat Eigen's own parallel GEMM on the deep MLPs' 128x256x256 (161-175 GFLOP/s vs 122-150,
+/// benchmarks/core.cpp's BM_GemmSplit); on a 2-core Zen 5 cutting wide products by columns took
+/// the 2-thread deep-mlp-sigmoid step from 7.0 to 6.8 ms and wide-mlp's from 10.9 to 10.3 ms
+/// (medians of 6 alternated runs of bench_workloads). Every block is computed the same way
+/// whichever thread takes it, so the results are bit-identical run to run for a thread count.
 ///
 /// With EIGEN_USE_BLAS the product goes whole to the system BLAS, which has its own threads.
 
 #include <Eigen/Core>
+#include <algorithm>
 #include <cstdint>
 
 #include "tapegrad/threads.hpp"
 
 namespace tapegrad::detail {
 
-// Below this many multiply-adds (or 32 rows) a product stays whole: splitting costs more than
-// it saves.
+// Below this many multiply-adds (or 32 rows and 32 columns) a product stays whole: splitting
+// costs more than it saves.
 inline constexpr int64_t gemm_split_min_macs = int64_t{1} << 20;
 
 template <class Dst, class Lhs, class Rhs>
@@ -35,16 +40,22 @@ void gemm_rows(Dst& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
 template <class Dst, class Lhs, class Rhs>
 void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
 #if defined(_OPENMP) && !defined(EIGEN_USE_BLAS)
-  const int64_t m = dst.rows();
+  const int64_t m = dst.rows(), n = dst.cols();
   const int threads = get_num_threads();
-  if (threads > 1 && m >= 32 && m * dst.cols() * lhs.cols() >= gemm_split_min_macs) {
+  if (threads > 1 && std::max(m, n) >= 32 && m * n * lhs.cols() >= gemm_split_min_macs) {
+    const bool by_cols = n > m;
+    const int64_t len = by_cols ? n : m;
     run_team(threads, [&](int64_t t, int64_t nt) {
-      // Block edges on multiples of 16 rows, the kernel's register-block size.
-      const int64_t r0 = m * t / nt / 16 * 16;
-      const int64_t r1 = t + 1 == nt ? m : m * (t + 1) / nt / 16 * 16;
-      if (r1 > r0) {
-        auto block = dst.middleRows(r0, r1 - r0);
-        gemm_rows(block, lhs.middleRows(r0, r1 - r0), rhs, accumulate);
+      // Block edges on multiples of 16, the kernel's register-block size.
+      const int64_t lo = len * t / nt / 16 * 16;
+      const int64_t hi = t + 1 == nt ? len : len * (t + 1) / nt / 16 * 16;
+      if (hi <= lo) return;
+      if (by_cols) {
+        auto block = dst.middleCols(lo, hi - lo);
+        gemm_rows(block, lhs, rhs.middleCols(lo, hi - lo), accumulate);
+      } else {
+        auto block = dst.middleRows(lo, hi - lo);
+        gemm_rows(block, lhs.middleRows(lo, hi - lo), rhs, accumulate);
       }
     });
     return;
