@@ -66,7 +66,7 @@ TEST(Matmul, LargeProductMatchesNaiveLoops) {  // above Eigen's small-product th
 // one accumulated into the first), against naive loops.
 TEST(Matmul, SplitAmongThreadsByRowsOrColumnsMatchesNaiveLoops) {
   tg::set_num_threads(2);
-  for (const auto& [m, k, n] : {std::array<int64_t, 3>{40, 300, 333},    // columns
+  for (const auto& [m, k, n] : {std::array<int64_t, 3>{40, 300, 333},     // columns
                                 std::array<int64_t, 3>{333, 300, 40}}) {  // rows
     tg::Tape<double> tape;
     const TD av = randn({m, k}, 5), bv = randn({k, n}, 6), cv = randn({k, n}, 7);

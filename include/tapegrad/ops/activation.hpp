@@ -48,18 +48,28 @@ auto step_positive(const Expr& v) {
 //   sigmoid(x) = 1 / (1 + e)  for x > 0,   e / (1 + e)  for x <= 0,
 // so exp never overflows and neither branch cancels. Written branch-free as
 // (e + [x > 0] (1 - e)) / (1 + e) so that Eigen vectorises both passes; e goes through a small
-// block on the stack, so y may be x's own buffer (sigmoid_).
+// block on the stack, so y may be x's own buffer (sigmoid_). Split among the threads when large
+// (slices start on whole blocks of 64 elements, so every element is computed as on one thread).
 template <class T>
 void sigmoid_into(const Tensor<T>& x, Tensor<T>& y) {
-  constexpr int64_t block = 512;
-  alignas(64) T e[block];
-  for (int64_t i = 0; i < x.numel(); i += block) {
-    const int64_t n = std::min(block, x.numel() - i);
-    const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> xv(x.data() + i, n);
-    Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> ev(e, n), out(y.data() + i, n);
-    ev = (-xv.abs()).exp();
-    out = (ev + step_positive(xv) * (T(1) - ev)) / (T(1) + ev);
-  }
+  for_each_slice(x.numel(), [&](int64_t off, int64_t len) {
+    constexpr int64_t block = 512;
+    alignas(64) T e[block];
+    for (int64_t i = off; i < off + len; i += block) {
+      const int64_t n = std::min(block, off + len - i);
+      const Eigen::Map<const Eigen::Array<T, Eigen::Dynamic, 1>> xv(x.data() + i, n);
+      Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>> ev(e, n), out(y.data() + i, n);
+      ev = (-xv.abs()).exp();
+      out = (ev + step_positive(xv) * (T(1) - ev)) / (T(1) + ev);
+    }
+  });
+}
+
+// y = tanh(x), split among the threads when large; y may be x's own buffer (tanh_).
+template <class T>
+void tanh_into(const Tensor<T>& x, Tensor<T>& y) {
+  for_each_slice(x.numel(),
+                 [&](int64_t off, int64_t n) { elements(y, off, n) = elements(x, off, n).tanh(); });
 }
 
 // The backward of the activations that read only their output (so that they can run in
@@ -160,9 +170,8 @@ Var<T> sigmoid(const Var<T>& x) {
 /// tanh(x);  d/dx = 1 - y^2, from the saved output.
 template <class T>
 Var<T> tanh(const Var<T>& x) {
-  return detail::unary_of_output(
-      "tanh", x, &detail::tanh_backward<T>, false,
-      [](const Tensor<T>& in, Tensor<T>& out) { out.array() = in.array().tanh(); });
+  return detail::unary_of_output("tanh", x, &detail::tanh_backward<T>, false,
+                                 &detail::tanh_into<T>);
 }
 
 /// relu(x) = max(x, 0) (NaN stays NaN);  d/dx = [x > 0], so relu'(0) = 0 as in PyTorch.
@@ -191,9 +200,7 @@ Var<T> sigmoid_(const Var<T>& x) {
 /// tanh(x).
 template <class T>
 Var<T> tanh_(const Var<T>& x) {
-  return detail::unary_of_output(
-      "tanh", x, &detail::tanh_backward<T>, true,
-      [](const Tensor<T>& in, Tensor<T>& out) { out.array() = in.array().tanh(); });
+  return detail::unary_of_output("tanh", x, &detail::tanh_backward<T>, true, &detail::tanh_into<T>);
 }
 
 /// leaky_relu(x) = x for x > 0, negative_slope * x otherwise (torch.nn.LeakyReLU);
@@ -235,14 +242,22 @@ Var<T> gelu(const Var<T>& x, GeluApproximation approximate = GeluApproximation::
     Var<T> y = x.tape().record(
         "gelu", Shape(x.shape()), {x},
         [](OpContext<T>& c) {
-          c.add_grad(0, c.grad_out().array() * c.input(0).array().unaryExpr([](T v) {
-            return T(0.5) * std::erfc(-v * K::inv_sqrt2) +
-                   v * K::inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
-          }));
+          c.add_grad_elementwise(0, [&](int64_t off, int64_t n) {
+            return detail::elements(c.grad_out(), off, n) *
+                   detail::elements(c.input(0), off, n).unaryExpr([](T v) {
+                     return T(0.5) * std::erfc(-v * K::inv_sqrt2) +
+                            v * K::inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
+                   });
+          });
         },
         Reads::inputs);
-    y.value().array() =
-        x.value().array().unaryExpr([](T v) { return T(0.5) * v * std::erfc(-v * K::inv_sqrt2); });
+    const Tensor<T>& xv = x.node().value;
+    Tensor<T>& yv = y.node().value;
+    detail::for_each_slice(xv.numel(), [&](int64_t off, int64_t n) {
+      detail::elements(yv, off, n) = detail::elements(xv, off, n).unaryExpr([](T v) {
+        return T(0.5) * v * std::erfc(-v * K::inv_sqrt2);
+      });
+    });
     return y;
   }
   Var<T> y = x.tape().record(
@@ -250,19 +265,25 @@ Var<T> gelu(const Var<T>& x, GeluApproximation approximate = GeluApproximation::
       [](OpContext<T>& c) {
         using K = detail::GeluConstants<T>;
         const T k = K::k, c3 = K::c3;
-        const auto xv = c.input(0).array();
-        Tensor<T>& t = c.saved(0);  // t = tanh(k (x + c3 x^3)), recomputed once here
+        Tensor<T>& t = c.saved(0);  // t = tanh(k (x + c3 x^3)), computed once per element here
         t.resize(c.input(0).shape());
-        t.array() = (k * (xv + c3 * xv.cube())).tanh();
-        const auto tv = t.array();
-        c.add_grad(0, c.grad_out().array() *
-                          (T(0.5) * (T(1) + tv) + T(0.5) * xv * (T(1) - tv.square()) * k *
-                                                      (T(1) + T(3) * c3 * xv.square())));
+        c.add_grad_elementwise(0, [&](int64_t off, int64_t n) {
+          const auto xv = detail::elements(c.input(0), off, n);
+          auto tv = detail::elements(t, off, n);
+          tv = (k * (xv + c3 * xv.cube())).tanh();
+          return detail::elements(c.grad_out(), off, n) *
+                 (T(0.5) * (T(1) + tv) +
+                  T(0.5) * xv * (T(1) - tv.square()) * k * (T(1) + T(3) * c3 * xv.square()));
+        });
       },
       Reads::inputs);
   const T k = K::k, c3 = K::c3;
-  const auto xv = x.value().array();
-  y.value().array() = T(0.5) * xv * (T(1) + (k * (xv + c3 * xv.cube())).tanh());
+  const Tensor<T>& xt = x.node().value;
+  Tensor<T>& yt = y.node().value;
+  detail::for_each_slice(xt.numel(), [&](int64_t off, int64_t n) {
+    const auto xv = detail::elements(xt, off, n);
+    detail::elements(yt, off, n) = T(0.5) * xv * (T(1) + (k * (xv + c3 * xv.cube())).tanh());
+  });
   return y;
 }
 
