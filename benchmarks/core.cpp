@@ -2,8 +2,9 @@
 //
 //   BM_GemmFloat/<threads>  1024x1024x1024 tg::matmul in float; GFLOPS = 2 n^3 / wall time.
 //   BM_GemmSplit/<m>/<k>/<n>/<split>  dst[m,n] = a[m,k] b[n,k]^T in float at 2 threads, the
-//                           shapes of the MLP workloads; split 1 is detail::gemm's row split
-//                           (each thread one block of rows, Eigen single-threaded inside),
+//                           shapes of the MLP workloads; split 1 is detail::gemm's split
+//                           (each thread one block of rows, or of columns when the result is
+//                           wider than tall; Eigen single-threaded inside),
 //                           split 0 Eigen's own parallel GEMM, which it replaced.
 //   BM_TapeOverhead         on a Tape<float>: x = tanh(x * w + b) 1000 times on [16] vectors
 //                           (3000 ops), then backward, then tape.clear(); us_per_op = wall time

@@ -14,8 +14,8 @@
 /// (Eigen's GEMM zero-fills its destination before accumulating, so starting from b instead
 /// costs nothing), and in backward two GEMMs that write straight into the gradients (a
 /// parameter's gradient accumulates in place) plus one vectorised column sum.
-/// Every GEMM goes through detail::gemm (gemm.hpp): Eigen's, split by rows among the threads
-/// above a size threshold (tapegrad::set_num_threads).
+/// Every GEMM goes through detail::gemm (gemm.hpp): Eigen's, cut among the threads (by rows or
+/// by columns) above a size threshold (tapegrad::set_num_threads).
 
 #include <Eigen/Core>
 #include <algorithm>
