@@ -274,7 +274,9 @@ awk -v workloads="$only" -v threads="$threads" '
   {
     key = $1 SUBSEP $2 SUBSEP $3 SUBSEP $4
     vals[key] = vals[key] (vals[key] == "" ? "" : " ") $5
-    if ($4 != "others_cores") metric[$2] = $4
+    # The unit of each workload figure (ms, gflops, us), never that of a side figure (mem), whose
+    # lines may come last.
+    if ($4 != "others_cores" && $4 != "mem") metric[$2] = $4
   }
   END {
     printf "%-19s %7s %14s %14s %6s %7s %5s %7s %10s %8s\n", "workload", "threads", "tapegrad", \
