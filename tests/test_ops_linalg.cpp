@@ -3,10 +3,14 @@
 #include <gtest/gtest.h>
 
 #include <array>
+#include <cmath>
+#include <limits>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "tapegrad/diag/gradcheck.hpp"
+#include "tapegrad/gemm.hpp"
 #include "tapegrad/ops/elementwise.hpp"
 #include "tapegrad/ops/linalg.hpp"
 #include "test_util.hpp"
@@ -82,6 +86,69 @@ TEST(Matmul, SplitAmongThreadsByRowsOrColumnsMatchesNaiveLoops) {
     expect_values(a.grad(), naive_matmul(g, bc_t, m, n, k), {m, k}, 1e-9);
   }
   tg::set_num_threads(1);
+}
+
+// detail::gemm on one thread, where the products of the MLPs run on tapegrad's own packed
+// kernel (gemm_kernel.hpp): each operand row-major or transposed, assigned or accumulated into a
+// block of a wider matrix (so ldc > n and the columns beyond it must stay untouched), in float
+// and double, with row, column and reduction counts off the kernel's blocks (k = 520 takes
+// three passes of 256), against naive loops. Shapes below the kernel's minimum (Eigen's path)
+// and k = 0 are in the list too.
+template <class T>
+void expect_gemm_matches_naive_loops() {
+  using Mat = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const T tol = std::is_same_v<T, float> ? T(2e-5) : T(1e-12);
+  for (const auto& [m, n, k] : {std::array<int64_t, 3>{16, 48, 1}, {17, 50, 3}, {40, 97, 70},
+                                std::array<int64_t, 3>{129, 49, 520}, {64, 64, 0}, {3, 80, 5},
+                                std::array<int64_t, 3>{50, 7, 9}}) {
+    const TD ad = randn({m, k}, 11), bd = randn({k, n}, 12), cd = randn({m, n + 5}, 13);
+    const Mat a = ad.matrix(m, k).template cast<T>(), b = bd.matrix(k, n).template cast<T>();
+    const Mat at = a.transpose(), bt = b.transpose(), c0 = cd.matrix(m, n + 5).template cast<T>();
+    for (int layout = 0; layout < 4; ++layout)
+      for (const bool accumulate : {false, true}) {
+        Mat c = c0;
+        auto dst = c.leftCols(n);
+        if (layout == 0) tg::detail::gemm(dst, a, b, accumulate);
+        if (layout == 1) tg::detail::gemm(dst, at.transpose(), b, accumulate);
+        if (layout == 2) tg::detail::gemm(dst, a, bt.transpose(), accumulate);
+        if (layout == 3) tg::detail::gemm(dst, at.transpose(), bt.transpose(), accumulate);
+        for (int64_t i = 0; i < m; ++i) {
+          for (int64_t j = 0; j < n; ++j) {
+            double want = accumulate ? double(c0(i, j)) : 0.0;
+            for (int64_t p = 0; p < k; ++p) want += double(a(i, p)) * double(b(p, j));
+            ASSERT_NEAR(c(i, j), want, tol * (1 + std::abs(want)))
+                << m << "x" << n << "x" << k << " layout " << layout << " acc " << accumulate
+                << " at " << i << "," << j;
+          }
+          for (int64_t j = n; j < n + 5; ++j) ASSERT_EQ(c(i, j), c0(i, j));
+        }
+      }
+  }
+}
+
+TEST(Gemm, OwnKernelMatchesNaiveLoopsForEveryLayoutAndEdge) {
+  expect_gemm_matches_naive_loops<float>();
+  expect_gemm_matches_naive_loops<double>();
+}
+
+// A NaN or infinity in A's row i or B's column j reaches row i or column j of C and nothing
+// else (the kernel's zero padding multiplies real values, and its results are dropped).
+TEST(Gemm, NonFiniteValuesStayInTheirRowAndColumn) {
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  const int64_t m = 21, n = 53, k = 10;
+  Mat a = Mat::Ones(m, k), b = Mat::Ones(k, n), c(m, n);
+  a(20, 3) = std::numeric_limits<float>::quiet_NaN();
+  b(4, 52) = std::numeric_limits<float>::infinity();
+  tg::detail::gemm(c, a, b, false);
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      if (i == 20)
+        EXPECT_TRUE(std::isnan(c(i, j))) << i << "," << j;
+      else if (j == 52)
+        EXPECT_EQ(c(i, j), std::numeric_limits<float>::infinity()) << i << "," << j;
+      else
+        EXPECT_EQ(c(i, j), float(k)) << i << "," << j;
+    }
 }
 
 TEST(Matmul, Gradcheck) {

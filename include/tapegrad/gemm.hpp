@@ -2,24 +2,31 @@
 /// \file
 /// dst = lhs · rhs (or +=): the GEMM behind linear, matmul and the recurrent cells.
 ///
-/// At two or more threads a large product is cut among them, each thread multiplying its block
-/// with Eigen's single-threaded GEMM (Eigen runs sequentially inside a parallel region): by
-/// columns of dst when it is wider than tall, else by rows. Each thread packs (copies into
-/// Eigen's panel layout) all of the operand that is not cut, and Eigen's packing of the right
-/// operand is the slower one, so a wide product, e.g. a layer's 128 x 256 output from its 256 x
-/// 256 weight, is cut so that each thread packs half of that operand. On a 2-core Zen 4 the row
-/// cut beat Eigen's own parallel GEMM on the deep MLPs' 128x256x256 (161-175 GFLOP/s vs 122-150,
-/// benchmarks/core.cpp's BM_GemmSplit); on a 2-core Zen 5 cutting wide products by columns took
-/// the 2-thread deep-mlp-sigmoid step from 7.0 to 6.8 ms and wide-mlp's from 10.9 to 10.3 ms
-/// (medians of 6 alternated runs of bench_workloads). Every block is computed the same way
-/// whichever thread takes it, so the results are bit-identical run to run for a thread count.
+/// One thread's product is gemm_rows: tapegrad's packed kernel (gemm_kernel.hpp) for float and
+/// double operands with pointer access and at least 2 x MR rows and NR columns (16 x 48 floats
+/// with AVX-512), else Eigen's GEMM; narrower products waste the kernel's padded blocks (on
+/// 128 x 16 x 256 it reached 92 GFLOP/s, Eigen's 150).
+///
+/// At two or more threads a large product is cut among them, each thread running gemm_rows on
+/// its block (Eigen runs sequentially inside a parallel region): by columns of dst when it is
+/// wider than tall, else by rows. Each thread packs all of the operand that is not cut; packing
+/// the right operand costs more (Eigen's was 20 % of the deep MLPs' GEMM time), so a wide
+/// product, e.g. a layer's 128 x 256 output from its 256 x 256 weight, is cut so that each
+/// thread packs half of it. On a 2-core Zen 4 the row cut beat Eigen's own parallel GEMM on the
+/// deep MLPs' 128x256x256 (161-175 GFLOP/s vs 122-150, benchmarks/core.cpp's BM_GemmSplit); on
+/// a 2-core Zen 5 cutting wide products by columns took the 2-thread deep-mlp-sigmoid step from
+/// 7.0 to 6.8 ms and wide-mlp's from 10.9 to 10.3 ms (medians of 6 alternated runs of
+/// bench_workloads). Every block is computed the same way whichever thread takes it, so the
+/// results are bit-identical run to run for a thread count.
 ///
 /// With EIGEN_USE_BLAS the product goes whole to the system BLAS, which has its own threads.
 
 #include <Eigen/Core>
 #include <algorithm>
 #include <cstdint>
+#include <type_traits>
 
+#include "tapegrad/gemm_kernel.hpp"
 #include "tapegrad/threads.hpp"
 
 namespace tapegrad::detail {
@@ -28,8 +35,37 @@ namespace tapegrad::detail {
 // costs more than it saves.
 inline constexpr int64_t gemm_split_min_macs = int64_t{1} << 20;
 
+// Whether the operands can go to gemm_packed: float or double, all three addressable by pointer
+// and strides.
+template <class Dst, class Lhs, class Rhs>
+constexpr bool packable() {
+  using D = std::decay_t<Dst>;
+  using L = std::decay_t<Lhs>;
+  using R = std::decay_t<Rhs>;
+  using T = typename D::Scalar;
+  constexpr auto direct = [](int flags) { return (flags & Eigen::DirectAccessBit) != 0; };
+  return (std::is_same_v<T, float> || std::is_same_v<T, double>) &&
+         std::is_same_v<T, typename L::Scalar> && std::is_same_v<T, typename R::Scalar> &&
+         direct(Eigen::internal::traits<D>::Flags) && direct(Eigen::internal::traits<L>::Flags) &&
+         direct(Eigen::internal::traits<R>::Flags);
+}
+
+// One thread's product. gemm_packed where it measured faster than Eigen's (at least two row
+// blocks and one column panel: narrower products waste its padded blocks), else Eigen's.
 template <class Dst, class Lhs, class Rhs>
 void gemm_rows(Dst& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
+#ifndef EIGEN_USE_BLAS
+  if constexpr (packable<Dst, Lhs, Rhs>()) {
+    using T = typename std::decay_t<Dst>::Scalar;
+    using K = GemmKernel<T>;
+    if (dst.rows() >= 2 * K::MR && dst.cols() >= K::NR && dst.colStride() == 1) {
+      gemm_packed(dst.data(), dst.rowStride(), dst.rows(), dst.cols(), lhs.cols(), lhs.data(),
+                  lhs.rowStride(), lhs.colStride(), rhs.data(), rhs.rowStride(), rhs.colStride(),
+                  accumulate);
+      return;
+    }
+  }
+#endif
   if (accumulate)
     dst.noalias() += lhs * rhs;
   else

@@ -10,12 +10,12 @@
 ///                     folded into rows), w [out, in], b [out] -> y [*, out].
 ///                     dx = g w, dw += g^T x, db += column sums of g.
 ///
-/// linear is one op, not matmul + transpose + add: one GEMM whose output starts from the bias
-/// (Eigen's GEMM zero-fills its destination before accumulating, so starting from b instead
-/// costs nothing), and in backward two GEMMs that write straight into the gradients (a
-/// parameter's gradient accumulates in place) plus one vectorised column sum.
-/// Every GEMM goes through detail::gemm (gemm.hpp): Eigen's, cut among the threads (by rows or
-/// by columns) above a size threshold (tapegrad::set_num_threads).
+/// linear is one op, not matmul + transpose + add: one GEMM that adds into the output filled with
+/// the bias (one load and add per result, against a separate pass over the output), and in
+/// backward two GEMMs that write straight into the gradients (a parameter's gradient
+/// accumulates in place) plus one vectorised column sum.
+/// Every GEMM goes through detail::gemm (gemm.hpp): tapegrad's packed kernel or Eigen's, cut
+/// among the threads (by rows or by columns) above a size threshold (tapegrad::set_num_threads).
 
 #include <Eigen/Core>
 #include <algorithm>
