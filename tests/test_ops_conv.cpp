@@ -119,42 +119,55 @@ TEST(Conv2d, Gradcheck) {
 // The backward written out from the definition: with seed g = dL/dy,
 //   dx[n,c,ih,iw] += g[n,o,p,q] w[o,c,i,j],  dw[o,c,i,j] += g[n,o,p,q] x[n,c,ih,iw],
 //   db[o] += g[n,o,p,q]  over every (n,o,p,q,c,i,j) whose (ih,iw) is inside the image.
-// Large enough for the OpenMP path (per-thread partial sums), which gradcheck cannot afford.
-TEST(Conv2d, BackwardMatchesDirectFormulaOnLargeBatch) {
-  const int64_t N = 8, C = 6, H = 15, W = 14, O = 4, kh = 3, kw = 3;
-  const tg::Size2 s{2, 1}, p{1, 1}, d{1, 2};
+void expect_backward_matches_direct_formula(const ConvCase& k) {
   tg::Generator gen(21);
-  auto x = tg::Tensor<double>::randn({N, C, H, W}, gen);
-  auto w = tg::Tensor<double>::randn({O, C, kh, kw}, gen);
-  auto b = tg::Tensor<double>::randn({O}, gen);
+  auto x = tg::Tensor<double>::randn({k.N, k.C, k.H, k.W}, gen);
+  auto w = tg::Tensor<double>::randn({k.O, k.C, k.kh, k.kw}, gen);
+  auto b = tg::Tensor<double>::randn({k.O}, gen);
+  const tg::Size2 s = k.stride, p = k.padding, d = k.dilation;
   tg::Tape<double> tape;
   auto xv = tape.input(x), wv = tape.input(w), bv = tape.input(b);
   auto y = tg::conv2d(xv, wv, bv, s, p, d);
   const int64_t OH = y.size(2), OW = y.size(3);
-  ASSERT_GT(N * C * kh * kw * OH * OW, tg::parallel_threshold);
+  ASSERT_GT(k.N * k.C * k.kh * k.kw * OH * OW, tg::parallel_threshold) << k.what;
   auto seed = tg::Tensor<double>::randn(y.shape(), gen);
   tape.backward(y, seed);
   auto dx = tg::Tensor<double>::zeros(x.shape()), dw = tg::Tensor<double>::zeros(w.shape());
   auto db = tg::Tensor<double>::zeros(b.shape());
-  for (int64_t n = 0; n < N; ++n)
-    for (int64_t o = 0; o < O; ++o)
+  for (int64_t n = 0; n < k.N; ++n)
+    for (int64_t o = 0; o < k.O; ++o)
       for (int64_t r = 0; r < OH; ++r)
         for (int64_t q = 0; q < OW; ++q) {
           const double g = seed.at(n, o, r, q);
           db[o] += g;
-          for (int64_t c = 0; c < C; ++c)
-            for (int64_t i = 0; i < kh; ++i)
-              for (int64_t j = 0; j < kw; ++j) {
+          for (int64_t c = 0; c < k.C; ++c)
+            for (int64_t i = 0; i < k.kh; ++i)
+              for (int64_t j = 0; j < k.kw; ++j) {
                 const int64_t ih = r * s.h - p.h + i * d.h, iw = q * s.w - p.w + j * d.w;
-                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                if (ih < 0 || ih >= k.H || iw < 0 || iw >= k.W) continue;
                 dx.at(n, c, ih, iw) += g * w.at(o, c, i, j);
                 dw.at(o, c, i, j) += g * x.at(n, c, ih, iw);
               }
         }
-  EXPECT_TRUE(tg::allclose(xv.grad(), dx, 1e-10, 1e-10));
-  EXPECT_TRUE(tg::allclose(wv.grad(), dw, 1e-10, 1e-10));
-  EXPECT_TRUE(tg::allclose(bv.grad(), db, 1e-10, 1e-10));
-  EXPECT_TRUE(tg::allclose(y.value(), naive_conv(x, w, &b, s, p, d), 1e-12, 1e-12));
+  EXPECT_TRUE(tg::allclose(xv.grad(), dx, 1e-10, 1e-10)) << k.what;
+  EXPECT_TRUE(tg::allclose(wv.grad(), dw, 1e-10, 1e-10)) << k.what;
+  EXPECT_TRUE(tg::allclose(bv.grad(), db, 1e-10, 1e-10)) << k.what;
+  EXPECT_TRUE(tg::allclose(y.value(), naive_conv(x, w, &b, s, p, d), 1e-12, 1e-12)) << k.what;
+}
+
+// Batches large enough for the OpenMP path (per-thread partial sums), which gradcheck cannot
+// afford. The last three take the im2col path with products wide enough for the packed GEMM
+// kernel (at least 16 rows and 48 columns; double): a 1x1 at stride 1 (the image is the column
+// matrix), a 1x1 at stride 2 (ResNet's shortcut) and a 3x3 padded beyond what the padded-image
+// kernels undo.
+TEST(Conv2d, BackwardMatchesDirectFormulaOnLargeBatch) {
+  const ConvCase large[] = {
+      {"3x3 stride (2,1) dilation (1,2)", 8, 6, 15, 14, 4, 3, 3, {2, 1}, 1, {1, 2}, true},
+      {"1x1 direct", 8, 20, 16, 16, 16, 1, 1, 1, 0, 1, true},
+      {"1x1 stride 2", 8, 32, 24, 23, 32, 1, 1, 2, 0, 1, true},
+      {"3x3 padding 3", 8, 6, 10, 9, 16, 3, 3, 1, 3, 1, true},
+  };
+  for (const auto& k : large) expect_backward_matches_direct_formula(k);
 }
 
 TEST(Conv2d, GradientOnlyForWhatNeedsIt) {
