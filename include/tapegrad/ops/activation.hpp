@@ -127,6 +127,34 @@ struct GeluConstants {
   static constexpr T c3 = T(0.044715);
 };
 
+// Phi(x) = 0.5 erfc(-x / sqrt 2), the standard normal CDF, for n <= gelu_chunk floats, written
+// to phi (not aliasing x), vectorised: erfc(|u|) = t exp(-u^2 + P(t)), t = 1 / (1 + |u| / 2),
+// with P the degree-9 Chebyshev fit of Numerical Recipes (2nd ed., section 6.2), whose relative
+// error is below 1.2e-7 for every u, the far tails included (1 + erf(u) would cancel on the
+// left); erfc(u) = 2 - erfc(|u|) for u < 0. Scalar std::erfc took ~30 ms per million floats,
+// forward and backward.
+inline constexpr int64_t gelu_chunk = 256;
+inline void normal_cdf_float(const float* x, int64_t n, float* phi) {
+  Eigen::Array<float, gelu_chunk, 1> z, t;  // on the stack: no allocation per call
+  auto zs = z.head(n), ts = t.head(n);
+  const Eigen::Map<const Eigen::ArrayXf> xv(x, n);
+  zs = xv.abs() * GeluConstants<float>::inv_sqrt2;
+  ts = (1.0f + 0.5f * zs).inverse();
+  Eigen::Map<Eigen::ArrayXf> out(phi, n);
+  out = 0.5f * ts *
+        (ts * (1.00002368f +
+               ts * (0.37409196f +
+                     ts * (0.09678418f +
+                           ts * (-0.18628806f +
+                                 ts * (0.27886807f +
+                                       ts * (-1.13520398f +
+                                             ts * (1.48851587f +
+                                                   ts * (-0.82215223f + ts * 0.17087277f)))))))) -
+         1.26551223f - zs.square())
+            .exp();
+  out = (xv > 0.0f).select(1.0f - out, out);  // erfc(-u) = 2 - erfc(u)
+}
+
 // A softmax dimension seen as [outer, n, inner] of a row-major tensor.
 struct SoftmaxLayout {
   int64_t outer = 1, n = 1, inner = 1;
@@ -233,6 +261,8 @@ Var<T> leaky_relu(const Var<T>& x, double negative_slope = 0.01) {
 /// gelu(x), torch.nn.functional.gelu:
 ///   none: x * Phi(x), Phi(x) = 0.5 erfc(-x / sqrt 2)   (erfc, not 1 + erf, so the left tail
 ///         keeps its precision);  d/dx = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi).
+///         In float, erfc is a vectorised fit of relative error ~1e-7 (detail::normal_cdf_float);
+///         in double, std::erfc.
 ///   tanh: 0.5 x (1 + t), t = tanh(k (x + 0.044715 x^3)), k = sqrt(2/pi);
 ///         d/dx = 0.5 (1 + t) + 0.5 x (1 - t^2) k (1 + 3 * 0.044715 x^2).
 template <class T>
@@ -242,21 +272,49 @@ Var<T> gelu(const Var<T>& x, GeluApproximation approximate = GeluApproximation::
     Var<T> y = x.tape().record(
         "gelu", Shape(x.shape()), {x},
         [](OpContext<T>& c) {
-          c.add_grad_elementwise(0, [&](int64_t off, int64_t n) {
-            return detail::elements(c.grad_out(), off, n) *
-                   detail::elements(c.input(0), off, n).unaryExpr([](T v) {
-                     return T(0.5) * std::erfc(-v * K::inv_sqrt2) +
-                            v * K::inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
-                   });
-          });
+          if constexpr (std::is_same_v<T, float>) {
+            // d = Phi(x) + x phi(x), computed once per element into saved(0)
+            Tensor<T>& d = c.saved(0);
+            d.resize(c.input(0).shape());
+            const T* xd = c.input(0).data();
+            detail::for_each_slice(d.numel(), [&](int64_t off, int64_t n) {
+              for (int64_t i = off; i < off + n; i += detail::gelu_chunk) {
+                const int64_t m = std::min(detail::gelu_chunk, off + n - i);
+                detail::normal_cdf_float(xd + i, m, d.data() + i);
+                const Eigen::Map<const Eigen::ArrayXf> xv(xd + i, m);
+                Eigen::Map<Eigen::ArrayXf>(d.data() + i, m) +=
+                    xv * K::inv_sqrt_2pi * (-0.5f * xv.square()).exp();
+              }
+            });
+            c.add_grad_elementwise(0, [&](int64_t off, int64_t n) {
+              return detail::elements(c.grad_out(), off, n) * detail::elements(d, off, n);
+            });
+          } else {
+            c.add_grad_elementwise(0, [&](int64_t off, int64_t n) {
+              return detail::elements(c.grad_out(), off, n) *
+                     detail::elements(c.input(0), off, n).unaryExpr([](T v) {
+                       return T(0.5) * std::erfc(-v * K::inv_sqrt2) +
+                              v * K::inv_sqrt_2pi * std::exp(T(-0.5) * v * v);
+                     });
+            });
+          }
         },
         Reads::inputs);
     const Tensor<T>& xv = x.node().value;
     Tensor<T>& yv = y.node().value;
     detail::for_each_slice(xv.numel(), [&](int64_t off, int64_t n) {
-      detail::elements(yv, off, n) = detail::elements(xv, off, n).unaryExpr([](T v) {
-        return T(0.5) * v * std::erfc(-v * K::inv_sqrt2);
-      });
+      if constexpr (std::is_same_v<T, float>) {
+        for (int64_t i = off; i < off + n; i += detail::gelu_chunk) {
+          const int64_t m = std::min(detail::gelu_chunk, off + n - i);
+          detail::normal_cdf_float(xv.data() + i, m, yv.data() + i);
+          Eigen::Map<Eigen::ArrayXf>(yv.data() + i, m) *=
+              Eigen::Map<const Eigen::ArrayXf>(xv.data() + i, m);
+        }
+      } else {
+        detail::elements(yv, off, n) = detail::elements(xv, off, n).unaryExpr([](T v) {
+          return T(0.5) * v * std::erfc(-v * K::inv_sqrt2);
+        });
+      }
     });
     return y;
   }
