@@ -131,6 +131,26 @@ TEST(Gemm, OwnKernelMatchesNaiveLoopsForEveryLayoutAndEdge) {
   expect_gemm_matches_naive_loops<double>();
 }
 
+// At 2 threads detail::gemm cuts a product into blocks; each block runs the kernel chosen for
+// the whole product (a 32-column block of a product 80 wide stays on the packed kernel), so the
+// bits are those of one thread.
+TEST(Gemm, TwoThreadsGiveOneThreadsBits) {
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  for (const auto& [m, n, k] : {std::array<int64_t, 3>{40, 80, 400},      // columns: 32 + 48
+                                std::array<int64_t, 3>{80, 40, 400},      // rows
+                                std::array<int64_t, 3>{128, 256, 256}}) {  // the deep MLPs'
+    const Mat a = randn({m, k}, 21).matrix(m, k).template cast<float>();
+    const Mat b = randn({k, n}, 22).matrix(k, n).template cast<float>();
+    Mat one(m, n), two(m, n);
+    tg::set_num_threads(1);
+    tg::detail::gemm(one, a, b, false);
+    tg::set_num_threads(2);
+    tg::detail::gemm(two, a, b, false);
+    tg::set_num_threads(1);
+    EXPECT_TRUE((one.array() == two.array()).all()) << m << "x" << n << "x" << k;
+  }
+}
+
 // A NaN or infinity in A's row i or B's column j reaches row i or column j of C and nothing
 // else (the kernel's zero padding multiplies real values, and its results are dropped).
 TEST(Gemm, NonFiniteValuesStayInTheirRowAndColumn) {

@@ -7,8 +7,8 @@
 /// with AVX-512), else Eigen's GEMM; narrower products waste the kernel's padded blocks (on
 /// 128 x 16 x 256 it reached 92 GFLOP/s, Eigen's 150).
 ///
-/// At two or more threads a large product is cut among them, each thread running gemm_rows on
-/// its block (Eigen runs sequentially inside a parallel region): by columns of dst when it is
+/// At two or more threads a large product is cut among them, each thread running the kernel
+/// chosen for the whole product on its block (Eigen runs sequentially inside a parallel region): by columns of dst when it is
 /// wider than tall, else by rows. Each thread packs all of the operand that is not cut; packing
 /// the right operand costs more (Eigen's was 20 % of the deep MLPs' GEMM time), so a wide
 /// product, e.g. a layer's 128 x 256 output from its 256 x 256 weight, is cut so that each
@@ -50,26 +50,41 @@ constexpr bool packable() {
          direct(Eigen::internal::traits<R>::Flags);
 }
 
-// One thread's product. gemm_packed where it measured faster than Eigen's (at least two row
-// blocks and one column panel: narrower products waste its padded blocks), else Eigen's.
+// Whether a product of rows x cols results goes to gemm_packed: where it measured faster than
+// Eigen's, at least two row blocks and one column panel (narrower products waste its padded
+// blocks). Decided on the whole product, also for the blocks a thread computes of it, so a
+// result's bits do not depend on the thread count.
+template <class T>
+bool packed_pays(int64_t rows, int64_t cols) {
+  return rows >= 2 * GemmKernel<T>::MR && cols >= GemmKernel<T>::NR;
+}
+
+// One thread's product: gemm_packed when `packed` and the operands allow it, else Eigen's.
 template <class Dst, class Lhs, class Rhs>
-void gemm_rows(Dst& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
+void gemm_one(Dst& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate, bool packed) {
 #ifndef EIGEN_USE_BLAS
   if constexpr (packable<Dst, Lhs, Rhs>()) {
-    using T = typename std::decay_t<Dst>::Scalar;
-    using K = GemmKernel<T>;
-    if (dst.rows() >= 2 * K::MR && dst.cols() >= K::NR && dst.colStride() == 1) {
+    if (packed && dst.colStride() == 1) {
       gemm_packed(dst.data(), dst.rowStride(), dst.rows(), dst.cols(), lhs.cols(), lhs.data(),
                   lhs.rowStride(), lhs.colStride(), rhs.data(), rhs.rowStride(), rhs.colStride(),
                   accumulate);
       return;
     }
   }
+#else
+  (void)packed;
 #endif
   if (accumulate)
     dst.noalias() += lhs * rhs;
   else
     dst.noalias() = lhs * rhs;
+}
+
+// One thread's product (gemm_one, the kernel chosen by its shape).
+template <class Dst, class Lhs, class Rhs>
+void gemm_rows(Dst& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
+  using T = typename std::decay_t<Dst>::Scalar;
+  gemm_one(dst, lhs, rhs, accumulate, packed_pays<T>(dst.rows(), dst.cols()));
 }
 
 // dst must be a writable Eigen expression (a Map or a Block) of lhs.rows() x rhs.cols().
@@ -80,6 +95,7 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
   const int threads = get_num_threads();
   if (threads > 1 && std::max(m, n) >= 32 && m * n * lhs.cols() >= gemm_split_min_macs) {
     const bool by_cols = n > m;
+    const bool packed = packed_pays<typename std::decay_t<Dst>::Scalar>(m, n);
     const int64_t len = by_cols ? n : m;
     run_team(threads, [&](int64_t t, int64_t nt) {
       // Block edges on multiples of 16, the kernel's register-block size.
@@ -88,10 +104,10 @@ void gemm(Dst&& dst, const Lhs& lhs, const Rhs& rhs, bool accumulate) {
       if (hi <= lo) return;
       if (by_cols) {
         auto block = dst.middleCols(lo, hi - lo);
-        gemm_rows(block, lhs, rhs.middleCols(lo, hi - lo), accumulate);
+        gemm_one(block, lhs, rhs.middleCols(lo, hi - lo), accumulate, packed);
       } else {
         auto block = dst.middleRows(lo, hi - lo);
-        gemm_rows(block, lhs.middleRows(lo, hi - lo), rhs, accumulate);
+        gemm_one(block, lhs.middleRows(lo, hi - lo), rhs, accumulate, packed);
       }
     });
     return;
