@@ -64,7 +64,7 @@ int main() {
 #ifdef EIGEN_USE_BLAS
   std::cout << "matrix products: the system BLAS (TAPEGRAD_USE_BLAS=ON)\n";
 #else
-  std::cout << "matrix products: Eigen (TAPEGRAD_USE_BLAS=OFF)\n";
+  std::cout << "matrix products: tapegrad's kernel and Eigen (TAPEGRAD_USE_BLAS=OFF)\n";
 #endif
   auto model = make_model();
   tg::Tape<float> tape;
