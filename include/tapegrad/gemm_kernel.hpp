@@ -127,7 +127,7 @@ void pack_b_panel(const T* b, int64_t rs, int64_t cs, int64_t j0, int64_t nr, in
     const T* src = b + (j0 + c) * cs;
     for (int64_t kk = 0; kk < k; ++kk) dst[kk * NR + c] = src[kk * rs];
   }
-  for (int64_t c = nr; c < NR; ++c)
+  for (; c < NR; ++c)  // zeros past nr
     for (int64_t kk = 0; kk < k; ++kk) dst[kk * NR + c] = T(0);
 }
 
