@@ -202,6 +202,32 @@ TEST(DistributedDataParallel, GradientsAreBucketViews) {
   EXPECT_EQ(w.grad().data(), before);
 }
 
+// The communication thread: buffers summed across the ranks, in the order handed over, while
+// the caller makes no MPI call (wait_all only waits on the thread); again after reset().
+TEST(AllreduceWorker, SumsEachBufferInOrderOnItsThread) {
+  dist::detail::AllreduceWorker<double> worker(world().comm());
+  for (int pass = 0; pass < 2; ++pass) {
+    const double r = rank() + 1 + pass;  // rank 0: 1 + pass, rank 1: 2 + pass
+    Tensor<double> small = Tensor<double>::from({r, -10 * r, 0.5});
+    Tensor<double> empty({0});
+    Tensor<double> large({5000});
+    for (int64_t i = 0; i < large.numel(); ++i) large[i] = r * static_cast<double>(i);
+    const double before = tg::detail::now_ns() * 1e-9;
+    worker.submit(small);
+    worker.submit(empty);
+    worker.submit(large);
+    const double last = worker.wait_all();  // when the last one was summed
+    EXPECT_GE(last, before);
+    const double sum = 3 + 2 * pass;  // (1 + pass) + (2 + pass)
+    EXPECT_EQ(small[0], sum);
+    EXPECT_EQ(small[1], -10 * sum);
+    EXPECT_EQ(small[2], 1.0);
+    EXPECT_EQ(large[4999], sum * 4999);
+    EXPECT_EQ(large[1], sum);
+    worker.reset();
+  }
+}
+
 // A probe between the first Dense and the rest: its backward runs after the later layers'
 // and before the first layer's, and notes how many buckets have started by then.
 int64_t probe_seen = -1;

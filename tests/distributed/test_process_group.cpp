@@ -36,6 +36,27 @@ TEST(Environment, SecondEnvironmentIsRefused) {
   EXPECT_THROW(dist::Environment second, dist::DistributedError);
 }
 
+// The launch in tests/distributed/CMakeLists.txt leaves mpi_yield_when_idle unset, so the
+// Environment's default must have reached Open MPI (read back through the MPI tool interface).
+TEST(Environment, OpenMpiYieldsWhenIdle) {
+  int provided = 0;
+  ASSERT_EQ(MPI_T_init_thread(MPI_THREAD_SINGLE, &provided), MPI_SUCCESS);
+  int index = -1;
+  if (MPI_T_cvar_get_index("mpi_yield_when_idle", &index) != MPI_SUCCESS) {
+    MPI_T_finalize();
+    GTEST_SKIP() << "not Open MPI: no mpi_yield_when_idle";
+  }
+  MPI_T_cvar_handle handle;
+  int count = 0;
+  ASSERT_EQ(MPI_T_cvar_handle_alloc(index, nullptr, &handle, &count), MPI_SUCCESS);
+  ASSERT_EQ(count, 1);
+  unsigned char value[8] = {};  // a C bool in Open MPI: its first byte
+  ASSERT_EQ(MPI_T_cvar_read(handle, value), MPI_SUCCESS);
+  MPI_T_cvar_handle_free(&handle);
+  MPI_T_finalize();
+  EXPECT_EQ(value[0], 1);
+}
+
 TEST(Environment, RankSeed) {
   EXPECT_EQ(dist::rank_seed(42, 0), 42u);
   EXPECT_NE(dist::rank_seed(42, 1), 42u);

@@ -35,13 +35,14 @@
 /// The backward pass: the forward through this module sets it as the tape's SweepListener. The
 /// tape tells it when each parameter's gradient is final; once every gradient of a bucket is, and
 /// every earlier bucket has been started, the bucket is divided by the number of processes and
-/// its MPI_Iallreduce (sum) starts, while the sweep goes on through the earlier layers. A
-/// progress thread (option progress_thread; it needs MPI_THREAD_MULTIPLE, Environment's default)
-/// calls MPI_Test on the pending buckets every progress_interval_us, so MPI moves their data
-/// while the training thread computes. Buckets start in the same order on every rank. Parameters
-/// that received no gradient on a rank (not used in its forward, or not reached from the loss:
-/// PyTorch's find_unused_parameters, always on here) count with the gradient they hold, zeros
-/// after zero_grad(); their buckets start when the sweep ends.
+/// it is handed to a thread of its own (option progress_thread; it needs MPI_THREAD_MULTIPLE,
+/// Environment's default), which sums the buckets across the ranks with blocking MPI_Allreduce,
+/// one after another, while the sweep goes on through the earlier layers (allreduce_worker.hpp
+/// says why not MPI_Iallreduce). Without that thread each bucket is an MPI_Iallreduce that
+/// progresses inside the training thread's MPI calls. Buckets start in the same order on every
+/// rank. Parameters that received no gradient on a rank (not used in its forward, or not reached
+/// from the loss: PyTorch's find_unused_parameters, always on here) count with the gradient they
+/// hold, zeros after zero_grad(); their buckets start when the sweep ends.
 ///
 /// Waiting: when an optimizer is attached (attach(opt): a pre-step hook of the optimizer) its
 /// step() waits for the buckets before its pipeline, so the non-finite check, the penalties and
@@ -61,21 +62,18 @@
 /// Every rank must otherwise run the same forwards and backwards in the same order.
 
 #include <algorithm>
-#include <atomic>
 #include <chrono>
-#include <condition_variable>
 #include <cstdint>
 #include <cstdio>
 #include <limits>
 #include <memory>
-#include <mutex>
 #include <sstream>
 #include <string>
-#include <thread>
 #include <unordered_map>
 #include <utility>
 #include <vector>
 
+#include "tapegrad/distributed/allreduce_worker.hpp"
 #include "tapegrad/distributed/environment.hpp"
 #include "tapegrad/distributed/process_group.hpp"
 #include "tapegrad/nn/dropout.hpp"
@@ -90,11 +88,10 @@ struct DDPOptions {
   double bucket_cap_mb = 25;       ///< a bucket closes once it holds this many MB (1 MB = 2^20 B)
   double first_bucket_cap_mb = 1;  ///< the first bucket (the last layers' gradients) closes earlier
   bool broadcast_buffers = true;   ///< rank 0's buffers to every rank at each forward
-  /// Poll MPI from a thread while buckets are pending (needs MPI_THREAD_MULTIPLE), every so many
-  /// microseconds; without it the buckets progress only inside MPI calls of the training thread.
+  /// Average the buckets on a thread of their own with blocking MPI_Allreduce (needs
+  /// MPI_THREAD_MULTIPLE); without it each bucket is an MPI_Iallreduce, which progresses only
+  /// inside MPI calls of the training thread.
   bool progress_thread = true;
-  /// The progress thread's polling interval in microseconds.
-  int progress_interval_us = 50;
   /// Give every Dropout inside a per-rank seed derived from rank 0's (see above).
   bool per_rank_dropout_seeds = true;
 };
@@ -175,7 +172,8 @@ inline void check_same_everywhere(ProcessGroup& group, const std::string& who,
 }
 
 // The averaging machinery of a DistributedDataParallel: buckets, their allreduces, the tape's
-// listener, the progress thread. Shared with the optimizer's pre-step hook through a weak_ptr.
+// listener, the communication thread. Shared with the optimizer's pre-step hook through a
+// weak_ptr.
 template <class T>
 class Reducer final : public SweepListener<T> {
  public:
@@ -185,9 +183,6 @@ class Reducer final : public SweepListener<T> {
       tapegrad::detail::fail<ValueError>(who, ": bucket_cap_mb ", options.bucket_cap_mb,
                                          " and first_bucket_cap_mb ", options.first_bucket_cap_mb,
                                          " must be > 0");
-    if (options.progress_interval_us < 1)
-      tapegrad::detail::fail<ValueError>(who, ": progress_interval_us ",
-                                         options.progress_interval_us, " must be >= 1");
     check(MPI_Comm_dup(group.comm(), &comm_), "DistributedDataParallel: MPI_Comm_dup");
     MPI_Comm_rank(comm_, &rank_);
     MPI_Comm_size(comm_, &size_);
@@ -272,25 +267,19 @@ class Reducer final : public SweepListener<T> {
     MPI_Query_thread(&provided);
     if (size_ > 1 && options.progress_thread && provided >= MPI_THREAD_MULTIPLE &&
         !buckets_.empty())
-      thread_ = std::thread([this] { progress_loop(); });
+      worker_ = std::make_unique<AllreduceWorker<T>>(comm_);
   }
 
   ~Reducer() {
-    if (thread_.joinable()) {
-      {
-        std::lock_guard<std::mutex> l(mutex_);
-        stop_ = true;
-      }
-      cv_.notify_all();
-      thread_.join();
-    }
     if (!mpi_initialized()) return;
     if (std::uncaught_exceptions() > 0) {
       // Unwinding from an error: waiting for pending buckets could wait forever for a rank that
-      // failed too (the job is being aborted). Their buffers stay allocated, since MPI may still
-      // write into them, and the communicator stays.
+      // failed too (the job is being aborted). The worker leaves its thread to itself; the
+      // buffers of pending MPI_Iallreduce calls stay allocated, since MPI may still write into
+      // them, and the communicator stays.
       bool pending = false;
       for (const Bucket& b : buckets_) pending = pending || !b.done;
+      worker_.reset();
       if (pending) {
         auto* keep = new std::vector<Tensor<T>>();  // deliberately never freed
         for (const Bucket& b : buckets_) keep->push_back(b.flat);
@@ -301,6 +290,7 @@ class Reducer final : public SweepListener<T> {
         synchronize();
       } catch (...) {  // a destructor must not throw
       }
+      worker_.reset();
     }
     if (comm_ != MPI_COMM_NULL) MPI_Comm_free(&comm_);
   }
@@ -318,16 +308,13 @@ class Reducer final : public SweepListener<T> {
           "DistributedDataParallel?); use one tape per data-parallel model");
     if (state_ == State::reducing) synchronize();
     if (state_ != State::prepared || recording_ != tape.recording_id()) {
-      std::lock_guard<std::mutex> tl(test_mutex_);
-      std::lock_guard<std::mutex> l(mutex_);
+      if (worker_) worker_->reset();
       std::fill(ready_.begin(), ready_.end(), 0);
       for (Bucket& b : buckets_) {
         b.pending = static_cast<int>(b.params.size());
         b.done = true;
       }
       next_launch_ = 0;
-      published_ = 0;
-      done_count_.store(0);
       state_ = State::prepared;
       recording_ = tape.recording_id();
     }
@@ -342,22 +329,17 @@ class Reducer final : public SweepListener<T> {
     if (state_ == State::prepared && next_launch_ > 0) finish_launch();
     if (state_ != State::reducing) return;
     const double t0 = seconds_now();
-    main_waiting_.store(true);
     double last_done = 0;
-    {
-      std::lock_guard<std::mutex> tl(test_mutex_);
-      for (size_t b = 0; b < next_launch_; ++b) {
-        Bucket& bk = buckets_[b];
-        if (!bk.done) {
-          check(MPI_Wait(&bk.request, MPI_STATUS_IGNORE), "DistributedDataParallel: MPI_Wait");
-          bk.done = true;
-          bk.done_at = seconds_now();
-        }
-        last_done = std::max(last_done, bk.done_at);
+    if (worker_) last_done = worker_->wait_all();  // the buckets end in order
+    for (size_t b = 0; b < next_launch_; ++b) {
+      Bucket& bk = buckets_[b];
+      if (!bk.done) {
+        check(MPI_Wait(&bk.request, MPI_STATUS_IGNORE), "DistributedDataParallel: MPI_Wait");
+        bk.done = true;
+        bk.done_at = seconds_now();
       }
-      done_count_.store(next_launch_);
+      last_done = std::max(last_done, bk.done_at);
     }
-    main_waiting_.store(false);
     const double t1 = seconds_now();
     if (next_launch_ > 0 && size_ > 1) {
       stats_.wait_seconds += t1 - t0;
@@ -389,7 +371,7 @@ class Reducer final : public SweepListener<T> {
 
   int rank() const { return rank_; }
   int size() const { return size_; }
-  bool threaded() const { return thread_.joinable(); }
+  bool threaded() const { return worker_ != nullptr; }
   const DDPStats& stats() const { return stats_; }
   void reset_stats() { stats_ = DDPStats{}; }
   std::vector<std::vector<std::string>> bucket_names() const {
@@ -418,7 +400,7 @@ class Reducer final : public SweepListener<T> {
       launch_ready();
       stats_.launched_in_backward += static_cast<int64_t>(next_launch_ - before);
     }
-    if (!thread_.joinable()) poll();
+    if (!worker_) poll();
   }
   void sweep_done() override {
     if (state_ != State::prepared) return;
@@ -484,6 +466,10 @@ class Reducer final : public SweepListener<T> {
       return;
     }
     bk.flat.array() /= static_cast<T>(size_);
+    if (worker_) {
+      worker_->submit(bk.flat);
+      return;
+    }
     bk.done = false;
     const double t_call = seconds_now();
     check(
@@ -491,14 +477,9 @@ class Reducer final : public SweepListener<T> {
                        mpi_type<T>(), MPI_SUM, comm_, &bk.request),
         "DistributedDataParallel: MPI_Iallreduce");
     stats_.wait_seconds += seconds_now() - t_call;  // MPI may do part of the work right here
-    {
-      std::lock_guard<std::mutex> l(mutex_);
-      published_ = b + 1;
-    }
-    if (thread_.joinable()) cv_.notify_one();
   }
 
-  // Without a progress thread: lets MPI move the pending buckets' data now.
+  // Without the worker thread: lets MPI move the pending buckets' data now.
   void poll() {
     for (size_t b = 0; b < next_launch_; ++b) {
       Bucket& bk = buckets_[b];
@@ -508,43 +489,6 @@ class Reducer final : public SweepListener<T> {
       if (!flag) return;
       bk.done = true;
       bk.done_at = seconds_now();
-    }
-  }
-
-  void progress_loop() {
-    const auto interval = std::chrono::microseconds(opt_.progress_interval_us);
-    std::unique_lock<std::mutex> lock(mutex_);
-    for (;;) {
-      cv_.wait(lock,
-               [&] { return stop_ || (!main_waiting_.load() && done_count_.load() < published_); });
-      if (stop_) return;
-      lock.unlock();
-      {
-        std::lock_guard<std::mutex> tl(test_mutex_);
-        size_t hi;
-        {
-          std::lock_guard<std::mutex> l(mutex_);
-          hi = published_;
-        }
-        if (!main_waiting_.load()) {
-          size_t done = 0;
-          for (size_t b = 0; b < hi; ++b) {
-            Bucket& bk = buckets_[b];
-            if (!bk.done) {
-              int flag = 0;
-              MPI_Test(&bk.request, &flag, MPI_STATUS_IGNORE);
-              if (flag) {
-                bk.done = true;
-                bk.done_at = seconds_now();
-              }
-            }
-            done += bk.done ? 1 : 0;
-          }
-          done_count_.store(done);
-        }
-      }
-      std::this_thread::sleep_for(interval);
-      lock.lock();
     }
   }
 
@@ -567,15 +511,7 @@ class Reducer final : public SweepListener<T> {
   std::vector<std::weak_ptr<void>> attached_;
   DDPStats stats_;
 
-  // Progress thread. test_mutex_ is held while requests are tested or waited for; mutex_
-  // guards published_ and stop_ (and the thread's sleep).
-  std::thread thread_;
-  std::mutex mutex_, test_mutex_;
-  std::condition_variable cv_;
-  size_t published_ = 0;  // buckets started, as the progress thread may see them
-  std::atomic<size_t> done_count_{0};
-  std::atomic<bool> main_waiting_{false};
-  bool stop_ = false;
+  std::unique_ptr<AllreduceWorker<T>> worker_;  // null: each bucket an MPI_Iallreduce
 };
 
 }  // namespace detail
@@ -659,7 +595,7 @@ class DistributedDataParallel : public nn::Module<T> {
   const DDPStats& stats() const { return reducer_->stats(); }
   /// Sets the figures to zero.
   void reset_stats() { reducer_->reset_stats(); }
-  /// Whether a progress thread polls MPI (see DDPOptions::progress_thread).
+  /// Whether a thread of its own averages the buckets (see DDPOptions::progress_thread).
   bool has_progress_thread() const { return reducer_->threaded(); }
 
  private:
