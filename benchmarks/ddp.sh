@@ -13,6 +13,8 @@
 # >= 1.85 for 2 ranks on a 2-core machine), and the share of the allreduce time hidden behind
 # the backward pass (1 - time the training thread waited / communication time). The load average
 # before and after is printed too: above about 0.3 from other processes the figures are noisy.
+# mpirun passes Open MPI's settings on from the environment, e.g. where its single-copy transport
+# is slow (virtual machines): OMPI_MCA_btl_vader_single_copy_mechanism=none benchmarks/ddp.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -23,7 +25,7 @@ while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds="$2"; shift 2 ;;
     --workload) workload="$2"; shift 2 ;;
-    --help) sed -n '2,16p' "$0"; exit 0 ;;
+    --help) sed -n '2,17p' "$0"; exit 0 ;;
     *) extra+=("$1"); shift ;;
   esac
 done
