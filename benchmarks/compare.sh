@@ -24,6 +24,10 @@
 # tapegrad <x> MB LibTorch <y> MB ratio <r>": the peak resident set during the training steps
 # minus the one before them, each workload in its own process (the peer's mem_mb; tapegrad's
 # bench_workloads memory/<workload>, bench_rnn BM_LSTMMemory).
+# Placement: before each tapegrad row at 2+ threads, bench_machine's BM_CoreRoundTrip times a
+# cache line between the first two CPUs and back; on a VM the host may give those vCPUs near or
+# far cores (70-95 against ~365 ns here, 2-thread steps up to 1.5x slower on far ones), and the
+# scaling lines print it for each round next to that round's speed-up.
 # --contended: the same rows again at the default thread count (every core) with a busy loop
 # pinned to the last core, as on a laptop or a shared CI runner; target: within 1.3x of the
 # uncontended 1-thread time, and never slower than LibTorch under the same contention.
@@ -46,7 +50,7 @@ while [ $# -gt 0 ]; do
     --only) only=$2; shift 2 ;;
     --blas) blas=ON; shift ;;
     --contended) contended=1; shift ;;
-    -h | --help) sed -n '2,36p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h | --help) sed -n '2,37p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -60,7 +64,7 @@ echo "== building tapegrad benchmarks in $build (Release, TAPEGRAD_USE_BLAS=$bla
 mkdir -p "$build"
 if ! { cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=Release -DTAPEGRAD_USE_BLAS=$blas \
   -DTAPEGRAD_BUILD_TESTS=OFF -DTAPEGRAD_BUILD_EXAMPLES=OFF -DTAPEGRAD_BUILD_BENCHMARKS=ON &&
-  cmake --build "$build" --target bench_workloads bench_core bench_rnn -j2; } >"$build/build.log" 2>&1; then
+  cmake --build "$build" --target bench_workloads bench_core bench_rnn bench_machine -j2; } >"$build/build.log" 2>&1; then
   tail -n 30 "$build/build.log"
   echo "compare.sh: the build failed (log: $build/build.log)" >&2
   exit 1
@@ -68,6 +72,7 @@ fi
 bench_workloads=$build/benchmarks/bench_workloads
 bench_core=$build/benchmarks/bench_core
 bench_rnn=$build/benchmarks/bench_rnn
+bench_machine=$build/benchmarks/bench_machine
 
 # ---- find or build the peer ----
 peer=${PEER_BENCH:-}
@@ -166,6 +171,7 @@ gb_extract() {  # $1 = workload, $2 = threads, $3 = json file
 
 run_tapegrad() {  # $1 = workload, $2 = threads[, $3 = the label of the threads column]
   local json=$build/last.json filter bin
+  if [ -z "${3:-}" ] && (($2 > 1)); then run_probe "$1" "$2"; fi
   case "$1" in
     gemm) bin=$bench_core; filter="^BM_GemmFloat/$2/" ;;
     op-overhead) bin=$bench_core; filter="^BM_TapeOverhead" ;;
@@ -177,6 +183,12 @@ run_tapegrad() {  # $1 = workload, $2 = threads[, $3 = the label of the threads 
   "$bin" --benchmark_filter="$filter" --benchmark_repetitions=15 --benchmark_min_time=0.05 \
     --benchmark_report_aggregates_only=true --benchmark_format=json >"$json" 2>/dev/null
   gb_extract "$1" "${3:-$2}" "$json" >>"$results"
+}
+
+run_probe() {  # $1 = workload, $2 = threads: which cores the host gave us (bench_machine's comment)
+  "$bench_machine" --benchmark_filter='^BM_CoreRoundTrip' --benchmark_format=json 2>/dev/null |
+    awk -v w="$1" -v t="$2" '/"round_trip_ns":/ {
+      v = $2; gsub(/,/, "", v); print "probe", w, t, "round_trip_ns", v }' >>"$results"
 }
 
 run_tapegrad_memory() {  # $1 = workload, $2 = threads: mem_MB of a process of its own

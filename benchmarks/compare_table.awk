@@ -1,6 +1,6 @@
 # The table of benchmarks/compare.sh, from its raw results (one figure per line:
-#   <who> <workload> <threads|busy> <unit|mem|others_cores> <value>
-# who: tapegrad, libtorch or hand), run as
+#   <who> <workload> <threads|busy> <unit|mem|others_cores|round_trip_ns> <value>
+# who: tapegrad, libtorch, hand or probe), run as
 #   awk -v workloads=deep-mlp-relu,gemm,... -v threads=1,2 -f compare_table.awk results.tsv
 # Every figure is the median over the rounds (the lines of the same key).
 function median(key,   n, i, j, v, tmp) {
@@ -20,7 +20,7 @@ function fmt(x, m) {
   vals[key] = vals[key] (vals[key] == "" ? "" : " ") $5
   # The unit of each workload figure (ms, gflops, us), never that of a side figure (mem), whose
   # lines may come last.
-  if ($4 != "others_cores" && $4 != "mem") metric[$2] = $4
+  if ($1 != "probe" && $4 != "others_cores" && $4 != "mem") metric[$2] = $4
 }
 END {
   printf "%-19s %7s %14s %14s %6s %7s %5s %7s %10s %8s\n", "workload", "threads", "tapegrad", \
@@ -50,12 +50,23 @@ END {
     printf "%-19s %7s %14s %14s %6s %7s %5s %7s %10s %8s\n", w, t, fmt(tg, m), fmt(lt, m), ratio, \
       target, met, oc == "" ? "-" : oc, hd == "" ? "-" : sprintf("%.2f ms", hd), over
   }
-  # Scaling target: 2 threads at least 1.75x faster than 1 on wide-mlp and small-resnet.
+  # Scaling target: 2 threads at least 1.75x faster than 1 on wide-mlp and small-resnet; then
+  # each round's speed-up and the core-to-core round trip measured before its 2-thread run.
   for (k = 1; k <= 2; ++k) {
     w = k == 1 ? "wide-mlp" : "small-resnet"
-    if (((w, 1) in tgmed) && ((w, 2) in tgmed))
-      printf "scaling %-12s tapegrad 2 threads vs 1: %.2fx (target >= 1.75: %s)\n", w, \
-        tgmed[w, 1] / tgmed[w, 2], (tgmed[w, 1] / tgmed[w, 2] >= 1.75 ? "yes" : "NO")
+    if (!(((w, 1) in tgmed) && ((w, 2) in tgmed))) continue
+    printf "scaling %-12s tapegrad 2 threads vs 1: %.2fx (target >= 1.75: %s)", w, \
+      tgmed[w, 1] / tgmed[w, 2], (tgmed[w, 1] / tgmed[w, 2] >= 1.75 ? "yes" : "NO")
+    m = metric[w]
+    n1 = split(vals["tapegrad" SUBSEP w SUBSEP 1 SUBSEP m], one, " ")
+    n2 = split(vals["tapegrad" SUBSEP w SUBSEP 2 SUBSEP m], two, " ")
+    np = split(vals["probe" SUBSEP w SUBSEP 2 SUBSEP "round_trip_ns"], rt, " ")
+    if (n1 == n2 && n1 >= 1) {
+      printf "; rounds"
+      for (r = 1; r <= n1; ++r)
+        printf " %.2fx%s", one[r] / two[r], r <= np ? sprintf(" (%.0f ns)", rt[r]) : ""
+    }
+    printf "\n"
   }
   # Peak step memory (target: at most as much as LibTorch).
   for (i = 1; i <= nw; ++i) for (j = 1; j <= nt; ++j) {
@@ -81,5 +92,7 @@ END {
   }
   print "ratio = tapegrad / LibTorch (gemm: GFLOP/s, higher is better); medians over the rounds;"
   print "others = cores used by other processes during the LibTorch run (above ~0.2: noisy)"
+  print "(ns) = a cache line between the two cores and back, before the round's 2-thread run"
+  print "       (bench_machine; far cores, e.g. ~365 against 70-95 ns, slow every 2-thread row)"
   print "hand = the hand-written Eigen step (no autograd, same GEMM back end); tg/hand target <= 1.05"
 }
