@@ -7,17 +7,17 @@
 /// with AVX-512), else Eigen's GEMM; narrower products waste the kernel's padded blocks (on
 /// 128 x 16 x 256 it reached 92 GFLOP/s, Eigen's 150).
 ///
-/// At two or more threads a large product is cut among them, each thread running the kernel
-/// chosen for the whole product on its block (Eigen runs sequentially inside a parallel region): by columns of dst when it is
-/// wider than tall, else by rows. Each thread packs all of the operand that is not cut; packing
-/// the right operand costs more (Eigen's was 20 % of the deep MLPs' GEMM time), so a wide
-/// product, e.g. a layer's 128 x 256 output from its 256 x 256 weight, is cut so that each
-/// thread packs half of it. On a 2-core Zen 4 the row cut beat Eigen's own parallel GEMM on the
-/// deep MLPs' 128x256x256 (161-175 GFLOP/s vs 122-150, benchmarks/core.cpp's BM_GemmSplit); on
-/// a 2-core Zen 5 cutting wide products by columns took the 2-thread deep-mlp-sigmoid step from
+/// At two or more threads a large product is cut among them, each thread running the kernel chosen
+/// for the whole product on its block (Eigen runs sequentially inside a parallel region): by
+/// columns of dst when it is wider than tall, else by rows. Each thread packs all of the operand
+/// that is not cut; packing the right operand costs more (Eigen's was 20 % of the deep MLPs' GEMM
+/// time), so a wide product, e.g. a layer's 128 x 256 output from its 256 x 256 weight, is cut so
+/// that each thread packs half of it. On a 2-core Zen 4 the row cut beat Eigen's own parallel GEMM
+/// on the deep MLPs' 128x256x256 (161-175 GFLOP/s vs 122-150, benchmarks/core.cpp's BM_GemmSplit);
+/// on a 2-core Zen 5 cutting wide products by columns took the 2-thread deep-mlp-sigmoid step from
 /// 7.0 to 6.8 ms and wide-mlp's from 10.9 to 10.3 ms (medians of 6 alternated runs of
-/// bench_workloads). Every block is computed the same way whichever thread takes it, so the
-/// results are bit-identical run to run for a thread count.
+/// bench_workloads). Every block is computed the same way whichever thread takes it, so the results
+/// are bit-identical run to run for a thread count.
 ///
 /// With EIGEN_USE_BLAS the product goes whole to the system BLAS, which has its own threads.
 

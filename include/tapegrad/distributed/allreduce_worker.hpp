@@ -14,7 +14,6 @@
 /// meanwhile, e.g. SyncBatchNorm's backward); the worker has a communicator of its own, so its
 /// collectives never interleave with the training thread's on one communicator.
 
-#include <chrono>
 #include <condition_variable>
 #include <memory>
 #include <mutex>
@@ -103,11 +102,6 @@ class AllreduceWorker {
     std::string error;  // the first failed call's message
   };
 
-  static double seconds_now() {
-    return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch())
-        .count();
-  }
-
   // The thread: sums the next buffer, outside the lock, until told to stop.
   static void run(State& s) {
     std::unique_lock<std::mutex> l(s.mutex);
@@ -123,12 +117,7 @@ class AllreduceWorker {
                            mpi_type<T>(), MPI_SUM, s.comm);
       const double at = seconds_now();
       l.lock();
-      if (rc != MPI_SUCCESS && s.error.empty()) {
-        char text[MPI_MAX_ERROR_STRING];
-        int len = 0;
-        MPI_Error_string(rc, text, &len);
-        s.error = "MPI_Allreduce: " + std::string(text, static_cast<size_t>(len));
-      }
+      if (rc != MPI_SUCCESS && s.error.empty()) s.error = "MPI_Allreduce: " + mpi_error_text(rc);
       s.done_at[s.done] = at;
       ++s.done;
       s.finished.notify_all();

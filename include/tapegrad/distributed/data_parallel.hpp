@@ -62,7 +62,6 @@
 /// Every rank must otherwise run the same forwards and backwards in the same order.
 
 #include <algorithm>
-#include <chrono>
 #include <cstdint>
 #include <cstdio>
 #include <limits>
@@ -112,10 +111,6 @@ struct DDPStats {
 };
 
 namespace detail {
-
-inline double seconds_now() {
-  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
-}
 
 // "1.weight [256,784]": one line of a rank's model description, split for the error message.
 inline std::string describe_entry(const std::string& line) {

@@ -38,6 +38,7 @@
 #endif
 #include <mpi.h>
 
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <functional>
@@ -131,12 +132,22 @@ inline int mpi_count(int64_t n, const char* who) {
   return static_cast<int>(n);
 }
 
-inline void check(int rc, const char* what) {
-  if (rc == MPI_SUCCESS) return;
+// MPI's text for an error code.
+inline std::string mpi_error_text(int rc) {
   char text[MPI_MAX_ERROR_STRING];
   int len = 0;
   MPI_Error_string(rc, text, &len);
-  tapegrad::detail::fail<DistributedError>(what, ": ", std::string(text, static_cast<size_t>(len)));
+  return std::string(text, static_cast<size_t>(len));
+}
+
+inline void check(int rc, const char* what) {
+  if (rc == MPI_SUCCESS) return;
+  tapegrad::detail::fail<DistributedError>(what, ": ", mpi_error_text(rc));
+}
+
+// Steady-clock seconds, for the timings of DistributedDataParallel's statistics.
+inline double seconds_now() {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now().time_since_epoch()).count();
 }
 
 }  // namespace detail

@@ -128,11 +128,11 @@ struct GeluConstants {
 };
 
 // Phi(x) = 0.5 erfc(-x / sqrt 2), the standard normal CDF, of n floats, written to phi (not
-// aliasing x), vectorised in chunks on the stack: erfc(|u|) = t exp(-u^2 + P(t)), t = 1 / (1 + |u| / 2),
-// with P the degree-9 Chebyshev fit of Numerical Recipes (2nd ed., section 6.2), whose relative
-// error is below 1.2e-7 for every u, the far tails included (1 + erf(u) would cancel on the
-// left); erfc(u) = 2 - erfc(|u|) for u < 0. Scalar std::erfc took ~30 ms per million floats,
-// forward and backward.
+// aliasing x), vectorised in chunks on the stack: erfc(|u|) = t exp(-u^2 + P(t)),
+// t = 1 / (1 + |u| / 2), with P the degree-9 Chebyshev fit of Numerical Recipes (2nd ed., section
+// 6.2), whose relative error is below 1.2e-7 for every u, the far tails included (1 + erf(u)
+// would cancel on the left); erfc(u) = 2 - erfc(|u|) for u < 0. Scalar std::erfc took ~30 ms per
+// million floats, forward and backward.
 inline void normal_cdf_float(const float* x, int64_t n, float* phi) {
   constexpr int64_t chunk = 256;
   Eigen::Array<float, chunk, 1> z, t;  // on the stack: no allocation per call
