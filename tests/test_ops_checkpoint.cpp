@@ -115,8 +115,12 @@ TEST(Checkpoint, SequentialEveryKLayersGivesTheSameGradients) {
     expect_same(expected, got);
     // Every module alone saves nothing (each output is kept, now without in-place sharing);
     // 3 modules (Dense, Tanh, Dropout) keep 1 value of 2; 6 or 9 keep 1 of 4 or of 6.
-    if (k == 3) EXPECT_LT(got.memory.values, expected.memory.values * 0.52) << k;
-    if (k >= 6) EXPECT_LT(got.memory.values, expected.memory.values * 0.3) << k;
+    if (k == 3) {
+      EXPECT_LT(got.memory.values, expected.memory.values * 0.52) << k;
+    }
+    if (k >= 6) {
+      EXPECT_LT(got.memory.values, expected.memory.values * 0.3) << k;
+    }
     // The parameters' gradients exist either way, inside segments or not.
     EXPECT_GT(expected.memory.param_grads, 0);
     EXPECT_EQ(got.memory.param_grads, expected.memory.param_grads) << k;

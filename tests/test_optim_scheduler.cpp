@@ -95,7 +95,9 @@ TEST(OptimScheduler, WarmupInverseSqrt) {
     if (e > 0) sched.step();
     const double f = e < 4 ? 0.25 + 0.75 * e / 4.0 : std::sqrt(4.0 / e);
     for (size_t g = 0; g < 2; ++g) EXPECT_NEAR(sgd.lr(g), bases[g] * f, 1e-15) << e;
-    if (e < 6) EXPECT_NEAR(sgd.lr(0), want1[e], 1e-15) << e;
+    if (e < 6) {
+      EXPECT_NEAR(sgd.lr(0), want1[e], 1e-15) << e;
+    }
   }
   EXPECT_NEAR(sgd.lr(1), 0.4 * std::sqrt(4.0 / 30.0), 1e-15);
   sched.set_epoch(9);
