@@ -1,6 +1,10 @@
 #include <gtest/gtest.h>
 
+#include <cmath>
+#include <cstdint>
+#include <limits>
 #include <sstream>
+#include <string>
 
 #include "tapegrad/tensor.hpp"
 
@@ -37,6 +41,39 @@ TEST(Tensor, Arange) {
   auto b = tg::Tensor<double>::arange(1.0, 2.0, 0.25);
   EXPECT_TRUE(tg::allclose(b, tg::Tensor<double>::from({1, 1.25, 1.5, 1.75})));
   EXPECT_THROW(tg::Tensor<double>::arange(0.0, 1.0, 0.0), tg::ValueError);
+  // A NaN step, or more elements than an int64_t counts, is an error, not a cast out of range.
+  EXPECT_THROW(tg::Tensor<double>::arange(0.0, 1.0, std::nan("")), tg::ValueError);
+  EXPECT_THROW(tg::Tensor<double>::arange(0.0, 1e300, 1.0), tg::ValueError);
+  EXPECT_THROW(tg::Tensor<double>::arange(0.0, 1.0, 1e-300), tg::ValueError);
+}
+
+TEST(Tensor, SizesPastInt64OrTheAddressSpaceAreShapeErrors) {
+  constexpr int64_t big = std::numeric_limits<int64_t>::max();
+  // The element count overflows int64_t: the constructor and push_back say so.
+  try {
+    tg::Shape s{big, 2};
+    FAIL() << "no error for " << s;
+  } catch (const tg::ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("[9223372036854775807,2]"), std::string::npos) << e.what();
+  }
+  tg::Shape s{int64_t{1} << 62};
+  EXPECT_THROW(s.push_back(4), tg::ShapeError);
+  EXPECT_EQ(s, tg::Shape{int64_t{1} << 62});  // unchanged by the failed push_back
+  // A size of 0 makes 0 elements whatever the others are.
+  EXPECT_EQ((tg::Shape{0, big, big}.numel()), 0);
+  EXPECT_EQ(tg::Tensor<float>(tg::Shape{0, big, big}).numel(), 0);
+  // 2^62 floats fit an int64_t count but not the address space: an error naming the shape,
+  // not a byte count that wraps around to a small allocation.
+  try {
+    tg::Tensor<float> t(tg::Shape{int64_t{1} << 62});
+    FAIL() << "allocated " << t.numel() << " floats";
+  } catch (const tg::ShapeError& e) {
+    EXPECT_NE(std::string(e.what()).find("[4611686018427387904]"), std::string::npos) << e.what();
+  }
+  EXPECT_THROW(tg::Tensor<double>::zeros({int64_t{1} << 31, int64_t{1} << 31}), tg::ShapeError);
+  tg::Tensor<float> t({2});
+  EXPECT_THROW(t.resize(tg::Shape{int64_t{1} << 62}), tg::ShapeError);
+  EXPECT_EQ(t.shape(), tg::Shape{2});
 }
 
 TEST(Tensor, CopiesShareStorageAndCloneDoesNot) {
@@ -93,6 +130,12 @@ TEST(Tensor, SeededRandomIsReproducible) {
   auto u = tg::Tensor<float>::rand({1000}, g4, -2.0f, 3.0f);
   EXPECT_GE(u.array().minCoeff(), -2.0f);
   EXPECT_LT(u.array().maxCoeff(), 3.0f);
+  // As torch.normal and uniform_: a negative or NaN spread, or bounds the wrong way round, throw.
+  EXPECT_THROW(tg::Tensor<double>::randn({2}, g4, 0.0, -1.0), tg::ValueError);
+  EXPECT_THROW(tg::Tensor<double>::randn({2}, g4, 0.0, std::nan("")), tg::ValueError);
+  EXPECT_THROW(tg::Tensor<double>::randn({2}, g4, INFINITY, 1.0), tg::ValueError);
+  EXPECT_THROW(tg::Tensor<float>::rand({2}, g4, 1.0f, 0.0f), tg::ValueError);
+  EXPECT_THROW(tg::Tensor<float>::rand({2}, g4, -INFINITY, 0.0f), tg::ValueError);
   // The first numbers of seed 0 are fixed forever (same on every machine).
   tg::Generator g5(0);
   EXPECT_EQ(g5.next_u64(), 0x99EC5F36CB75F2B4ULL);

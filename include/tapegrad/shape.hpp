@@ -14,16 +14,18 @@
 namespace tapegrad {
 
 /// The sizes of a tensor's dimensions, rank 0 (a scalar) to 6. Sizes must be non-negative: a
-/// negative size or a rank above 6 throws ShapeError.
+/// negative size, a rank above 6 or more elements than int64_t counts throws ShapeError.
 class Shape {
  public:
   /// The largest rank a Shape holds.
   static constexpr int max_rank = 6;
 
   Shape() = default;  ///< rank 0: a scalar with one element
-  /// The given sizes; throws ShapeError for a negative size or more than max_rank dims.
+  /// The given sizes; throws ShapeError for a negative size, more than max_rank dims or more
+  /// elements than int64_t counts.
   Shape(std::initializer_list<int64_t> dims) { assign(std::span(dims.begin(), dims.size())); }
-  /// The given sizes; throws ShapeError for a negative size or more than max_rank dims.
+  /// The given sizes; throws ShapeError for a negative size, more than max_rank dims or more
+  /// elements than int64_t counts.
   explicit Shape(std::span<const int64_t> dims) { assign(dims); }
 
   /// Number of dimensions.
@@ -43,20 +45,37 @@ class Shape {
     return i < 0 ? i + rank_ : i;
   }
 
-  /// Number of elements: the product of the sizes (1 for rank 0).
+  /// Number of elements: the product of the sizes (1 for rank 0). A Shape built from sizes
+  /// (constructors, push_back) checks that it fits in int64_t; after operator[] changed a size,
+  /// checked_numel() says.
   int64_t numel() const {
     int64_t n = 1;
     for (int i = 0; i < rank_; ++i) n *= dims_[i];
     return n;
   }
+  /// numel(), or ShapeError when the product of the sizes does not fit in int64_t (a size of 0
+  /// makes it 0 whatever the others are).
+  int64_t checked_numel() const {
+    int64_t n = 1;
+    for (int i = 0; i < rank_; ++i)
+      if (dims_[i] == 0) return 0;
+    for (int i = 0; i < rank_; ++i)
+      if (__builtin_mul_overflow(n, dims_[i], &n))
+        detail::fail<ShapeError>("Shape ", str(), ": more elements than int64_t counts");
+    return n;
+  }
   /// The sizes as a span of rank() elements.
   std::span<const int64_t> dims() const { return {dims_.data(), static_cast<size_t>(rank_)}; }
 
-  /// Appends a dimension of size d; throws ShapeError at max_rank or for a negative size.
+  /// Appends a dimension of size d; throws ShapeError at max_rank, for a negative size or when
+  /// the elements no longer fit in int64_t.
   void push_back(int64_t d) {
     if (rank_ == max_rank) detail::fail<ShapeError>("Shape: rank above ", max_rank);
     check_dim(d);
-    dims_[rank_++] = d;
+    Shape longer = *this;
+    longer.dims_[longer.rank_++] = d;
+    longer.checked_numel();
+    *this = longer;
   }
 
   /// The sizes as text, e.g. "[2,3]".
@@ -89,6 +108,7 @@ class Shape {
       check_dim(dims[i]);
       dims_[i] = dims[i];
     }
+    checked_numel();
   }
   static void check_dim(int64_t d) {
     if (d < 0) detail::fail<ShapeError>("Shape: negative size ", d);

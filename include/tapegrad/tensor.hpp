@@ -11,9 +11,11 @@
 #include <algorithm>
 #include <array>
 #include <cmath>
+#include <cstddef>
 #include <cstring>
 #include <initializer_list>
 #include <iomanip>
+#include <limits>
 #include <memory>
 #include <new>
 #include <ostream>
@@ -56,8 +58,9 @@ class Tensor {
 
   Tensor() : shape_{0} {}  ///< an empty tensor of shape [0]; allocates nothing
 
-  /// Uninitialised storage of the given shape.
-  explicit Tensor(const Shape& shape) : shape_(shape) { allocate(shape.numel()); }
+  /// Uninitialised storage of the given shape; throws ShapeError for more elements than memory
+  /// can address (std::bad_alloc for more than it holds).
+  explicit Tensor(const Shape& shape) : shape_(shape) { allocate(shape); }
 
   // ---- creation ----
   /// Uninitialised storage of shape s.
@@ -107,25 +110,36 @@ class Tensor {
   ///@}
 
   ///@{
-  /// 0, 1, ..., n-1 and start, start+step, ... < stop, as torch.arange.
+  /// 0, 1, ..., n-1 and start, start+step, ... < stop, as torch.arange; throws ValueError for a
+  /// step of 0, a value that is not finite, or 2^62 elements or more.
   static Tensor arange(int64_t n) { return arange(T(0), T(n), T(1)); }
   static Tensor arange(T start, T stop, T step = T(1)) {
-    if (step == T(0) || !std::isfinite(start) || !std::isfinite(stop))
+    if (step == T(0) || !std::isfinite(start) || !std::isfinite(stop) || !std::isfinite(step))
       detail::fail<ValueError>("arange: invalid range (", start, ", ", stop, ", ", step, ")");
     const double n = std::ceil((double(stop) - double(start)) / double(step));
+    // Checked in double: a count past int64_t's range cannot be converted.
+    if (!(n < 0x1p62))
+      detail::fail<ValueError>("arange: (", start, ", ", stop, ", ", step, ") has ", n,
+                               " elements");
     Tensor t(Shape{std::max<int64_t>(0, static_cast<int64_t>(n))});
     for (int64_t i = 0; i < t.numel(); ++i) t[i] = start + T(i) * step;
     return t;
   }
   ///@}
-  /// Uniform in [lo, hi) from g.
+  /// Uniform in [lo, hi) from g; throws ValueError unless lo <= hi, both finite.
   static Tensor rand(const Shape& s, Generator& g, T lo = T(0), T hi = T(1)) {
+    if (!std::isfinite(lo) || !std::isfinite(hi) || lo > hi)
+      detail::fail<ValueError>("rand: need finite lo <= hi, got ", lo, " and ", hi);
     Tensor t(s);
     for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<T>(g.uniform(lo, hi));
     return t;
   }
-  /// Normal with the given mean and standard deviation from g.
+  /// Normal with the given mean and standard deviation from g; throws ValueError unless both
+  /// are finite and stddev >= 0 (as torch.normal).
   static Tensor randn(const Shape& s, Generator& g, T mean = T(0), T stddev = T(1)) {
+    if (!std::isfinite(mean) || !std::isfinite(stddev) || stddev < 0)
+      detail::fail<ValueError>("randn: need a finite mean and stddev >= 0, got ", mean, " and ",
+                               stddev);
     Tensor t(s);
     for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<T>(g.normal(mean, stddev));
     return t;
@@ -258,8 +272,7 @@ class Tensor {
   /// Gives this tensor the shape s, keeping its storage when it is large enough and not shared
   /// with another tensor; otherwise allocates. The tape uses it to reuse buffers step after step.
   void resize(const Shape& s) {
-    const int64_t n = s.numel();
-    if (n > capacity_ || data_.use_count() > 1) allocate(n);
+    if (s.checked_numel() > capacity_ || data_.use_count() > 1) allocate(s);
     shape_ = s;
   }
 
@@ -298,7 +311,13 @@ class Tensor {
       detail::fail<ShapeError>("matrix: a ", r, "x", c, " view of shape ", shape_);
   }
 
-  void allocate(int64_t n) {
+  void allocate(const Shape& s) {
+    const int64_t n = s.checked_numel();
+    // operator new throws std::bad_alloc for what memory cannot hold, but the byte count
+    // would wrap around first.
+    if (n > std::numeric_limits<std::ptrdiff_t>::max() / int64_t{sizeof(T)})
+      detail::fail<ShapeError>("Tensor: shape ", s, " holds ", n, " elements of ", sizeof(T),
+                               " bytes: more than memory can address");
     // At least one element, so data() is never null and always aligned.
     const size_t count = static_cast<size_t>(std::max<int64_t>(n, 1));
     T* p = static_cast<T*>(::operator new (count * sizeof(T), std::align_val_t{alignment}));
