@@ -4,7 +4,10 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -184,6 +187,17 @@ TEST(Conv2D, Errors) {
         d(tape.constant(tg::Tensor<float>::zeros({1, 3, 6, 6})));
       },
       {"Conv2D(3, 4, kernel=3, dilation=3)", "[1,3,6,6]", "7x7"});
+  // Sizes whose index arithmetic would overflow int64_t fail when the layer is built.
+  constexpr int64_t big = std::numeric_limits<int64_t>::max();
+  expect_error_containing<tg::ValueError>([] { nn::Conv2D<float>(1, 1, 3, 1, 0, big); },
+                                          {"Conv2D(1, 1, kernel=3", "at most 2147483648"});
+  expect_error_containing<tg::ValueError>([] { nn::Conv2D<float>(1, 1, 3, 1, big); },
+                                          {"Conv2D(1, 1, kernel=3", "at most 2147483648"});
+  expect_error_containing<tg::ShapeError>(
+      [&] {
+        c(tape.constant(tg::Tensor<float>::zeros({0, 3, big, 4})));
+      },
+      {"Conv2D(3, 16, kernel=3)", "height and width must be at most 2147483648"});
 }
 
 // ---------------------------------------------------------------- pooling, Flatten
@@ -248,6 +262,10 @@ TEST(PoolLayers, Errors) {
                                           {"MaxPool2D(kernel=2, padding=2)", "half the kernel"});
   expect_error_containing<tg::ValueError>([] { nn::AvgPool2D<float>(2, 0); },
                                           {"AvgPool2D", "stride"});
+  constexpr int64_t huge = std::numeric_limits<int64_t>::max();
+  expect_error_containing<tg::ValueError>(
+      [] { nn::MaxPool2D<float>(3, std::nullopt, tg::Size2(huge / 2 + 1)); },
+      {"MaxPool2D", "at most 2147483648"});
 }
 
 TEST(FlattenLayer, ShapesViewAndGradient) {

@@ -2,6 +2,8 @@
 // finite differences, and the errors.
 #include <gtest/gtest.h>
 
+#include <cstdint>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -273,6 +275,21 @@ TEST(Conv2d, Errors) {
   EXPECT_THROW(tg::conv2d(x, w, 0), tg::ValueError);
   EXPECT_THROW(tg::conv2d(x, w, 1, -1), tg::ValueError);
   EXPECT_NO_THROW(tg::conv2d(x, tape.constant(tg::Tensor<double>::zeros({4, 3, 6, 3})), 1, 1));
+  // Sizes whose index arithmetic would overflow int64_t (stride + height, 2 * padding).
+  constexpr int64_t big = std::numeric_limits<int64_t>::max();
+  expect_error_containing<tg::ValueError>([&] { tg::conv2d(x, w, big); },
+                                          {"conv2d", "[2,3,5,5]", "at most 2147483648"});
+  expect_error_containing<tg::ValueError>([&] { tg::conv2d(x, w, 1, big); },
+                                          {"conv2d", "padding 9223372036854775807"});
+  expect_error_containing<tg::ValueError>([&] { tg::conv2d(x, w, 1, 0, big); },
+                                          {"conv2d", "dilation 9223372036854775807"});
+  // An image of no rows but a huge width: no element, yet H + 2 * padding must not overflow.
+  auto wide = tape.constant(tg::Tensor<double>::zeros({1, 3, 0, big}));
+  EXPECT_THROW(tg::conv2d(wide, w, 1, 1), tg::ValueError);
+  // A padding within bounds whose output has 2^62 elements: an error, not a wrapped allocation.
+  auto one = tape.constant(tg::Tensor<double>::ones({1, 1, 2, 2}));
+  auto w1 = tape.constant(tg::Tensor<double>::ones({1, 1, 1, 1}));
+  EXPECT_THROW(tg::conv2d(one, w1, 1, (int64_t{1} << 30) - 1), tg::ShapeError);
 }
 
 }  // namespace

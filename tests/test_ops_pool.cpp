@@ -5,6 +5,7 @@
 #include <cmath>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -239,6 +240,14 @@ TEST(Pool2d, Errors) {
                                           {"avg_pool2d", "kernel 0"});
   expect_error_containing<tg::ValueError>([&] { tg::max_pool2d(x, 2, 0); },
                                           {"max_pool2d", "stride 0"});
+  // Sizes whose index arithmetic would overflow int64_t (2 * padding, height + padding).
+  constexpr int64_t big = std::numeric_limits<int64_t>::max();
+  expect_error_containing<tg::ValueError>([&] { tg::avg_pool2d(x, big, std::nullopt, big / 2); },
+                                          {"avg_pool2d", "[2,3,4,5]", "at most 2147483648"});
+  expect_error_containing<tg::ValueError>([&] { tg::max_pool2d(x, 2, big); },
+                                          {"max_pool2d", "stride 9223372036854775807"});
+  auto wide = tape.constant(tg::Tensor<double>::zeros({1, 1, 0, big}));
+  EXPECT_THROW(tg::max_pool2d(wide, 2), tg::ValueError);
 }
 
 }  // namespace

@@ -30,7 +30,7 @@ template <class T>
 class Conv2D : public Module<T> {
  public:
   /// Weights [out_channels, in_channels, kh, kw] and bias [out_channels] initialised as PyTorch's
-  /// from gen; sizes below 1 throw ValueError.
+  /// from gen; sizes below 1 (padding below 0) or above max_extent throw ValueError.
   Conv2D(int64_t in_channels, int64_t out_channels, Size2 kernel, Size2 stride = 1,
          Size2 padding = 0, Size2 dilation = 1, bool bias = true,
          Generator& gen = default_generator())
@@ -46,6 +46,10 @@ class Conv2D : public Module<T> {
       tapegrad::detail::fail<ValueError>(name(),
                                          ": channels, kernel, stride and dilation must be >= 1, "
                                          "padding >= 0");
+    if (!within_extent(kernel) || !within_extent(stride) || !within_extent(padding) ||
+        !within_extent(dilation))
+      tapegrad::detail::fail<ValueError>(
+          name(), ": kernel, stride, padding and dilation must be at most ", max_extent);
     weight = this->register_parameter("weight", Tensor<T>({out_, in_, kernel.h, kernel.w}));
     init::kaiming_uniform_(weight.value(), std::sqrt(5.0), "fan_in", "leaky_relu", gen);
     if (has_bias_) {
@@ -65,6 +69,9 @@ class Conv2D : public Module<T> {
     if (s[1] != in_)
       tapegrad::detail::fail<ShapeError>(name(), ": input ", s, ": expected ", in_,
                                          " channels, got ", s[1]);
+    if (!within_extent({s[2], s[3]}))
+      tapegrad::detail::fail<ShapeError>(name(), ": input ", s,
+                                         ": height and width must be at most ", max_extent);
     const int64_t ekh = dilation_.h * (kernel_.h - 1) + 1, ekw = dilation_.w * (kernel_.w - 1) + 1;
     if (ekh > s[2] + 2 * padding_.h || ekw > s[3] + 2 * padding_.w)
       tapegrad::detail::fail<ShapeError>(name(), ": input ", s, ": kernel ", ekh, "x", ekw,

@@ -26,6 +26,9 @@ inline void check_pool_args(const std::string& layer, Size2 kernel, std::optiona
   const Size2 s = stride.value_or(kernel);
   if (kernel.h < 1 || kernel.w < 1 || s.h < 1 || s.w < 1)
     tapegrad::detail::fail<ValueError>(layer, ": kernel and stride must be >= 1");
+  if (!within_extent(kernel) || !within_extent(s) || !within_extent(padding))
+    tapegrad::detail::fail<ValueError>(layer, ": kernel, stride and padding must be at most ",
+                                       max_extent);
   if (padding.h < 0 || padding.w < 0 || 2 * padding.h > kernel.h || 2 * padding.w > kernel.w)
     tapegrad::detail::fail<ValueError>(layer, ": padding must be between 0 and half the kernel");
 }

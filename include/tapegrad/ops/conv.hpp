@@ -438,6 +438,10 @@ Var<T> conv2d(const Var<T>& x, const Var<T>& w, const Var<T>& b, Size2 stride = 
       padding.w < 0)
     detail::fail<ValueError>(shapes(), ": stride ", stride, " and dilation ", dilation,
                              " must be >= 1, padding ", padding, " >= 0");
+  if (!within_extent(stride) || !within_extent(padding) || !within_extent(dilation) ||
+      !within_extent({w.size(2), w.size(3)}) || !within_extent({x.size(2), x.size(3)}))
+    detail::fail<ValueError>(shapes(), ": stride ", stride, ", padding ", padding, ", dilation ",
+                             dilation, ", kernel and image sizes must be at most ", max_extent);
   detail::Conv2dGeometry g{x.size(0), x.size(1),  x.size(2),  x.size(3), w.size(0),
                            w.size(2), w.size(3),  stride.h,   stride.w,  padding.h,
                            padding.w, dilation.h, dilation.w, 0,         0};

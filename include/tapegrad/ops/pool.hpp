@@ -68,6 +68,10 @@ inline Pool2dGeometry pool2d_geometry(const char* op, const Shape& x, Size2 kern
     detail::fail<ShapeError>(where(), ": input must be 4-D [N,C,H,W], got rank ", x.rank());
   if (kernel.h < 1 || kernel.w < 1 || stride.h < 1 || stride.w < 1)
     detail::fail<ValueError>(where(), ": kernel and stride must be >= 1");
+  if (!within_extent(kernel) || !within_extent(stride) || !within_extent(padding) ||
+      !within_extent({x[2], x[3]}))
+    detail::fail<ValueError>(
+        where(), ": kernel, stride, padding, height and width must be at most ", max_extent);
   if (padding.h < 0 || padding.w < 0 || 2 * padding.h > kernel.h || 2 * padding.w > kernel.w)
     detail::fail<ValueError>(where(), ": padding must be between 0 and half the kernel");
   const int64_t H = x[2], W = x[3];

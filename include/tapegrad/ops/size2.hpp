@@ -29,4 +29,12 @@ struct Size2 {
   }
 };
 
+/// The largest kernel, stride, padding, dilation and image height or width that the convolution
+/// and pooling ops take: 2^31, far above any image, so that their index arithmetic (e.g.
+/// dilation * (kernel - 1) + 1, or height + 2 * padding) cannot overflow int64_t.
+inline constexpr int64_t max_extent = int64_t{1} << 31;
+
+/// Whether both sizes are at most max_extent.
+constexpr bool within_extent(Size2 s) { return s.h <= max_extent && s.w <= max_extent; }
+
 }  // namespace tapegrad
