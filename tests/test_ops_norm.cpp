@@ -453,6 +453,26 @@ TEST(BatchNormOp, OneValuePerChannelInTrainingIsAnError) {
   EXPECT_DOUBLE_EQ(y.value()[1], 1.0);
 }
 
+TEST(BatchNormOp, ImagesWithoutPixelsGiveEmptyOutputAndZeroParameterGradients) {
+  // [2, 3, 0, 0]: no values, as an empty batch (PyTorch: empty output, running statistics
+  // unchanged); backward reads no row of x and adds nothing to gamma's and beta's gradients.
+  for (const bool training : {true, false}) {
+    tg::Tape<double> tape;
+    TD gamma = TD::full({3}, 2.0), beta = TD::full({3}, 0.5);
+    TD rm = TD::full({3}, 0.25), rv = TD::full({3}, 4.0);
+    auto x = tape.input(TD::zeros({2, 3, 0, 0}));
+    auto g = tape.input(gamma), b = tape.input(beta);
+    auto y = tg::batch_norm(x, g, b, rm, rv, training);
+    EXPECT_EQ(y.shape(), (tg::Shape{2, 3, 0, 0}));
+    tape.backward(y, TD::ones(y.shape()));
+    EXPECT_EQ(x.grad().shape(), (tg::Shape{2, 3, 0, 0}));
+    EXPECT_TRUE(tg::allclose(g.grad(), TD::zeros({3}), 0, 0)) << training;
+    EXPECT_TRUE(tg::allclose(b.grad(), TD::zeros({3}), 0, 0)) << training;
+    EXPECT_TRUE(tg::allclose(rm, TD::full({3}, 0.25), 0, 0)) << training;
+    EXPECT_TRUE(tg::allclose(rv, TD::full({3}, 4.0), 0, 0)) << training;
+  }
+}
+
 TEST(BatchNormOp, ShapeAndArgumentErrors) {
   tg::Tape<double> tape;
   auto x = tape.constant(TD::ones({4, 3, 2, 2}));

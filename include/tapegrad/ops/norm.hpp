@@ -378,9 +378,12 @@ Var<T> batch_norm_op(const char* op, bool relu, const Var<T>& x, const Var<T>& g
   const Shape xs = x.shape();  // a copy: recording may move the nodes
   if (xs.rank() < 2)
     fail<ShapeError>(op, ": input of shape ", xs, ": expected [N,C] or [N,C,H,W] (rank >= 2)");
-  const int64_t N = xs[0], C = xs[1];
+  const int64_t C = xs[1];
   int64_t S = 1;
   for (int d = 2; d < xs.rank(); ++d) S *= xs[d];
+  // Images without pixels hold no values: counted as no rows, so that no path (here and in
+  // backward) reads a row of x.
+  const int64_t N = S == 0 ? 0 : xs[0];
   auto check_channels = [&](const char* what, const Shape& s) {
     if (!(s.rank() == 1 && s[0] == C))
       fail<ShapeError>(op, ": input ", xs, " has ", C, " channels but ", what, " has shape ", s,
