@@ -7,6 +7,8 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "tapegrad/diag/gradcheck.hpp"
@@ -273,4 +275,11 @@ TEST(Attention, ErrorsNameTheOpAndShapes) {
               tg::scaled_dot_product_attention(q, k, v, {.dropout_p = 1.0, .generator = &g});
             }).find("[0, 1)"),
             std::string::npos);
+  // A scale that is not finite makes every score NaN or every weight 0: an error instead.
+  const std::vector<std::pair<double, std::string>> bad_scales{
+      {std::nan(""), "nan"}, {-INFINITY, "-inf"}, {INFINITY, "inf"}};
+  for (const auto& [scale, text] : bad_scales)
+    expect_error_exact<tg::ValueError>(
+        [&] { tg::scaled_dot_product_attention(q, k, v, {.scale = scale}); },
+        "scaled_dot_product_attention: scale must be finite, got " + text);
 }

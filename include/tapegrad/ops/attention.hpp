@@ -451,7 +451,8 @@ Tensor<T> attention_weights(const Var<T>& out) {
 
 /// softmax(scale · q kᵀ + mask) v as one op: q [..., L, E], k [..., S, E], v [..., S, Ev] -> [...,
 /// L, Ev] (equations and backward in the file's description). Mismatched shapes throw ShapeError;
-/// dropout_p outside [0, 1) or without a generator throws ValueError.
+/// dropout_p outside [0, 1) or without a generator, or a scale that is not finite, throws
+/// ValueError.
 template <class T>
 Var<T> scaled_dot_product_attention(const Var<T>& q, const Var<T>& k, const Var<T>& v,
                                     const AttentionOptions<T>& options = {}) {
@@ -475,6 +476,8 @@ Var<T> scaled_dot_product_attention(const Var<T>& q, const Var<T>& k, const Var<
   g.v = {0, g.S * g.Ev, 0, g.Ev};
   g.o = {0, g.L * g.Ev, 0, g.Ev};
   g.scale = options.scale.value_or(g.E > 0 ? 1.0 / std::sqrt(double(g.E)) : 1.0);
+  if (!std::isfinite(g.scale))
+    detail::fail<ValueError>(op, ": scale must be finite, got ", g.scale);
   g.causal = options.is_causal;
   Shape out = g.lead;
   out.push_back(g.L);
