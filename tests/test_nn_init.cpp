@@ -207,4 +207,57 @@ TEST(Init, ParameterOverloadsFillTheValue) {
   expect_orthonormal_rows_or_columns(p.value(), 1.0, 1e-5);
 }
 
+// The message of the ValueError that f() throws names the function and the argument.
+template <class F>
+void expect_value_error(F f, const std::string& function, const std::string& argument) {
+  try {
+    f();
+    ADD_FAILURE() << "no exception thrown";
+  } catch (const tg::ValueError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find(function), std::string::npos) << what;
+    EXPECT_NE(what.find(argument), std::string::npos) << what;
+  }
+}
+
+// Arguments PyTorch rejects (std < 0, a > b) or that would fill the tensor with NaN or inf throw
+// ValueError and leave the tensor as it was.
+TEST(Init, BadArgumentsRaise) {
+  const double inf = INFINITY, nan = NAN;
+  tg::Generator g(6);
+  tg::Tensor<double> t = tg::Tensor<double>::full({3, 4}, 0.5);
+  for (double std : {-1.0, nan, inf})
+    expect_value_error([&] { init::normal_(t, 0.0, std, g); }, "normal_", "std");
+  expect_value_error([&] { init::normal_(t, nan, 1.0, g); }, "normal_", "mean");
+  expect_value_error([&] { init::uniform_(t, 1.0, 0.0, g); }, "uniform_", "a <= b");
+  expect_value_error([&] { init::uniform_(t, -inf, inf, g); }, "uniform_", "finite");
+  expect_value_error([&] { init::uniform_(t, -1e308, 1e308, g); }, "uniform_", "b - a");
+  expect_value_error([&] { init::uniform_(t, 0.0, nan, g); }, "uniform_", "finite");
+  for (double gain : {nan, inf, -1.0}) {
+    expect_value_error([&] { init::xavier_uniform_(t, gain, g); }, "xavier_uniform_", "gain");
+    expect_value_error([&] { init::xavier_normal_(t, gain, g); }, "xavier_normal_", "gain");
+  }
+  expect_value_error([&] { init::orthogonal_(t, inf, g); }, "orthogonal_", "gain");
+  expect_value_error([&] { init::orthogonal_(t, nan, g); }, "orthogonal_", "gain");
+  for (double a : {nan, inf}) {
+    expect_value_error([&] { init::kaiming_uniform_(t, a, "fan_in", "leaky_relu", g); },
+                       "kaiming_uniform_", "a must be finite");
+    expect_value_error([&] { init::kaiming_normal_(t, a, "fan_in", "relu", g); }, "kaiming_normal_",
+                       "a must be finite");
+    expect_value_error([&] { init::calculate_gain("leaky_relu", a); }, "calculate_gain",
+                       "leaky_relu");
+  }
+  for (int64_t i = 0; i < t.numel(); ++i) EXPECT_EQ(t[i], 0.5);
+  // Still valid: std = 0, a = b, a negative orthogonal gain, an empty weight.
+  init::normal_(t, 2.0, 0.0, g);
+  EXPECT_EQ(t[5], 2.0);
+  init::uniform_(t, -3.0, -3.0, g);
+  EXPECT_EQ(t[5], -3.0);
+  init::orthogonal_(t, -1.0, g);
+  expect_orthonormal_rows_or_columns(t, 1.0, 1e-12);
+  tg::Tensor<double> empty({0, 0});
+  EXPECT_NO_THROW(init::xavier_uniform_(empty, 1.0, g));
+  EXPECT_NO_THROW(init::xavier_normal_(empty, 1.0, g));
+}
+
 }  // namespace

@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 #include <optional>
 #include <string>
 #include <vector>
@@ -318,6 +319,27 @@ TEST(BatchNormLayer, Errors) {
                                           {"BatchNorm2d", "num_features", "0"});
 }
 
+// momentum outside [0, 1] or NaN, and eps negative, NaN or infinite, would turn the running
+// statistics or the output into NaN or zeros: rejected at construction, the option named.
+TEST(BatchNormLayer, RejectsBadMomentumAndEps) {
+  const double inf = std::numeric_limits<double>::infinity();
+  const double nan = std::numeric_limits<double>::quiet_NaN();
+  for (double m : {nan, inf, -inf, -1.0, 1.5})
+    expect_error_containing<tg::ValueError>([&] { tg::nn::BatchNorm1d<double> bad(2, 1e-5, m); },
+                                            {"BatchNorm1d", "momentum"});
+  for (double e : {nan, inf, -1.0})
+    expect_error_containing<tg::ValueError>([&] { tg::nn::BatchNorm2d<double> bad(2, e); },
+                                            {"BatchNorm2d", "eps"});
+  // The bounds, the cumulative average (nullopt) and eps = 0 stay valid, as in PyTorch.
+  EXPECT_NO_THROW(tg::nn::BatchNorm1d<double>(2, 0.0, 0.0));
+  EXPECT_NO_THROW(tg::nn::BatchNorm1d<double>(2, 1e-5, std::nullopt));
+  tg::nn::BatchNorm1d<double> one(2, 1e-5, 1.0);  // running stats = the last batch's
+  const TD x = sample({4, 2}, 30);
+  run(one, x);
+  const auto s = channel_stats(x);
+  for (int c = 0; c < 2; ++c) EXPECT_NEAR(one.running_mean[c], s.mean[c], 1e-12);
+}
+
 // An empty batch, as PyTorch 1.13 treats it (BatchNorm2d(2)(torch.empty(0, 2, 3, 3))): an empty
 // output, running statistics untouched, num_batches_tracked still counted by the module.
 TEST(BatchNormLayer, EmptyBatchLeavesRunningStatsAndCountsTheCall) {
@@ -401,6 +423,11 @@ TEST(LayerNormLayer, ParametersNameAndErrors) {
         tg::nn::LayerNorm<float> bad({3, 0});
       },
       {"LayerNorm", "positive", "0"});
+  // An infinite eps would make every output 0 (β): rejected like NaN and negative ones.
+  for (double e : {std::numeric_limits<double>::infinity(), std::nan(""), -1e-5})
+    expect_error_containing<tg::ValueError>([&] { tg::nn::LayerNorm<float> bad(4, e); },
+                                            {"LayerNorm", "eps"});
+  EXPECT_NO_THROW(tg::nn::LayerNorm<float>(4, 0.0));
 }
 
 }  // namespace

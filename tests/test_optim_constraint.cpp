@@ -3,6 +3,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <limits>
 
 #include "tapegrad/optim/constraint.hpp"
 #include "tapegrad/optim/sgd.hpp"
@@ -10,6 +11,7 @@
 
 namespace tg = tapegrad;
 namespace opt = tapegrad::optim;
+using tapegrad::testing::expect_error_containing;
 using tapegrad::testing::row_norm;
 
 namespace {
@@ -78,6 +80,15 @@ TEST(OptimConstraint, NonNeg) {
   EXPECT_TRUE(std::isnan(w[4]));  // Keras: w · [w ≥ 0] keeps NaN
 }
 
+TEST(OptimConstraint, NonNegSetsMinusInfinityToZero) {
+  const double inf = std::numeric_limits<double>::infinity();
+  auto w = tg::Tensor<double>::from({-inf, inf, -2.0});
+  opt::NonNeg{}(w);  // not −∞ · 0 = NaN
+  EXPECT_EQ(w[0], 0.0);
+  EXPECT_EQ(w[1], inf);
+  EXPECT_EQ(w[2], 0.0);
+}
+
 TEST(OptimConstraint, OtherDimsWholeTensorAndBias) {
   auto w = dense_weight();  // dim 1: one norm per column
   const auto w0 = w.clone();
@@ -110,6 +121,44 @@ TEST(OptimConstraint, BadArgumentsRaise) {
   EXPECT_THROW(opt::MaxNorm{.max_value = -1}(w), tg::ValueError);
   EXPECT_THROW((opt::MinMaxNorm{.min_value = 2, .max_value = 1}(w)), tg::ValueError);
   EXPECT_THROW(opt::MinMaxNorm{.rate = 1.5}(w), tg::ValueError);
+}
+
+// eps = 0 gives NaN on a zero unit, NaN eps NaN everywhere, a negative eps inf; infinite bounds
+// give inf weights. Each is a ValueError naming the constraint and the option; w is untouched.
+TEST(OptimConstraint, NonFiniteOrNonPositiveEpsAndInfiniteBoundsRaise) {
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::nan("");
+  auto w = dense_weight();
+  const auto w0 = w.clone();
+  for (double e : {0.0, -1.0, nan, inf}) {
+    expect_error_containing<tg::ValueError>([&] { opt::MaxNorm{.max_value = 1, .eps = e}(w); },
+                                            {"MaxNorm", "eps"});
+    expect_error_containing<tg::ValueError>([&] { opt::UnitNorm{.eps = e}(w); },
+                                            {"UnitNorm", "eps"});
+    expect_error_containing<tg::ValueError>([&] { opt::MinMaxNorm{.eps = e}(w); },
+                                            {"MinMaxNorm", "eps"});
+  }
+  expect_error_containing<tg::ValueError>([&] { opt::MaxNorm{.max_value = inf}(w); },
+                                          {"MaxNorm", "max_value", "inf"});
+  expect_error_containing<tg::ValueError>([&] { opt::MaxNorm{.max_value = nan}(w); },
+                                          {"MaxNorm", "max_value"});
+  expect_error_containing<tg::ValueError>(
+      [&] { opt::MinMaxNorm{.min_value = inf, .max_value = inf}(w); },
+      {"MinMaxNorm", "min_value", "max_value"});
+  expect_error_containing<tg::ValueError>([&] { opt::MinMaxNorm{.max_value = inf}(w); },
+                                          {"MinMaxNorm", "max_value", "inf"});
+  EXPECT_TRUE(tapegrad::testing::same_bits(w, w0));
+  // A norm of 1e300 fits a double but not a float weight.
+  auto f = tg::Tensor<float>::ones({2, 3});
+  expect_error_containing<tg::ValueError>(
+      [&] { opt::MinMaxNorm{.min_value = 1e300, .max_value = 1e300}(f); },
+      {"MinMaxNorm", "min_value", "1e+300"});
+  auto d = dense_weight();
+  opt::MinMaxNorm{.min_value = 1e300, .max_value = 1e300}(d);
+  EXPECT_NEAR(d(0, 0) / 1e300, 3.0 / (eps + 5.0), 1e-12);  // row 0: (3, 4, 0), norm 5
+  // A tiny positive eps is fine: the zero row stays zero.
+  auto z = tg::Tensor<double>::zeros({2, 3});
+  opt::UnitNorm{.eps = 1e-30}(z);
+  EXPECT_EQ(z[0], 0.0);
 }
 
 TEST(OptimConstraint, AfterAnOptimizerStepUnitsAreAtOneOrBelowMax) {

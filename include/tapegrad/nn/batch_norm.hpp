@@ -23,6 +23,7 @@
 /// its name() then reads "SyncBatchNorm(...)"). As in PyTorch, only a module in training mode
 /// synchronises, and summary() never does.
 
+#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -42,7 +43,8 @@ template <class T>
 class BatchNorm : public Module<T> {
  public:
   /// num_features channels; momentum nullopt: cumulative average of the batch statistics; affine:
-  /// learn γ and β; track_running_stats: keep running statistics for eval.
+  /// learn γ and β; track_running_stats: keep running statistics for eval. Throws ValueError if
+  /// num_features <= 0, eps is negative or not finite, or momentum is outside [0, 1] (or NaN).
   explicit BatchNorm(int64_t num_features, double eps = 1e-5, std::optional<double> momentum = 0.1,
                      bool affine = true, bool track_running_stats = true)
       : BatchNorm("BatchNorm", num_features, eps, momentum, affine, track_running_stats) {}
@@ -164,7 +166,11 @@ class BatchNorm : public Module<T> {
     if (num_features <= 0)
       tapegrad::detail::fail<ValueError>(kind, ": num_features must be positive, got ",
                                          num_features);
-    if (!(eps >= 0)) tapegrad::detail::fail<ValueError>(kind, ": eps must be >= 0, got ", eps);
+    // Written so that NaN fails too; an infinite eps would zero every output.
+    if (!(eps >= 0 && std::isfinite(eps)))
+      tapegrad::detail::fail<ValueError>(kind, ": eps must be finite and >= 0, got ", eps);
+    if (momentum && !(*momentum >= 0 && *momentum <= 1))
+      tapegrad::detail::fail<ValueError>(kind, ": momentum must be in [0, 1], got ", *momentum);
     if (affine) {
       weight = this->register_parameter("weight", Tensor<T>::ones({num_features}));
       bias = this->register_parameter("bias", Tensor<T>::zeros({num_features}));
@@ -197,8 +203,8 @@ class BatchNorm : public Module<T> {
 template <class T>
 class BatchNorm1d : public BatchNorm<T> {
  public:
-  /// Batch normalisation of [N,C] or [N,C,L] inputs (ShapeError for other ranks); arguments as
-  /// BatchNorm's.
+  /// Batch normalisation of [N,C] or [N,C,L] inputs (ShapeError for other ranks); arguments and
+  /// ValueErrors as BatchNorm's.
   explicit BatchNorm1d(int64_t num_features, double eps = 1e-5,
                        std::optional<double> momentum = 0.1, bool affine = true,
                        bool track_running_stats = true)
@@ -217,8 +223,8 @@ class BatchNorm1d : public BatchNorm<T> {
 template <class T>
 class BatchNorm2d : public BatchNorm<T> {
  public:
-  /// Batch normalisation of [N,C,H,W] inputs (ShapeError for other ranks); arguments as
-  /// BatchNorm's.
+  /// Batch normalisation of [N,C,H,W] inputs (ShapeError for other ranks); arguments and
+  /// ValueErrors as BatchNorm's.
   explicit BatchNorm2d(int64_t num_features, double eps = 1e-5,
                        std::optional<double> momentum = 0.1, bool affine = true,
                        bool track_running_stats = true)

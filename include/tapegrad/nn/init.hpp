@@ -21,6 +21,9 @@
 /// start-up, so a program that builds its model the same way gets the same weights every run.
 /// Reseed it with nn::default_generator().manual_seed(s) (as torch.manual_seed). It is not
 /// thread-safe: build models on one thread, or pass each thread its own Generator.
+///
+/// Arguments that would fill the tensor with NaN or inf, or that PyTorch rejects (std < 0,
+/// a > b), throw ValueError naming the function and the argument.
 
 #include <Eigen/Dense>
 #include <cmath>
@@ -43,8 +46,17 @@ inline Generator& default_generator() {
 
 namespace init {
 
+namespace detail {
+// A NaN or infinite argument would make every element NaN or inf.
+inline void check_finite(const char* who, const char* what, double v) {
+  if (!std::isfinite(v))
+    tapegrad::detail::fail<ValueError>(who, ": ", what, " must be finite, got ", v);
+}
+}  // namespace detail
+
 /// The recommended gain for a nonlinearity (torch.nn.init.calculate_gain). `param` is the
-/// negative slope of "leaky_relu" (0.01 when absent) and is ignored otherwise.
+/// negative slope of "leaky_relu" (0.01 when absent) and is ignored otherwise. Throws ValueError
+/// for an unknown nonlinearity or a non-finite leaky_relu slope.
 inline double calculate_gain(std::string_view nonlinearity,
                              std::optional<double> param = std::nullopt) {
   if (nonlinearity == "linear" || nonlinearity == "conv1d" || nonlinearity == "conv2d" ||
@@ -56,6 +68,7 @@ inline double calculate_gain(std::string_view nonlinearity,
   if (nonlinearity == "relu") return std::sqrt(2.0);
   if (nonlinearity == "leaky_relu") {
     const double slope = param.value_or(0.01);
+    detail::check_finite("calculate_gain", "the negative slope (param) of leaky_relu", slope);
     return std::sqrt(2.0 / (1.0 + slope * slope));
   }
   if (nonlinearity == "selu") return 3.0 / 4.0;
@@ -90,6 +103,11 @@ inline int64_t fan_in(const Shape& s) { return calculate_fan_in_and_fan_out(s).f
 inline int64_t fan_out(const Shape& s) { return calculate_fan_in_and_fan_out(s).fan_out; }
 
 namespace detail {
+inline void check_gain(const char* who, double gain) {
+  // PyTorch's xavier_* reject a negative gain through uniform_/normal_ (a > b, std < 0).
+  if (!(gain >= 0 && std::isfinite(gain)))
+    tapegrad::detail::fail<ValueError>(who, ": gain must be finite and >= 0, got ", gain);
+}
 inline int64_t fan_by_mode(const Shape& s, std::string_view mode) {
   const Fans f = calculate_fan_in_and_fan_out(s);
   if (mode == "fan_in") return f.fan_in;
@@ -99,16 +117,24 @@ inline int64_t fan_by_mode(const Shape& s, std::string_view mode) {
 }
 }  // namespace detail
 
-/// U(a, b).
+/// U(a, b). Throws ValueError if a > b, or a, b or b − a is not finite (as torch's uniform_).
 template <class T>
 Tensor<T>& uniform_(Tensor<T>& t, double a = 0, double b = 1, Generator& g = default_generator()) {
+  if (!std::isfinite(a) || !std::isfinite(b) || !std::isfinite(b - a))
+    tapegrad::detail::fail<ValueError>("uniform_: a, b and b - a must be finite, got a = ", a,
+                                       ", b = ", b);
+  if (a > b) tapegrad::detail::fail<ValueError>("uniform_: need a <= b, got a = ", a, " > b = ", b);
   for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<T>(g.uniform(a, b));
   return t;
 }
-/// N(mean, std²).
+/// N(mean, std²). Throws ValueError if mean is not finite, or std is negative or not finite
+/// (torch's normal_ rejects std < 0).
 template <class T>
 Tensor<T>& normal_(Tensor<T>& t, double mean = 0, double std = 1,
                    Generator& g = default_generator()) {
+  detail::check_finite("normal_", "mean", mean);
+  if (!(std >= 0 && std::isfinite(std)))
+    tapegrad::detail::fail<ValueError>("normal_: std must be finite and >= 0, got ", std);
   for (int64_t i = 0; i < t.numel(); ++i) t[i] = static_cast<T>(g.normal(mean, std));
   return t;
 }
@@ -128,42 +154,54 @@ Tensor<T>& ones_(Tensor<T>& t) {
   return t.fill_(T(1));
 }
 
-/// Glorot & Bengio 2010: U(±gain·√(6 / (fan_in + fan_out))). ValueError below rank 2.
+/// Glorot & Bengio 2010: U(±gain·√(6 / (fan_in + fan_out))). ValueError below rank 2 or if gain
+/// is negative or not finite. A zero-element tensor is left alone.
 template <class T>
 Tensor<T>& xavier_uniform_(Tensor<T>& t, double gain = 1, Generator& g = default_generator()) {
   const Fans f = calculate_fan_in_and_fan_out(t.shape());
+  detail::check_gain("xavier_uniform_", gain);
+  if (t.numel() == 0) return t;  // fan_in + fan_out may be 0: an infinite bound
   const double bound = gain * std::sqrt(6.0 / double(f.fan_in + f.fan_out));
   return uniform_(t, -bound, bound, g);
 }
-/// Glorot & Bengio 2010: N(0, gain²·2 / (fan_in + fan_out)). ValueError below rank 2.
+/// Glorot & Bengio 2010: N(0, gain²·2 / (fan_in + fan_out)). ValueError below rank 2 or if gain
+/// is negative or not finite. A zero-element tensor is left alone.
 template <class T>
 Tensor<T>& xavier_normal_(Tensor<T>& t, double gain = 1, Generator& g = default_generator()) {
   const Fans f = calculate_fan_in_and_fan_out(t.shape());
+  detail::check_gain("xavier_normal_", gain);
+  if (t.numel() == 0) return t;  // fan_in + fan_out may be 0: an infinite std
   return normal_(t, 0.0, gain * std::sqrt(2.0 / double(f.fan_in + f.fan_out)), g);
 }
 
-/// He et al. 2015. A zero-element tensor is left alone (PyTorch warns and does the same).
+/// He et al. 2015: U(±gain·√(3/fan)), gain = calculate_gain(nonlinearity, a), fan by mode. A
+/// zero-element tensor is left alone (PyTorch warns and does the same). Throws ValueError below
+/// rank 2, for an unknown mode or nonlinearity, or a non-finite a.
 template <class T>
 Tensor<T>& kaiming_uniform_(Tensor<T>& t, double a = 0, std::string_view mode = "fan_in",
                             std::string_view nonlinearity = "leaky_relu",
                             Generator& g = default_generator()) {
   const int64_t fan = detail::fan_by_mode(t.shape(), mode);
+  detail::check_finite("kaiming_uniform_", "a", a);
   if (t.numel() == 0) return t;
   const double bound = calculate_gain(nonlinearity, a) * std::sqrt(3.0 / double(fan));
   return uniform_(t, -bound, bound, g);
 }
 /// He et al. 2015: N(0, std²) with std = gain / √fan, gain = calculate_gain(nonlinearity, a), fan
-/// by mode ("fan_in" or "fan_out"). A zero-element tensor is left alone.
+/// by mode ("fan_in" or "fan_out"). A zero-element tensor is left alone. ValueErrors as
+/// kaiming_uniform_'s.
 template <class T>
 Tensor<T>& kaiming_normal_(Tensor<T>& t, double a = 0, std::string_view mode = "fan_in",
                            std::string_view nonlinearity = "leaky_relu",
                            Generator& g = default_generator()) {
   const int64_t fan = detail::fan_by_mode(t.shape(), mode);
+  detail::check_finite("kaiming_normal_", "a", a);
   if (t.numel() == 0) return t;
   return normal_(t, 0.0, calculate_gain(nonlinearity, a) / std::sqrt(double(fan)), g);
 }
 
-/// Saxe et al. 2013: a (semi-)orthogonal matrix, viewed as [size(0), numel / size(0)].
+/// Saxe et al. 2013: a (semi-)orthogonal matrix, viewed as [size(0), numel / size(0)], times
+/// gain. Throws ValueError below rank 2 or if gain is not finite.
 template <class T>
 Tensor<T>& orthogonal_(Tensor<T>& t, double gain = 1, Generator& g = default_generator()) {
   if (t.rank() < 2)
@@ -171,6 +209,7 @@ Tensor<T>& orthogonal_(Tensor<T>& t, double gain = 1, Generator& g = default_gen
         "orthogonal_: only tensors with 2 or more dimensions are "
         "supported, got shape ",
         t.shape());
+  detail::check_finite("orthogonal_", "gain", gain);
   if (t.numel() == 0) return t;
   const int64_t rows = t.size(0), cols = t.numel() / rows;
   const bool wide = rows < cols;  // QR of the tall transpose, then transpose back

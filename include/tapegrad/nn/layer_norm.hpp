@@ -5,6 +5,7 @@
 /// γ (weight, = 1) and β (bias, = 0) of shape normalized_shape when elementwise_affine.
 /// The same in train and eval (no running statistics). Equations and backward: ops/norm.hpp.
 
+#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <sstream>
@@ -22,7 +23,8 @@ template <class T>
 class LayerNorm : public Module<T> {
  public:
   /// Normalises over the trailing dims normalized_shape; γ and β of that shape when
-  /// elementwise_affine.
+  /// elementwise_affine. Throws ValueError if normalized_shape is empty or has a size <= 0, or
+  /// eps is negative or not finite.
   explicit LayerNorm(std::vector<int64_t> normalized_shape, double eps = 1e-5,
                      bool elementwise_affine = true)
       : eps_(eps), affine_(elementwise_affine) {
@@ -36,7 +38,9 @@ class LayerNorm : public Module<T> {
         tapegrad::detail::fail<ValueError>(
             "LayerNorm: normalized_shape sizes must be positive, got ", d);
     shape_ = Shape{std::span<const int64_t>(normalized_shape)};
-    if (!(eps >= 0)) tapegrad::detail::fail<ValueError>("LayerNorm: eps must be >= 0, got ", eps);
+    // Written so that NaN fails too; an infinite eps would zero every output.
+    if (!(eps >= 0 && std::isfinite(eps)))
+      tapegrad::detail::fail<ValueError>("LayerNorm: eps must be finite and >= 0, got ", eps);
     if (affine_) {
       weight = this->register_parameter("weight", Tensor<T>::ones(shape_));
       bias = this->register_parameter("bias", Tensor<T>::zeros(shape_));

@@ -7,7 +7,7 @@
 ///   UnitNorm:                 w ← w / (ε + ‖w‖)
 ///   MinMaxNorm(min = 0, max = 1, rate = 1):
 ///                             d = rate·clip(‖w‖, min, max) + (1 − rate)·‖w‖; w ← w · d / (ε + ‖w‖)
-///   NonNeg:                   w ← w · [w ≥ 0]    (NaN stays NaN, as in Keras)
+///   NonNeg:                   w ← max(w, 0)      (NaN stays NaN, as in Keras; −∞ becomes 0)
 ///
 /// ‖w‖ is the L2 norm of each unit: over all dims except `dim`, which indexes the units.
 /// The default dim = 0 is one norm per output unit: per row of a Dense weight [out, in], per
@@ -17,11 +17,14 @@
 /// Keras scales by d/(ε + ‖w‖) even when nothing is clipped (MaxNorm of a unit with ‖w‖ < max
 /// shrinks it by ‖w‖/(ε + ‖w‖)); kept for fidelity.
 ///
-/// A constraint is any callable void(Tensor<T>&); these four are the built-in ones.
+/// A constraint is any callable void(Tensor<T>&); these four are the built-in ones. Their options
+/// are checked when applied: eps must be finite and > 0 (ε = 0 divides a zero unit by 0), and the
+/// norm bounds finite (ValueError otherwise).
 
 #include <algorithm>
 #include <cmath>
 #include <functional>
+#include <limits>
 
 #include "tapegrad/tensor.hpp"
 
@@ -37,6 +40,12 @@ inline constexpr int whole_tensor = -1;
 inline constexpr double keras_epsilon = 1e-7;
 
 namespace detail {
+
+// ε = 0 makes a zero unit 0/0 = NaN, a negative one can divide by 0 or flip the sign.
+inline void check_eps(const char* who, double eps) {
+  if (!(eps > 0 && std::isfinite(eps)))
+    tapegrad::detail::fail<ValueError>(who, ": eps must be finite and > 0, got ", eps);
+}
 
 // Calls f(unit_norm) -> factor for each unit of w and multiplies the unit by the factor.
 // Units are the slices along `dim` (see above); norms are accumulated in double.
@@ -79,11 +88,14 @@ struct MaxNorm {
   /// Added to the norm in the division (Keras').
   double eps = keras_epsilon;
 
-  /// Scales each unit of w with norm n above max_value by max_value / (ε + n).
+  /// Scales each unit of w with norm n above max_value by max_value / (ε + n). Throws ValueError
+  /// if max_value is negative or not finite, or eps is not finite and > 0.
   template <class T>
   void operator()(Tensor<T>& w) const {
-    if (!(max_value >= 0))
-      tapegrad::detail::fail<ValueError>("MaxNorm: max_value must be >= 0, got ", max_value);
+    if (!(max_value >= 0 && std::isfinite(max_value)))
+      tapegrad::detail::fail<ValueError>("MaxNorm: max_value must be finite and >= 0, got ",
+                                         max_value);
+    detail::check_eps("MaxNorm", eps);
     detail::rescale_units("MaxNorm", w, dim,
                           [&](double n) { return std::clamp(n, 0.0, max_value) / (eps + n); });
   }
@@ -96,9 +108,10 @@ struct UnitNorm {
   /// Added to the norm in the division (Keras').
   double eps = keras_epsilon;
 
-  /// Scales each unit of w by 1 / (ε + n).
+  /// Scales each unit of w by 1 / (ε + n). Throws ValueError if eps is not finite and > 0.
   template <class T>
   void operator()(Tensor<T>& w) const {
+    detail::check_eps("UnitNorm", eps);
     detail::rescale_units("UnitNorm", w, dim, [&](double n) { return 1.0 / (eps + n); });
   }
 };
@@ -116,13 +129,21 @@ struct MinMaxNorm {
   /// Added to the norm in the division (Keras').
   double eps = keras_epsilon;
 
-  /// Scales each unit of w toward a norm in [min_value, max_value] by rate.
+  /// Scales each unit of w toward a norm in [min_value, max_value] by rate. Throws ValueError
+  /// unless 0 <= min_value <= max_value < inf, min_value fits in T (a unit of that norm must be
+  /// representable), 0 <= rate <= 1 and eps is finite and > 0.
   template <class T>
   void operator()(Tensor<T>& w) const {
     if (!(min_value >= 0 && min_value <= max_value) || !(rate >= 0 && rate <= 1))
       tapegrad::detail::fail<ValueError>("MinMaxNorm: need 0 <= min_value <= max_value and ",
                                          "0 <= rate <= 1, got min_value = ", min_value,
                                          ", max_value = ", max_value, ", rate = ", rate);
+    // Units are pushed up to min_value: beyond T's range they would become inf.
+    if (!std::isfinite(max_value) || min_value > static_cast<double>(std::numeric_limits<T>::max()))
+      tapegrad::detail::fail<ValueError>("MinMaxNorm: min_value and max_value must be finite ",
+                                         "(min_value within the weight's type), got min_value = ",
+                                         min_value, ", max_value = ", max_value);
+    detail::check_eps("MinMaxNorm", eps);
     detail::rescale_units("MinMaxNorm", w, dim, [&](double n) {
       const double desired = rate * std::clamp(n, min_value, max_value) + (1 - rate) * n;
       return desired / (eps + n);
@@ -132,11 +153,12 @@ struct MinMaxNorm {
 
 /// Keras NonNeg: negative entries set to 0.
 struct NonNeg {
-  /// Sets w's negative entries to 0.
+  /// Sets w's negative entries (−∞ included) to 0; NaN stays NaN.
   template <class T>
   void operator()(Tensor<T>& w) const {
     auto a = w.array();
-    a *= (a >= T(0)).template cast<T>();
+    // A select, not a multiplication by the mask: −∞ · 0 would be NaN.
+    a = (a < T(0)).select(T(0), a);
   }
 };
 
