@@ -1,6 +1,8 @@
 #include <gtest/gtest.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <limits>
 #include <memory>
 #include <numeric>
 #include <set>
@@ -161,6 +163,81 @@ TEST(DataLoader, BadArguments) {
       tg::ValueError);
   io::DataLoader<float> l(toy.images, toy.labels, 2);
   EXPECT_THROW(l.load(3), tg::ValueError);
+}
+
+// The message of the ValueError f() throws ("" if none).
+template <class F>
+std::string value_error(F f) {
+  try {
+    f();
+  } catch (const tg::ValueError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// A batch size above the data size gives one batch of every sample; INT64_MAX used to overflow
+// (n + b - 1) / b into zero batches.
+TEST(DataLoader, BatchSizeAboveTheDataSizeGivesOneBatch) {
+  Toy toy = make_toy(10);
+  for (int64_t b : {int64_t{11}, std::numeric_limits<int64_t>::max()}) {
+    io::DataLoader<float> loader(toy.images, toy.labels, b);
+    EXPECT_EQ(loader.size(), 1) << b;
+    const auto batches = epoch_labels(loader);
+    ASSERT_EQ(batches.size(), 1u) << b;
+    std::vector<int64_t> all(10);
+    std::iota(all.begin(), all.end(), 0);
+    EXPECT_EQ(batches[0], all);
+    io::DataLoader<float> dropping(toy.images, toy.labels,
+                                   io::DataLoaderOptions(b).drop_last(true));
+    EXPECT_EQ(dropping.size(), 0);
+    EXPECT_TRUE(epoch_labels(dropping).empty());
+  }
+}
+
+// Negative epochs are rejected (as by the LR schedulers); the largest epoch shuffles without
+// overflowing, and no epoch can follow it.
+TEST(DataLoader, SetEpochRejectsNegativeAndTheLastEpochDoesNotOverflow) {
+  Toy toy = make_toy(10);
+  io::DataLoader<float> loader(toy.images, toy.labels, io::DataLoaderOptions(4).shuffle(true));
+  const std::string neg = value_error([&] { loader.set_epoch(-3); });
+  EXPECT_NE(neg.find("set_epoch"), std::string::npos) << neg;
+  EXPECT_NE(neg.find("-3"), std::string::npos) << neg;
+  EXPECT_EQ(loader.epoch(), 0);
+  const int64_t last = std::numeric_limits<int64_t>::max();
+  std::vector<int64_t> perm(10);
+  io::epoch_permutation(0, last, perm);  // the seed mixing wraps in unsigned arithmetic
+  std::vector<int64_t> sorted = perm;
+  std::sort(sorted.begin(), sorted.end());
+  std::vector<int64_t> all(10);
+  std::iota(all.begin(), all.end(), 0);
+  EXPECT_EQ(sorted, all);
+  loader.set_epoch(last - 1);
+  EXPECT_EQ(epoch_labels(loader).size(), 3u);
+  EXPECT_EQ(loader.epoch(), last);
+  const std::string past = value_error([&] { loader.begin(); });
+  EXPECT_NE(past.find("epoch " + std::to_string(last)), std::string::npos) << past;
+  EXPECT_EQ(loader.epoch(), last);
+}
+
+// A positive std so small that 1/std overflows float would make every image NaN.
+TEST(DataLoader, NormalizeRejectsAStdWhoseReciprocalOverflows) {
+  Toy toy = make_toy(4);
+  for (float std : {1e-40f, 1e-39f}) {
+    const std::string msg = value_error([&] {
+      io::DataLoader<float>(toy.images, toy.labels, io::DataLoaderOptions(2).normalize(0.5f, std));
+    });
+    EXPECT_NE(msg.find("normalize"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("std"), std::string::npos) << msg;
+  }
+  // mean/std overflowing float is the same failure.
+  EXPECT_THROW(io::DataLoader<float>(toy.images, toy.labels,
+                                     io::DataLoaderOptions(2).normalize(1e30f, 1e-10f)),
+               tg::ValueError);
+  // In double the same std is fine: 1/1e-40 = 1e40.
+  const tg::Tensor<double> d = toy.images.to<double>();
+  io::DataLoader<double> dl(d, toy.labels, io::DataLoaderOptions(4).normalize(0.0f, 1e-40f));
+  EXPECT_NEAR(dl.begin()->images.at(1, 0, 0) / 1e40, 10.0 / double(1e-40f) / 1e40, 1e-9);
 }
 
 }  // namespace

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "tapegrad/optim/adam.hpp"
+#include "tapegrad/optim/rmsprop.hpp"
 #include "tapegrad/optim/sgd.hpp"
 #include "test_util.hpp"
 
@@ -348,6 +349,63 @@ TEST(OptimState, LoadValidatesNamesAndShapesAndChangesNothingOnError) {
   // An empty dict is valid: every parameter starts afresh.
   adam.load_state_dict({});
   EXPECT_TRUE(adam.state_dict().empty());
+}
+
+// A loaded step of INT64_MAX made the next step() overflow (undefined behaviour; NaN weights), a
+// negative second moment a NaN square root: both are ValueErrors naming load_state_dict and the
+// key, and the state is unchanged.
+TEST(OptimState, LoadRejectsAnUnincrementableStepAndNegativeSecondMoments) {
+  const int64_t max = std::numeric_limits<int64_t>::max();
+  auto m = named_model();
+  opt::Adam<double> adam(m, {.lr = 0.05, .amsgrad = true});
+  adam.step();
+  const auto good = adam.state_dict();
+  auto expect_rejected = [&](opt::Optimizer<double>& o, const opt::StateDict& sd,
+                             const std::string& who, const std::string& key) {
+    const auto before = o.state_dict();
+    const std::string msg =
+        tapegrad::testing::error_message<tg::ValueError>([&] { o.load_state_dict(sd); });
+    EXPECT_NE(msg.find(who + ".load_state_dict"), std::string::npos) << msg;
+    EXPECT_NE(msg.find("'" + key + "'"), std::string::npos) << msg;
+    expect_same(before, o.state_dict());
+  };
+  auto huge = good;  // [0] is state.0.step
+  huge[0].second = tg::Tensor<int64_t>::scalar(max);
+  expect_rejected(adam, huge, "Adam", "state.0.step");
+  for (size_t k : {2u, 3u}) {  // state.0.exp_avg_sq, state.0.max_exp_avg_sq
+    auto negative = good;
+    auto t = tg::Tensor<double>::ones({3, 2});
+    t[4] = -5;
+    negative[k].second = t;
+    expect_rejected(adam, negative, "Adam", good[k].first);
+    t[4] = std::nan("");
+    expect_rejected(adam, negative, "Adam", good[k].first);
+  }
+  auto exp_avg = good;  // a first moment may be negative
+  exp_avg[1].second = tg::Tensor<double>::full({3, 2}, -5.0);
+  EXPECT_NO_THROW(adam.load_state_dict(exp_avg));
+  // The largest step that can still be incremented loads, and step() stays finite.
+  auto last = good;
+  last[0].second = tg::Tensor<int64_t>::scalar(max - 1);
+  adam.load_state_dict(last);
+  adam.step();
+  EXPECT_EQ(step_of(adam.state_dict()[0].second), max);
+  for (const auto& [name, p] : m)
+    for (int64_t i = 0; i < p.numel(); ++i) EXPECT_TRUE(std::isfinite(p.value()[i])) << name;
+
+  auto r = named_model();
+  opt::RMSprop<double> rms(r, {.centered = true});
+  rms.step();
+  const auto rgood = rms.state_dict();  // step, square_avg, grad_avg per parameter
+  auto rhuge = rgood;
+  rhuge[0].second = tg::Tensor<int64_t>::scalar(max);
+  expect_rejected(rms, rhuge, "RMSprop", "state.0.step");
+  auto rneg = rgood;
+  rneg[1].second = tg::Tensor<double>::full({3, 2}, -1.0);
+  expect_rejected(rms, rneg, "RMSprop", "state.0.square_avg");
+  auto grad_avg = rgood;  // a mean gradient may be negative
+  grad_avg[2].second = tg::Tensor<double>::full({3, 2}, -1e-3);
+  EXPECT_NO_THROW(rms.load_state_dict(grad_avg));
 }
 
 // add_pre_step_hook: the hooks run first, in order, and what they do to the gradients is what

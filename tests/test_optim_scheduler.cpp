@@ -3,13 +3,18 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <cstdint>
+#include <limits>
 #include <numbers>
+#include <string>
 
 #include "tapegrad/optim/scheduler.hpp"
 #include "tapegrad/optim/sgd.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 namespace opt = tapegrad::optim;
+using tapegrad::testing::expect_error_containing;
 
 namespace {
 
@@ -120,4 +125,54 @@ TEST(OptimScheduler, BadArgumentsRaise) {
   auto c = std::make_shared<opt::StepLR<double>>(other, 2);
   EXPECT_THROW(opt::SequentialLR<double>(sgd, {a, c}, {3}), tg::ValueError);
   EXPECT_THROW(a->set_epoch(-1), tg::ValueError);
+}
+
+// A non-finite gamma or eta_min throws at construction, naming the option (it used to surface as
+// "SGD: invalid lr inf" at the first step, or a NaN lr).
+TEST(OptimScheduler, NonFiniteFloatArgumentsRaise) {
+  const double inf = std::numeric_limits<double>::infinity(), nan = std::nan("");
+  opt::SGD<double> sgd(two_groups(), {.lr = 0.1});
+  for (double gamma : {inf, nan, -0.5})
+    expect_error_containing<tg::ValueError>([&] { opt::StepLR(sgd, 1, gamma); },
+                                            {"StepLR", "gamma"});
+  for (double eta_min : {inf, nan, -1.0})
+    expect_error_containing<tg::ValueError>([&] { opt::CosineAnnealingLR(sgd, 10, eta_min); },
+                                            {"CosineAnnealingLR", "eta_min"});
+  for (double f : {inf, nan}) {
+    expect_error_containing<tg::ValueError>([&] { opt::LinearWarmup(sgd, 5, f); },
+                                            {"LinearWarmup", "start_factor"});
+    expect_error_containing<tg::ValueError>([&] { opt::LinearWarmup(sgd, 5, 0.5, f); },
+                                            {"LinearWarmup", "end_factor"});
+    expect_error_containing<tg::ValueError>([&] { opt::WarmupInverseSqrtLR(sgd, 5, f); },
+                                            {"WarmupInverseSqrtLR", "start_factor"});
+  }
+  EXPECT_EQ(sgd.lr(0), 0.1);  // untouched by the failed constructions
+  EXPECT_EQ(sgd.lr(1), 0.4);
+}
+
+// A finite gamma whose powers overflow: the epoch whose lr would be inf throws, naming the
+// scheduler, and leaves the epoch and the lrs as they were.
+TEST(OptimScheduler, AnLrThatWouldOverflowRaisesAndChangesNothing) {
+  opt::SGD<double> sgd(two_groups(), {.lr = 0.1});
+  opt::StepLR sched(sgd, 1, 1e300);
+  sched.step();
+  EXPECT_NEAR(sgd.lr(0), 0.1 * 1e300, 1e286);
+  expect_error_containing<tg::ValueError>([&] { sched.step(); }, {"StepLR", "epoch 2", "inf"});
+  EXPECT_EQ(sched.last_epoch(), 1);
+  EXPECT_NEAR(sgd.lr(0), 0.1 * 1e300, 1e286);
+  EXPECT_NEAR(sgd.lr(1), 0.4 * 1e300, 1e286);
+}
+
+// step() after the largest epoch used to overflow int64_t (undefined behaviour).
+TEST(OptimScheduler, StepPastTheLargestEpochRaises) {
+  opt::SGD<double> sgd(two_groups(), {.lr = 0.1});
+  opt::StepLR sched(sgd, 2);
+  const int64_t last = std::numeric_limits<int64_t>::max();
+  sched.set_epoch(last);
+  EXPECT_EQ(sched.last_epoch(), last);
+  EXPECT_EQ(sgd.lr(0), 0.1 * std::pow(0.1, double(last / 2)));  // 0: underflows, still finite
+  expect_error_containing<tg::ValueError>([&] { sched.step(); },
+                                          {"StepLR", "step()", std::to_string(last)});
+  EXPECT_EQ(sched.last_epoch(), last);
+  expect_error_containing<tg::ValueError>([&] { sched.set_epoch(-3); }, {"StepLR", "-3"});
 }

@@ -27,6 +27,7 @@
 #include <cstdint>
 #include <cstring>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <optional>
 #include <span>
@@ -89,7 +90,8 @@ class DataLoaderOptions {
 inline void epoch_permutation(uint64_t seed, int64_t epoch, std::span<int64_t> out) {
   const auto n = static_cast<int64_t>(out.size());
   for (int64_t i = 0; i < n; ++i) out[static_cast<size_t>(i)] = i;
-  Generator g(seed + 0x9E3779B97F4A7C15ULL * static_cast<uint64_t>(epoch + 1));
+  // + 1 in unsigned arithmetic: epoch + 1 would overflow at INT64_MAX.
+  Generator g(seed + 0x9E3779B97F4A7C15ULL * (static_cast<uint64_t>(epoch) + 1));
   for (int64_t i = n - 1; i > 0; --i)  // Fisher-Yates
     std::swap(out[static_cast<size_t>(i)], out[g.below(static_cast<uint64_t>(i) + 1)]);
 }
@@ -121,8 +123,9 @@ template <class T>
 class DataLoader {
  public:
   /// images [N, ...] and N labels; a sampler replaces the loader's own order. Images and labels of
-  /// different lengths throw ShapeError; a batch size below 1, an invalid normalisation or shuffle
-  /// with a sampler throw ValueError.
+  /// different lengths throw ShapeError; a batch size below 1, an invalid normalisation (a
+  /// non-finite mean, a std that is not positive and finite, or whose 1/std or mean/std overflows
+  /// T) or shuffle with a sampler throw ValueError.
   DataLoader(Tensor<T> images, std::vector<int64_t> labels, DataLoaderOptions options = {},
              std::shared_ptr<const Sampler> sampler = nullptr)
       : images_(std::move(images)),
@@ -140,6 +143,14 @@ class DataLoader {
       tapegrad::detail::fail<ValueError>("DataLoader: normalize(mean ", opt_.normalize()->mean,
                                          ", std ", opt_.normalize()->std,
                                          ") needs a finite mean and a positive finite std");
+    if (opt_.normalize()) {
+      // load() multiplies by 1/std and adds −mean/std, in T: a tiny std (1e-40f) overflows them.
+      const T inv = T(1) / T(opt_.normalize()->std);
+      if (!std::isfinite(inv) || !std::isfinite(T(opt_.normalize()->mean) * inv))
+        tapegrad::detail::fail<ValueError>(
+            "DataLoader: normalize(mean ", opt_.normalize()->mean, ", std ", opt_.normalize()->std,
+            "): std is too small: 1/std or mean/std is not finite in the images' type");
+    }
     if (sampler_ && opt_.shuffle())
       tapegrad::detail::fail<ValueError>(
           "DataLoader: a sampler and shuffle(true) are mutually exclusive (the sampler decides "
@@ -160,7 +171,7 @@ class DataLoader {
   /// Batches per epoch.
   int64_t size() const {
     const int64_t n = epoch_samples(), b = opt_.batch_size();
-    return opt_.drop_last() ? n / b : (n + b - 1) / b;
+    return n / b + (!opt_.drop_last() && n % b != 0);  // not (n + b - 1) / b: overflows
   }
   /// The sampler, if any.
   const std::shared_ptr<const Sampler>& sampler() const { return sampler_; }
@@ -168,8 +179,11 @@ class DataLoader {
   const DataLoaderOptions& options() const { return opt_; }
   /// The epoch the next begin() starts (0 at first).
   int64_t epoch() const { return epoch_; }
-  /// Sets the epoch the next begin() starts (to replay one).
-  void set_epoch(int64_t e) { epoch_ = e; }
+  /// Sets the epoch the next begin() starts (to replay one). Throws ValueError if e is negative.
+  void set_epoch(int64_t e) {
+    if (e < 0) tapegrad::detail::fail<ValueError>("DataLoader: set_epoch: negative epoch ", e);
+    epoch_ = e;
+  }
   /// The sample order of the current epoch.
   const std::vector<int64_t>& order() const { return order_; }
 
@@ -209,7 +223,8 @@ class DataLoader {
     int64_t i_ = 0;
   };
 
-  /// Starts an epoch: draws its order (with shuffle) and loads its first batch.
+  /// Starts an epoch: draws its order (with shuffle) and loads its first batch. Throws
+  /// ValueError at epoch INT64_MAX, which no epoch could follow.
   iterator begin() {
     start_epoch();
     if (size() > 0) load(0);
@@ -248,6 +263,9 @@ class DataLoader {
 
  private:
   void start_epoch() {
+    if (epoch_ == std::numeric_limits<int64_t>::max())  // ++epoch_ would overflow
+      tapegrad::detail::fail<ValueError>("DataLoader: epoch ", epoch_,
+                                         " is the largest int64_t: no epoch can follow it");
     if (sampler_) {
       sampler_->indices(epoch_, order_);
       const int64_t n = num_samples();

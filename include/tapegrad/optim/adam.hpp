@@ -87,6 +87,8 @@ class Adam : public Optimizer<T> {
   std::array<const char*, 3> buffer_names() const override {
     return {"exp_avg", "exp_avg_sq", o_.amsgrad ? "max_exp_avg_sq" : nullptr};
   }
+  /// exp_avg_sq and max_exp_avg_sq: their square roots are taken.
+  std::array<bool, 3> nonnegative_buffers() const override { return {false, true, true}; }
 
   void update(const Parameter<T>& p, ParamState& s, double lr, double wd) override {
     if (!s.initialized) this->init_state(s, p);

@@ -355,9 +355,11 @@ class Optimizer {
 
   /// Replaces the whole state (parameters absent from `state` start afresh). Throws ValueError
   /// for an unknown or duplicate name, an index beyond num_params(), a missing partner entry, a
-  /// buffer whose dtype is not T or a step that is not a non-negative integer (int64, or float
-  /// as PyTorch saves it), ShapeError for a tensor whose shape differs from its parameter's; on
-  /// error the current state is unchanged.
+  /// buffer whose dtype is not T, a negative or NaN value in a second-moment buffer
+  /// ("exp_avg_sq", "square_avg", ...: its square root is taken) or a step that is not an integer
+  /// in [0, 2^63 − 1) (int64, or float as PyTorch saves it; step() must be able to add 1),
+  /// ShapeError for a tensor whose shape differs from its parameter's; on error the current
+  /// state is unchanged.
   void load_state_dict(const StateDict& state) {
     const auto names = buffer_names();
     const std::string who = name_ + ".load_state_dict";
@@ -383,6 +385,8 @@ class Optimizer {
         tapegrad::detail::fail<ShapeError>(who, ": '", key, "' has shape ", shape_of(t),
                                            " but parameter ", index, " ('", slots_[index].name,
                                            "') has shape ", p.shape());
+      } else if (nonnegative_buffers()[field - 1]) {
+        check_nonnegative_buffer(who, key, std::get<Tensor<T>>(t));
       }
       found[index][field] = &t;
     }
@@ -439,6 +443,9 @@ class Optimizer {
   virtual std::array<const char*, 3> buffer_names() const = 0;
   /// Whether the state has a "step" entry (SGD's has none, as in PyTorch).
   virtual bool has_step_count() const { return true; }
+  /// Which of s.buf[0..2] must hold values >= 0 (second moments, whose square root the update
+  /// takes): load_state_dict rejects a negative or NaN entry in them. None by default.
+  virtual std::array<bool, 3> nonnegative_buffers() const { return {false, false, false}; }
 
   /// Allocates the used buffers, zero-filled, on a parameter's first update.
   void init_state(ParamState& s, const Parameter<T>& p) const {
@@ -513,18 +520,27 @@ class Optimizer {
       if (!detail::all_finite(active_params_[k].grad())) return static_cast<int64_t>(k);
     return -1;
   }
-  // A step entry's value: an int64, or a float holding a non-negative integer.
+  // A step entry's value: an int64, or a float holding a non-negative integer; below INT64_MAX,
+  // since the next step() adds 1 to it (a float below 2^63 is at most 2^63 − 1024).
   static int64_t step_count(const std::string& who, const std::string& key, const AnyTensor& t) {
     if (const auto* i = std::get_if<Tensor<int64_t>>(&t)) {
-      if ((*i)[0] < 0)
+      if ((*i)[0] < 0 || (*i)[0] == std::numeric_limits<int64_t>::max())
         tapegrad::detail::fail<ValueError>(who, ": '", key, "' = ", (*i)[0],
-                                           " is not a step count");
+                                           " is not a step count (must be in [0, 2^63 - 1))");
       return (*i)[0];
     }
     const double v = std::visit([](const auto& x) { return static_cast<double>(x[0]); }, t);
     if (!(v >= 0) || v != std::floor(v) || !(v < 0x1p63))
       tapegrad::detail::fail<ValueError>(who, ": '", key, "' = ", v, " is not a step count");
     return static_cast<int64_t>(v);
+  }
+  // A second-moment buffer: every value >= 0 (a negative one gives a NaN square root).
+  static void check_nonnegative_buffer(const std::string& who, const std::string& key,
+                                       const Tensor<T>& t) {
+    for (int64_t i = 0; i < t.numel(); ++i)
+      if (!(t[i] >= 0))
+        tapegrad::detail::fail<ValueError>(who, ": '", key, "' holds ", t[i], " at index ", i,
+                                           ": its values must be >= 0");
   }
   bool field_active(const std::array<const char*, 3>& names, size_t f) const {
     return f == 0 ? has_step_count() : names[f - 1] != nullptr;

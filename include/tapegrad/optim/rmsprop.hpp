@@ -65,6 +65,8 @@ class RMSprop : public Optimizer<T> {
     return {"square_avg", o_.momentum > 0 ? "momentum_buffer" : nullptr,
             o_.centered ? "grad_avg" : nullptr};
   }
+  /// square_avg: its square root is taken.
+  std::array<bool, 3> nonnegative_buffers() const override { return {true, false, false}; }
 
   void update(const Parameter<T>& p, ParamState& s, double lr_d, double wd_d) override {
     if (!s.initialized) this->init_state(s, p);

@@ -20,9 +20,13 @@
 ///
 /// Like PyTorch, constructing a scheduler sets epoch 0's lr; call step() once per epoch (or per
 /// iteration, for warm-up), after optimizer.step(). set_epoch(e) resumes at epoch e.
+/// A float argument that is not finite throws ValueError at construction, and an epoch whose lr
+/// would not be finite (gamma = 1e300 after a few steps) throws ValueError naming the scheduler
+/// before any lr changes.
 
 #include <cmath>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <numbers>
 #include <vector>
@@ -36,20 +40,37 @@ namespace tapegrad::optim {
 template <class T>
 class LRScheduler {
  public:
-  /// A schedule of optimizer's lr; subclasses set epoch 0's lr on construction.
-  explicit LRScheduler(Optimizer<T>& optimizer) : opt_(&optimizer) {}
+  /// A schedule of optimizer's lr; subclasses set epoch 0's lr on construction. name (a string
+  /// literal) begins the messages of errors, e.g. "StepLR".
+  explicit LRScheduler(Optimizer<T>& optimizer, const char* name = "LRScheduler")
+      : opt_(&optimizer), name_(name) {}
   virtual ~LRScheduler() = default;
 
   /// The lr of a group whose initial lr is base_lr, at epoch e.
   virtual double lr_at(double base_lr, int64_t epoch) const = 0;
 
-  /// The next epoch: sets its lr.
-  void step() { set_epoch(epoch_ + 1); }
-  /// Jumps to epoch (to resume) and sets its lr.
+  /// The next epoch: sets its lr. Throws ValueError past the largest int64_t epoch, or (as
+  /// set_epoch) if its lr would not be finite.
+  void step() {
+    if (epoch_ == std::numeric_limits<int64_t>::max())  // epoch_ + 1 would overflow
+      tapegrad::detail::fail<ValueError>(name_, ": step() past the last epoch ", epoch_);
+    set_epoch(epoch_ + 1);
+  }
+  /// Jumps to epoch (to resume) and sets its lr. Throws ValueError, changing nothing, if epoch is
+  /// negative or a group's lr at that epoch would not be finite.
   void set_epoch(int64_t epoch) {
-    if (epoch < 0) tapegrad::detail::fail<ValueError>("LRScheduler: negative epoch ", epoch);
+    if (epoch < 0) tapegrad::detail::fail<ValueError>(name_, ": negative epoch ", epoch);
+    // Every group's lr checked first (lr_at is cheap and pure), so a failure changes nothing.
+    for (size_t g = 0; g < opt_->num_param_groups(); ++g) {
+      const double lr = lr_at(opt_->initial_lr(g), epoch);
+      if (!std::isfinite(lr))
+        tapegrad::detail::fail<ValueError>(name_, ": the lr of group ", g, " at epoch ", epoch,
+                                           " would be ", lr, " (initial lr ", opt_->initial_lr(g),
+                                           ")");
+    }
     epoch_ = epoch;
-    apply();
+    for (size_t g = 0; g < opt_->num_param_groups(); ++g)
+      opt_->set_lr(g, lr_at(opt_->initial_lr(g), epoch));
   }
   /// The current epoch.
   int64_t last_epoch() const { return epoch_; }
@@ -64,13 +85,11 @@ class LRScheduler {
 
  protected:
   /// Sets every group's lr to lr_at(initial lr, current epoch).
-  void apply() {
-    for (size_t g = 0; g < opt_->num_param_groups(); ++g)
-      opt_->set_lr(g, lr_at(opt_->initial_lr(g), epoch_));
-  }
+  void apply() { set_epoch(epoch_); }
 
  private:
   Optimizer<T>* opt_;
+  const char* name_;
   int64_t epoch_ = 0;
 };
 
@@ -78,13 +97,13 @@ class LRScheduler {
 template <class T>
 class StepLR : public LRScheduler<T> {
  public:
-  /// step_size < 1 or gamma < 0 throws ValueError.
+  /// step_size < 1, or gamma negative or not finite, throws ValueError.
   StepLR(Optimizer<T>& opt, int64_t step_size, double gamma = 0.1)
-      : LRScheduler<T>(opt), step_size_(step_size), gamma_(gamma) {
+      : LRScheduler<T>(opt, "StepLR"), step_size_(step_size), gamma_(gamma) {
     if (step_size < 1)
       tapegrad::detail::fail<ValueError>("StepLR: step_size must be >= 1, got ", step_size);
-    if (!(gamma >= 0))
-      tapegrad::detail::fail<ValueError>("StepLR: gamma must be >= 0, got ", gamma);
+    if (!(gamma >= 0 && std::isfinite(gamma)))
+      tapegrad::detail::fail<ValueError>("StepLR: gamma must be finite and >= 0, got ", gamma);
     this->apply();
   }
   double lr_at(double base, int64_t e) const override {
@@ -101,13 +120,14 @@ class StepLR : public LRScheduler<T> {
 template <class T>
 class CosineAnnealingLR : public LRScheduler<T> {
  public:
-  /// T_max < 1 or eta_min < 0 throws ValueError.
+  /// T_max < 1, or eta_min negative or not finite, throws ValueError.
   CosineAnnealingLR(Optimizer<T>& opt, int64_t T_max, double eta_min = 0)
-      : LRScheduler<T>(opt), t_max_(T_max), eta_min_(eta_min) {
+      : LRScheduler<T>(opt, "CosineAnnealingLR"), t_max_(T_max), eta_min_(eta_min) {
     if (T_max < 1)
       tapegrad::detail::fail<ValueError>("CosineAnnealingLR: T_max must be >= 1, got ", T_max);
-    if (!(eta_min >= 0))
-      tapegrad::detail::fail<ValueError>("CosineAnnealingLR: eta_min must be >= 0, got ", eta_min);
+    if (!(eta_min >= 0 && std::isfinite(eta_min)))
+      tapegrad::detail::fail<ValueError>("CosineAnnealingLR: eta_min must be finite and >= 0, got ",
+                                         eta_min);
     this->apply();
   }
   double lr_at(double base, int64_t e) const override {
@@ -128,7 +148,10 @@ class LinearWarmup : public LRScheduler<T> {
   /// warmup_steps < 1 or factors outside [0, 1] throw ValueError.
   LinearWarmup(Optimizer<T>& opt, int64_t warmup_steps, double start_factor = 1.0 / 3,
                double end_factor = 1.0)
-      : LRScheduler<T>(opt), steps_(warmup_steps), start_(start_factor), end_(end_factor) {
+      : LRScheduler<T>(opt, "LinearWarmup"),
+        steps_(warmup_steps),
+        start_(start_factor),
+        end_(end_factor) {
     if (warmup_steps < 1)
       tapegrad::detail::fail<ValueError>("LinearWarmup: warmup_steps must be >= 1, got ",
                                          warmup_steps);
@@ -156,7 +179,9 @@ class SequentialLR : public LRScheduler<T> {
   /// One more scheduler than milestones, milestones increasing (ValueError otherwise).
   SequentialLR(Optimizer<T>& opt, std::vector<std::shared_ptr<LRScheduler<T>>> schedulers,
                std::vector<int64_t> milestones)
-      : LRScheduler<T>(opt), scheds_(std::move(schedulers)), milestones_(std::move(milestones)) {
+      : LRScheduler<T>(opt, "SequentialLR"),
+        scheds_(std::move(schedulers)),
+        milestones_(std::move(milestones)) {
     if (scheds_.empty() || milestones_.size() + 1 != scheds_.size())
       tapegrad::detail::fail<ValueError>("SequentialLR: ", scheds_.size(), " schedulers need ",
                                          scheds_.empty() ? 0 : scheds_.size() - 1,
@@ -204,7 +229,7 @@ class WarmupInverseSqrtLR : public LRScheduler<T> {
   /// start_factor = 0 means 1/warmup_steps; warmup_steps < 1 or start_factor outside [0, 1] throw
   /// ValueError.
   WarmupInverseSqrtLR(Optimizer<T>& opt, int64_t warmup_steps, double start_factor = 0)
-      : LRScheduler<T>(opt),
+      : LRScheduler<T>(opt, "WarmupInverseSqrtLR"),
         steps_(warmup_steps),
         start_(start_factor > 0 || warmup_steps < 1 ? start_factor : 1.0 / double(warmup_steps)) {
     if (warmup_steps < 1)
