@@ -1,6 +1,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <memory>
 #include <sstream>
@@ -274,6 +275,71 @@ TEST(GradientMonitor, HistoryIsABoundedRingBufferAndEveryKSteps) {
   diag::MonitorOptions bad;
   bad.every = 0;
   EXPECT_THROW(diag::GradientMonitor<double>(m, bad), tg::ValueError);
+}
+
+// The message of the ValueError f() throws ("" if none).
+template <class F>
+std::string value_error(F f) {
+  try {
+    f();
+  } catch (const tg::ValueError& e) {
+    return e.what();
+  }
+  return "";
+}
+
+// Options that used to turn a flag off silently (NaN), flag every layer (a negative threshold),
+// contradict each other, or fail with a bare std::length_error / bad_alloc (a huge history) are
+// ValueErrors naming the option.
+TEST(GradientMonitor, InvalidOptionsRaiseNamingTheOption) {
+  MonStack m("ReLU()");
+  const double nan = std::nan(""), inf = std::numeric_limits<double>::infinity();
+  struct Case {
+    const char* option;
+    std::function<void(diag::MonitorOptions&)> set;
+  };
+  const std::vector<Case> cases = {
+      {"vanishing_threshold", [&](auto& o) { o.vanishing_threshold = nan; }},
+      {"vanishing_threshold", [&](auto& o) { o.vanishing_threshold = -1; }},
+      {"exploding_threshold", [&](auto& o) { o.exploding_threshold = -1; }},
+      {"exploding_threshold", [&](auto& o) { o.exploding_threshold = inf; }},
+      {"vanishing_threshold", [&](auto& o) { o.vanishing_threshold = 1e300; }},  // > exploding
+      {"vanishing_ratio", [&](auto& o) { o.vanishing_ratio = nan; }},
+      {"exploding_ratio", [&](auto& o) { o.exploding_ratio = nan; }},
+      {"exploding_ratio", [&](auto& o) { o.exploding_ratio = 1e-3; }},  // below vanishing
+      {"growth_factor", [&](auto& o) { o.growth_factor = nan; }},
+      {"growth_factor", [&](auto& o) { o.growth_factor = 0.5; }},
+      {"warmup_ratio", [&](auto& o) { o.warmup_ratio = nan; }},
+      {"warmup_ratio", [&](auto& o) { o.warmup_ratio = 0; }},
+      {"history", [&](auto& o) { o.history = int64_t{1} << 61; }},
+      {"history", [&](auto& o) { o.history = 1000000000000; }},
+      {"history", [&](auto& o) { o.history = diag::max_monitor_history + 1; }},
+  };
+  for (const auto& c : cases) {
+    diag::MonitorOptions o;
+    c.set(o);
+    const std::string msg = value_error([&] { diag::GradientMonitor<double> mon(m, o); });
+    EXPECT_TRUE(contains(msg, "GradientMonitor")) << c.option << ": " << msg;
+    EXPECT_TRUE(contains(msg, c.option)) << c.option << ": " << msg;
+  }
+  EXPECT_TRUE(contains(value_error([&] {
+                         diag::GradientMonitor<double>(m.named_parameters(),
+                                                       diag::MonitorOptions{.warmup_ratio = nan});
+                       }),
+                       "warmup_ratio"));
+  // The defaults and the boundary values are valid.
+  EXPECT_NO_THROW(diag::GradientMonitor<double>(m, diag::MonitorOptions{}));
+  diag::MonitorOptions edge;
+  edge.vanishing_threshold = 0;
+  edge.vanishing_ratio = 0;
+  edge.growth_factor = 1;
+  EXPECT_NO_THROW(diag::GradientMonitor<double>(m, edge));
+
+  diag::GradientMonitor<double> mon(m);
+  const std::string warm = value_error([&] { mon.set_warmup(-5); });
+  EXPECT_TRUE(contains(warm, "set_warmup")) << warm;
+  EXPECT_TRUE(contains(warm, "-5")) << warm;
+  EXPECT_NO_THROW(mon.set_warmup(0));
 }
 
 TEST(GradientMonitor, ReportIsATableOfLayersNormsRatiosAndFlags) {

@@ -588,6 +588,25 @@ TEST(ThroughTime, FitsTheGeometricFactorAndFlags) {
   EXPECT_EQ(dead.flag(), "VANISHING (x0/step)");
 }
 
+// A NaN ratio used to turn its flag off (a decaying gradient read "ok"), and vanishing_ratio above
+// exploding_ratio set both flags: both are ValueErrors naming the option.
+TEST(ThroughTime, InvalidRatiosRaise) {
+  const std::vector<double> decay = {0.001, 0.01, 0.1, 1.0};
+  const double nan = std::nan(""), inf = INFINITY;
+  const std::vector<diag::ThroughTimeOptions> bad = {
+      {.vanishing_ratio = nan},
+      {.exploding_ratio = nan},
+      {.vanishing_ratio = -1},
+      {.exploding_ratio = inf},
+      {.vanishing_ratio = 1e3, .exploding_ratio = 1e-3},
+      {.vanishing_ratio = 5, .exploding_ratio = 5}};
+  for (const auto& o : bad)
+    expect_error<tg::ValueError>([&] { diag::through_time_flags(decay, o); },
+                                 {"through_time_flags", "vanishing_ratio", "exploding_ratio"});
+  // A zero vanishing_ratio is valid: only dead steps flag vanishing then.
+  EXPECT_FALSE(diag::through_time_flags(decay, {.vanishing_ratio = 0}).any());
+}
+
 // ---------------------------------------------------------------- the demo's claims (T = 30)
 //
 // examples/exploding_rnn.cpp on a small deterministic setup: sequence length 30, hidden 16,

@@ -76,7 +76,11 @@ inline const char* activation_name(Activation a) {
   return "unknown";
 }
 
-/// Thresholds and history of a GradientMonitor.
+/// Thresholds and history of a GradientMonitor. Its constructor throws ValueError unless
+/// every >= 1, 1 <= history <= max_monitor_history, growth_window >= 2, every threshold and ratio
+/// is finite, 0 <= vanishing_threshold < exploding_threshold, 0 <= vanishing_ratio <
+/// exploding_ratio, growth_factor >= 1 and warmup_ratio > 0 (a NaN would silently turn its flag
+/// off).
 struct MonitorOptions {
   int64_t every = 1;                  ///< record() records only steps divisible by this
   double vanishing_threshold = 1e-7;  ///< a layer norm below this is vanishing
@@ -90,6 +94,10 @@ struct MonitorOptions {
   /// (examples/transformer_lm.cpp, 4 layers): Post-LN 1.4, Pre-LN 0.9.
   double warmup_ratio = 1.2;
 };
+
+/// The largest MonitorOptions::history: the ring buffer (history × layers norms) is allocated up
+/// front.
+inline constexpr int64_t max_monitor_history = int64_t{1} << 24;
 
 /// One layer's gradient in the latest record, and its diagnosis.
 struct LayerStatus {
@@ -152,6 +160,7 @@ template <class T>
 class GradientMonitor {
  public:
   /// Attaches to a model: its parameters, and its module names to recognise the activation.
+  /// Throws ValueError for invalid options (see MonitorOptions) or no trainable parameter.
   explicit GradientMonitor(const nn::Module<T>& model, MonitorOptions options = {})
       : opt_(options) {
     setup(model.named_parameters());
@@ -163,6 +172,7 @@ class GradientMonitor {
     find_blocks();
   }
   /// Attaches to parameters only (no module names: tell it the activation if you know it).
+  /// ValueErrors as the other constructor's.
   explicit GradientMonitor(const std::vector<std::pair<std::string, Parameter<T>>>& named,
                            MonitorOptions options = {})
       : opt_(options) {
@@ -177,8 +187,13 @@ class GradientMonitor {
   const MonitorOptions& options() const { return opt_; }
 
   /// Tells the diagnosis that the learning rate is warmed up over the first `steps` steps (0: not),
-  /// so that it does not prescribe a warm-up that is already on.
-  void set_warmup(int64_t steps) { warmup_steps_ = steps; }
+  /// so that it does not prescribe a warm-up that is already on. Throws ValueError if steps < 0.
+  void set_warmup(int64_t steps) {
+    if (steps < 0)
+      tapegrad::detail::fail<ValueError>("GradientMonitor: set_warmup: steps must be >= 0, got ",
+                                         steps);
+    warmup_steps_ = steps;
+  }
 
   /// Tells the diagnosis which clipping the optimizer applies (read now, not kept in sync), so
   /// it does not prescribe what is already on and says what the clipping does to this step.
@@ -505,6 +520,11 @@ class GradientMonitor {
       tapegrad::detail::fail<ValueError>("GradientMonitor: every (", opt_.every, ") and history (",
                                          opt_.history, ") must be at least 1, growth_window (",
                                          opt_.growth_window, ") at least 2");
+    if (opt_.history > max_monitor_history)
+      tapegrad::detail::fail<ValueError>("GradientMonitor: history ", opt_.history, " is above ",
+                                         max_monitor_history,
+                                         " records (its ring buffer is allocated up front)");
+    check_thresholds();
     for (const auto& [name, p] : named) {
       if (!p.requires_grad()) continue;
       const auto dot = name.rfind('.');
@@ -530,6 +550,30 @@ class GradientMonitor {
     }
     norms_.assign(static_cast<size_t>(opt_.history) * layers_.size(), 0.0);
     steps_.assign(static_cast<size_t>(opt_.history), 0);
+  }
+
+  // Written so that NaN fails: a NaN threshold would silently turn its flag off.
+  void check_thresholds() const {
+    auto check = [](const char* what, double v, double lo, bool lo_allowed) {
+      if (!(std::isfinite(v) && (v > lo || (lo_allowed && v == lo))))
+        tapegrad::detail::fail<ValueError>("GradientMonitor: ", what, " must be finite and ",
+                                           lo_allowed ? ">= " : "> ", lo, ", got ", v);
+    };
+    check("vanishing_threshold", opt_.vanishing_threshold, 0, true);
+    check("exploding_threshold", opt_.exploding_threshold, 0, false);
+    check("vanishing_ratio", opt_.vanishing_ratio, 0, true);
+    check("exploding_ratio", opt_.exploding_ratio, 0, false);
+    check("growth_factor", opt_.growth_factor, 1, true);
+    check("warmup_ratio", opt_.warmup_ratio, 0, false);
+    // Both pairs judge the same quantity: otherwise a layer could be vanishing and exploding.
+    if (!(opt_.vanishing_threshold < opt_.exploding_threshold))
+      tapegrad::detail::fail<ValueError>(
+          "GradientMonitor: vanishing_threshold (", opt_.vanishing_threshold,
+          ") must be below exploding_threshold (", opt_.exploding_threshold, ")");
+    if (!(opt_.vanishing_ratio < opt_.exploding_ratio))
+      tapegrad::detail::fail<ValueError>("GradientMonitor: vanishing_ratio (", opt_.vanishing_ratio,
+                                         ") must be below exploding_ratio (", opt_.exploding_ratio,
+                                         ")");
   }
 
   void collect_modules(const nn::Module<T>& m, const std::string& prefix) {

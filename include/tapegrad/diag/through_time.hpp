@@ -38,6 +38,7 @@
 #include <string>
 #include <vector>
 
+#include "tapegrad/error.hpp"
 #include "tapegrad/tape.hpp"
 
 namespace tapegrad::diag {
@@ -86,7 +87,8 @@ std::vector<double> grad_norms_through_time(const std::vector<Var<T>>& steps) {
   return norms;
 }
 
-/// The thresholds of through_time_flags.
+/// The thresholds of through_time_flags: both finite, 0 <= vanishing_ratio < exploding_ratio
+/// (ValueError otherwise).
 struct ThroughTimeOptions {
   double vanishing_ratio = 1e-2;  ///< fitted first/last ratio below this: vanishing
   double exploding_ratio = 1e2;   ///< above this: exploding
@@ -122,9 +124,16 @@ struct ThroughTimeFlags {
 
 ///@{
 /// Fits log ‖dL/dh_t‖ = a + b·t by least squares over the finite, nonzero norms and flags vanishing
-/// and exploding (see the file's description).
+/// and exploding (see the file's description). Throws ValueError for invalid options (a NaN ratio
+/// would turn its flag off; vanishing_ratio above exploding_ratio could set both).
 inline ThroughTimeFlags through_time_flags(std::span<const double> norms,
                                            ThroughTimeOptions o = {}) {
+  if (!(o.vanishing_ratio >= 0 && std::isfinite(o.vanishing_ratio)) ||
+      !(o.exploding_ratio > 0 && std::isfinite(o.exploding_ratio)) ||
+      !(o.vanishing_ratio < o.exploding_ratio))
+    tapegrad::detail::fail<ValueError>("through_time_flags: need finite ratios, 0 <= ",
+                                       "vanishing_ratio < exploding_ratio; got vanishing_ratio ",
+                                       o.vanishing_ratio, ", exploding_ratio ", o.exploding_ratio);
   ThroughTimeFlags f;
   double sx = 0, sy = 0, n = 0;
   double t_first = -1, t_last = -1;
