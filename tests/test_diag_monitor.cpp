@@ -19,6 +19,7 @@
 
 namespace tg = tapegrad;
 namespace diag = tapegrad::diag;
+using tapegrad::testing::error_message;
 using tapegrad::testing::read_text_file;
 using tapegrad::testing::tmp_path;
 
@@ -277,17 +278,6 @@ TEST(GradientMonitor, HistoryIsABoundedRingBufferAndEveryKSteps) {
   EXPECT_THROW(diag::GradientMonitor<double>(m, bad), tg::ValueError);
 }
 
-// The message of the ValueError f() throws ("" if none).
-template <class F>
-std::string value_error(F f) {
-  try {
-    f();
-  } catch (const tg::ValueError& e) {
-    return e.what();
-  }
-  return "";
-}
-
 // Options that used to turn a flag off silently (NaN), flag every layer (a negative threshold),
 // contradict each other, or fail with a bare std::length_error / bad_alloc (a huge history) are
 // ValueErrors naming the option.
@@ -318,11 +308,12 @@ TEST(GradientMonitor, InvalidOptionsRaiseNamingTheOption) {
   for (const auto& c : cases) {
     diag::MonitorOptions o;
     c.set(o);
-    const std::string msg = value_error([&] { diag::GradientMonitor<double> mon(m, o); });
+    const std::string msg =
+        error_message<tg::ValueError>([&] { diag::GradientMonitor<double> mon(m, o); });
     EXPECT_TRUE(contains(msg, "GradientMonitor")) << c.option << ": " << msg;
     EXPECT_TRUE(contains(msg, c.option)) << c.option << ": " << msg;
   }
-  EXPECT_TRUE(contains(value_error([&] {
+  EXPECT_TRUE(contains(error_message<tg::ValueError>([&] {
                          diag::GradientMonitor<double>(m.named_parameters(),
                                                        diag::MonitorOptions{.warmup_ratio = nan});
                        }),
@@ -336,7 +327,7 @@ TEST(GradientMonitor, InvalidOptionsRaiseNamingTheOption) {
   EXPECT_NO_THROW(diag::GradientMonitor<double>(m, edge));
 
   diag::GradientMonitor<double> mon(m);
-  const std::string warm = value_error([&] { mon.set_warmup(-5); });
+  const std::string warm = error_message<tg::ValueError>([&] { mon.set_warmup(-5); });
   EXPECT_TRUE(contains(warm, "set_warmup")) << warm;
   EXPECT_TRUE(contains(warm, "-5")) << warm;
   EXPECT_NO_THROW(mon.set_warmup(0));

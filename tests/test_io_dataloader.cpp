@@ -11,9 +11,11 @@
 #include <vector>
 
 #include "tapegrad/io/dataloader.hpp"
+#include "test_util.hpp"
 
 namespace tg = tapegrad;
 namespace io = tapegrad::io;
+using tapegrad::testing::error_message;
 
 namespace {
 
@@ -165,17 +167,6 @@ TEST(DataLoader, BadArguments) {
   EXPECT_THROW(l.load(3), tg::ValueError);
 }
 
-// The message of the ValueError f() throws ("" if none).
-template <class F>
-std::string value_error(F f) {
-  try {
-    f();
-  } catch (const tg::ValueError& e) {
-    return e.what();
-  }
-  return "";
-}
-
 // A batch size above the data size gives one batch of every sample; INT64_MAX used to overflow
 // (n + b - 1) / b into zero batches.
 TEST(DataLoader, BatchSizeAboveTheDataSizeGivesOneBatch) {
@@ -200,7 +191,7 @@ TEST(DataLoader, BatchSizeAboveTheDataSizeGivesOneBatch) {
 TEST(DataLoader, SetEpochRejectsNegativeAndTheLastEpochDoesNotOverflow) {
   Toy toy = make_toy(10);
   io::DataLoader<float> loader(toy.images, toy.labels, io::DataLoaderOptions(4).shuffle(true));
-  const std::string neg = value_error([&] { loader.set_epoch(-3); });
+  const std::string neg = error_message<tg::ValueError>([&] { loader.set_epoch(-3); });
   EXPECT_NE(neg.find("set_epoch"), std::string::npos) << neg;
   EXPECT_NE(neg.find("-3"), std::string::npos) << neg;
   EXPECT_EQ(loader.epoch(), 0);
@@ -215,7 +206,7 @@ TEST(DataLoader, SetEpochRejectsNegativeAndTheLastEpochDoesNotOverflow) {
   loader.set_epoch(last - 1);
   EXPECT_EQ(epoch_labels(loader).size(), 3u);
   EXPECT_EQ(loader.epoch(), last);
-  const std::string past = value_error([&] { loader.begin(); });
+  const std::string past = error_message<tg::ValueError>([&] { loader.begin(); });
   EXPECT_NE(past.find("epoch " + std::to_string(last)), std::string::npos) << past;
   EXPECT_EQ(loader.epoch(), last);
 }
@@ -224,7 +215,7 @@ TEST(DataLoader, SetEpochRejectsNegativeAndTheLastEpochDoesNotOverflow) {
 TEST(DataLoader, NormalizeRejectsAStdWhoseReciprocalOverflows) {
   Toy toy = make_toy(4);
   for (float std : {1e-40f, 1e-39f}) {
-    const std::string msg = value_error([&] {
+    const std::string msg = error_message<tg::ValueError>([&] {
       io::DataLoader<float>(toy.images, toy.labels, io::DataLoaderOptions(2).normalize(0.5f, std));
     });
     EXPECT_NE(msg.find("normalize"), std::string::npos) << msg;
