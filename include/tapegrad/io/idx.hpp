@@ -126,9 +126,14 @@ inline IdxData parse_idx(std::span<const uint8_t> bytes, const std::string& name
     if (d != 0 && expected > (uint64_t{1} << 62) / d) overflow = true;
     expected *= d;
   }
-  if (overflow)
-    fail<IOError>(name, ": truncated: header sizes ", out.shape(),
-                  " describe more than 2^62 data bytes, file has ", src.count_rest(), after);
+  if (overflow) {
+    // Written out here: a Shape of these sizes cannot exist (more elements than int64_t counts).
+    std::string sizes = "[";
+    for (size_t i = 0; i < out.dims.size(); ++i)
+      sizes += (i ? "," : "") + std::to_string(out.dims[i]);
+    fail<IOError>(name, ": truncated: header sizes ", sizes,
+                  "] describe more than 2^62 data bytes, file has ", src.count_rest(), after);
+  }
 
   // Memory follows the data actually there, not the header's claim: the buffer grows by at most
   // doubling as bytes arrive (a gzip stream may decompress to 1032 times its size).
