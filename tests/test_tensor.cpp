@@ -98,6 +98,10 @@ TEST(Tensor, ReshapeInfersOneDimension) {
   EXPECT_THROW(a.reshape({2, 5}), tg::ShapeError);
   EXPECT_THROW(a.reshape({1, 1, 1, 1, 1, 1, 6}), tg::ShapeError);  // rank 7
   EXPECT_THROW((tg::Shape{1, 1, 1, 1, 1, 1, 1}), tg::ShapeError);
+  // Sizes whose product passes int64_t: an error, not a wrapped product that divides 12.
+  constexpr int64_t big = std::numeric_limits<int64_t>::max();
+  EXPECT_THROW(a.reshape({big, 2, -1}), tg::ShapeError);
+  EXPECT_THROW(a.reshape({int64_t{1} << 62, 4, 3}), tg::ShapeError);
 }
 
 TEST(Tensor, EigenViewsWriteThrough) {

@@ -337,8 +337,8 @@ class Tensor {
         infer = static_cast<int>(i);
       } else if (dims[i] < 0) {
         detail::fail<ShapeError>("reshape: negative size ", dims[i]);
-      } else {
-        known *= dims[i];
+      } else if (__builtin_mul_overflow(known, dims[i], &known)) {
+        detail::fail<ShapeError>("reshape: ", shape_, " to sizes whose product passes int64_t");
       }
     }
     std::array<int64_t, Shape::max_rank> out{};
