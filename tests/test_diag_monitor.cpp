@@ -167,6 +167,29 @@ TEST(GradientMonitor, FlagsExplodingByThresholdAndRatio) {
   EXPECT_TRUE(mon.flags().layers[0].exploding);
 }
 
+TEST(GradientMonitor, InfiniteUpperLimitsTurnTheirFlagsOff) {
+  MonStack m("ReLU()");
+  const double inf = std::numeric_limits<double>::infinity();
+  diag::MonitorOptions opt;
+  opt.exploding_threshold = inf;
+  opt.exploding_ratio = inf;
+  opt.growth_factor = inf;
+  opt.growth_window = 2;
+  diag::GradientMonitor<double> mon(m, opt);
+  set_norms(m, 1e300, 2.0, 1.0);  // 1e300 and 5e299 x the last layer: exploding by default
+  mon.record(0);
+  set_norms(m, 1e301, 2.0, 1.0);  // and grew 10-fold over a window of 2
+  mon.record(1);
+  EXPECT_FALSE(mon.flags().exploding) << mon.report();
+  EXPECT_FALSE(mon.flags().growing);
+
+  opt.exploding_ratio = 1e2;  // the ratio alone still flags it
+  diag::GradientMonitor<double> by_ratio(m, opt);
+  by_ratio.record(0);
+  EXPECT_TRUE(by_ratio.flags().layers[0].exploding);
+  EXPECT_FALSE(by_ratio.flags().layers[0].growing);
+}
+
 TEST(GradientMonitor, FlagsNonFiniteGradients) {
   MonStack m("ReLU()");
   diag::GradientMonitor<double> mon(m);
@@ -292,7 +315,9 @@ TEST(GradientMonitor, InvalidOptionsRaiseNamingTheOption) {
       {"vanishing_threshold", [&](auto& o) { o.vanishing_threshold = nan; }},
       {"vanishing_threshold", [&](auto& o) { o.vanishing_threshold = -1; }},
       {"exploding_threshold", [&](auto& o) { o.exploding_threshold = -1; }},
-      {"exploding_threshold", [&](auto& o) { o.exploding_threshold = inf; }},
+      {"exploding_threshold", [&](auto& o) { o.exploding_threshold = nan; }},
+      {"exploding_threshold", [&](auto& o) { o.exploding_threshold = -inf; }},
+      {"vanishing_threshold", [&](auto& o) { o.vanishing_threshold = inf; }},
       {"vanishing_threshold", [&](auto& o) { o.vanishing_threshold = 1e300; }},  // > exploding
       {"vanishing_ratio", [&](auto& o) { o.vanishing_ratio = nan; }},
       {"exploding_ratio", [&](auto& o) { o.exploding_ratio = nan; }},

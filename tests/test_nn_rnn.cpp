@@ -597,7 +597,8 @@ TEST(ThroughTime, InvalidRatiosRaise) {
       {.vanishing_ratio = nan},
       {.exploding_ratio = nan},
       {.vanishing_ratio = -1},
-      {.exploding_ratio = inf},
+      {.exploding_ratio = -inf},
+      {.vanishing_ratio = inf, .exploding_ratio = inf},
       {.vanishing_ratio = 1e3, .exploding_ratio = 1e-3},
       {.vanishing_ratio = 5, .exploding_ratio = 5}};
   for (const auto& o : bad)
@@ -605,6 +606,10 @@ TEST(ThroughTime, InvalidRatiosRaise) {
                                  {"through_time_flags", "vanishing_ratio", "exploding_ratio"});
   // A zero vanishing_ratio is valid: only dead steps flag vanishing then.
   EXPECT_FALSE(diag::through_time_flags(decay, {.vanishing_ratio = 0}).any());
+  // An infinite exploding_ratio turns that flag off: here the norm grows 1000-fold back to t = 0.
+  const std::vector<double> growth = {1.0, 0.1, 0.01, 0.001};
+  EXPECT_TRUE(diag::through_time_flags(growth).exploding);
+  EXPECT_FALSE(diag::through_time_flags(growth, {.exploding_ratio = inf}).exploding);
 }
 
 // ---------------------------------------------------------------- the demo's claims (T = 30)

@@ -77,10 +77,12 @@ inline const char* activation_name(Activation a) {
 }
 
 /// Thresholds and history of a GradientMonitor. Its constructor throws ValueError unless
-/// every >= 1, 1 <= history <= max_monitor_history, growth_window >= 2, every threshold and ratio
-/// is finite, 0 <= vanishing_threshold < exploding_threshold, 0 <= vanishing_ratio <
-/// exploding_ratio, growth_factor >= 1 and warmup_ratio > 0 (a NaN would silently turn its flag
-/// off).
+/// every >= 1, 1 <= history <= max_monitor_history, growth_window >= 2, no threshold or ratio is
+/// NaN (it would silently turn its flag off), 0 <= vanishing_threshold < exploding_threshold,
+/// 0 <= vanishing_ratio < exploding_ratio, growth_factor >= 1 and warmup_ratio > 0; the vanishing
+/// limits must be finite (0 turns their flag off), the others may be +infinity (which turns
+/// theirs off). Growth is judged once growth_window records are kept: a history shorter than
+/// growth_window never flags it.
 struct MonitorOptions {
   int64_t every = 1;                  ///< record() records only steps divisible by this
   double vanishing_threshold = 1e-7;  ///< a layer norm below this is vanishing
@@ -552,19 +554,22 @@ class GradientMonitor {
     steps_.assign(static_cast<size_t>(opt_.history), 0);
   }
 
-  // Written so that NaN fails: a NaN threshold would silently turn its flag off.
+  // Written so that NaN fails: a NaN threshold would silently turn its flag off. An upper limit
+  // of +infinity is allowed: nothing is above it, so its flag is off, as the user meant.
   void check_thresholds() const {
-    auto check = [](const char* what, double v, double lo, bool lo_allowed) {
-      if (!(std::isfinite(v) && (v > lo || (lo_allowed && v == lo))))
-        tapegrad::detail::fail<ValueError>("GradientMonitor: ", what, " must be finite and ",
+    auto check = [](const char* what, double v, double lo, bool lo_allowed, bool inf_allowed) {
+      const bool in_range = v > lo || (lo_allowed && v == lo);
+      if (!(in_range && (std::isfinite(v) || inf_allowed)))
+        tapegrad::detail::fail<ValueError>("GradientMonitor: ", what, " must be ",
+                                           inf_allowed ? "" : "finite and ",
                                            lo_allowed ? ">= " : "> ", lo, ", got ", v);
     };
-    check("vanishing_threshold", opt_.vanishing_threshold, 0, true);
-    check("exploding_threshold", opt_.exploding_threshold, 0, false);
-    check("vanishing_ratio", opt_.vanishing_ratio, 0, true);
-    check("exploding_ratio", opt_.exploding_ratio, 0, false);
-    check("growth_factor", opt_.growth_factor, 1, true);
-    check("warmup_ratio", opt_.warmup_ratio, 0, false);
+    check("vanishing_threshold", opt_.vanishing_threshold, 0, true, false);
+    check("exploding_threshold", opt_.exploding_threshold, 0, false, true);
+    check("vanishing_ratio", opt_.vanishing_ratio, 0, true, false);
+    check("exploding_ratio", opt_.exploding_ratio, 0, false, true);
+    check("growth_factor", opt_.growth_factor, 1, true, true);
+    check("warmup_ratio", opt_.warmup_ratio, 0, false, true);
     // Both pairs judge the same quantity: otherwise a layer could be vanishing and exploding.
     if (!(opt_.vanishing_threshold < opt_.exploding_threshold))
       tapegrad::detail::fail<ValueError>(
