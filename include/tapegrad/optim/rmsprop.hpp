@@ -5,10 +5,15 @@
 ///
 ///   g = g + wd·θ                                        (if wd ≠ 0, coupled)
 ///   s = α·s + (1 − α)·g²
-///   centered:  ḡ = α·ḡ + (1 − α)·g  (as ḡ + (1 − α)(g − ḡ));   a = √(s − ḡ²) + eps
+///   centered:  ḡ = α·ḡ + (1 − α)·g  (as ḡ + (1 − α)(g − ḡ));   a = √max(s − ḡ², 0) + eps
 ///   else:      a = √s + eps                             (eps outside the square root)
 ///   μ > 0:     b = μ·b + g / a;   θ = θ − lr·b
 ///   else:      θ = θ − lr·g / a
+///
+/// s ≥ ḡ² in exact arithmetic (both are averages with the same weights, which sum to at most 1);
+/// rounding can make s − ḡ² slightly negative when g hardly varies (a float gradient of 0.1 held
+/// constant did within 1300 steps), and torch's √ of it gives NaN weights. Here it is taken as 0,
+/// the variance it stands for.
 ///
 /// Defaults: lr 1e-2, alpha 0.99, eps 1e-8, weight_decay 0, momentum 0, centered false.
 /// State: "step", "square_avg", "momentum_buffer" (μ > 0), "grad_avg" (centered).
@@ -96,7 +101,7 @@ class RMSprop : public Optimizer<T> {
         if (centered) {
           auto ga = s.buf[2].array().segment(off, n);
           ga += one_a * (d - ga);
-          apply((sq - ga.square()).sqrt() + eps);
+          apply((sq - ga.square()).max(T(0)).sqrt() + eps);
         } else {
           apply(sq.sqrt() + eps);
         }
