@@ -6,6 +6,7 @@
 #include <limits>
 #include <set>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "tapegrad/diag/svg_plot.hpp"
@@ -153,6 +154,39 @@ TEST(SvgPlot, LinearAxisTicksAndLineBreaks) {
   EXPECT_NE(s.find(">2.0</text>"), std::string::npos);
   EXPECT_EQ(count_of(s, "<polyline "), 2u);  // broken at the Inf
   EXPECT_FALSE(has_non_finite_number(s));
+}
+
+// Ranges as wide as the doubles (their width is infinite) or a single value near the largest
+// double gave NaN coordinates: every line and point of the plot was lost.
+TEST(SvgPlot, ValuesNearTheLargestDoubleGiveFiniteCoordinates) {
+  const double big = std::numeric_limits<double>::max();
+  diag::LinePlot wide;
+  wide.add("y", {0.0, 1.0, 2.0}, {-1e308, 0.0, 1e308});
+  std::string s = wide.svg();
+  EXPECT_FALSE(has_non_finite_number(s)) << s;
+  // bottom, middle and top of the frame (y from 564 to 24), left to right (x from 84 to 833.2)
+  EXPECT_NE(s.find("points=\"84.00,564.00 458.60,294.00 833.20,24.00\""), std::string::npos) << s;
+  EXPECT_NE(s.find(">1e+308</text>"), std::string::npos);
+
+  const std::vector<std::pair<std::vector<double>, std::vector<double>>> cases = {
+      {{-1e308, 1e308}, {0.0, 1.0}},
+      {{-big, big}, {-big, big}},
+      {{1e308, 1e308}, {1.0, 2.0}},
+      {{0.0, 1.0}, {big, big}},
+      {{0.0, 1.0}, {-big, -big}}};
+  for (const auto& [x, y] : cases) {
+    diag::LinePlot p;
+    p.add("extreme", x, y);
+    s = p.svg();
+    EXPECT_EQ(xml_problem(s), "");
+    EXPECT_FALSE(has_non_finite_number(s)) << x[0] << " " << x[1] << " " << y[0] << " " << y[1];
+    EXPECT_EQ(count_of(s, "<polyline "), 1u);
+  }
+  diag::LinePlot limits;
+  limits.y_limits(-1e308, 1e308).add("y", {0.0, 1.0});
+  s = limits.svg();
+  EXPECT_FALSE(has_non_finite_number(s)) << s;
+  EXPECT_NE(s.find(",294.00 "), std::string::npos) << s;  // y = 0 halfway up the frame
 }
 
 TEST(SvgPlot, YLimitsFixTheRangeAndCutLinesThatLeaveIt) {

@@ -21,6 +21,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <limits>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -94,7 +95,7 @@ class LinePlot {
         }
     const bool empty = !(xmin <= xmax);
     if (empty) xmin = 0, xmax = 1, ymin = log_y_ ? -1 : 0, ymax = log_y_ ? 0 : 1;
-    if (xmin == xmax) xmin -= 1, xmax += 1;
+    if (xmin == xmax) widen(xmin, xmax);
 
     if (y_limits_) {
       if (log_y_ && !(y_limits_->first > 0))
@@ -118,8 +119,7 @@ class LinePlot {
         yt.push_back({double(e), major ? "1e" + std::to_string(e) : "", major});
       }
     } else {
-      if (ymin == ymax)
-        ymin -= std::max(1.0, std::abs(ymin) * 0.1), ymax += std::max(1.0, std::abs(ymax) * 0.1);
+      if (ymin == ymax) widen(ymin, ymax);
       yt = linear_ticks(ymin, ymax, 7, !y_limits_);
       y0 = std::min(ymin, yt.front().v), y1 = std::max(ymax, yt.back().v);
       if (y_limits_) y0 = ymin, y1 = ymax;
@@ -132,11 +132,11 @@ class LinePlot {
         series_.empty() ? 20 : std::min(280.0, 44.0 + 6.8 * double(longest)) + 16;
     const double left = 84, right = width_ - legend_w, top = title_.empty() ? 24 : 48,
                  bottom = height_ - (x_label_.empty() ? 36 : 58);
-    auto px = [&](double x) { return left + (x - xmin) / (xmax - xmin) * (right - left); };
+    auto px = [&](double x) { return left + fraction(x, xmin, xmax) * (right - left); };
     // Points far outside a fixed range are pulled in to 1e5 px: the visible part of the line
     // is the same, and the coordinates stay sane for renderers.
     auto py = [&](double y) {
-      return std::clamp(bottom - (y - y0) / (y1 - y0) * (bottom - top), -1e5, 1e5);
+      return std::clamp(bottom - fraction(y, y0, y1) * (bottom - top), -1e5, 1e5);
     };
 
     std::string o;
@@ -264,6 +264,19 @@ class LinePlot {
     return std::isfinite(x) && std::isfinite(y) && (!log_y_ || y > 0);
   }
 
+  // Where v lies in [lo, hi] (0 at lo, 1 at hi), lo < hi finite. A range wider than the largest
+  // double (-1e308 to 1e308) is halved first, so its width is not infinite.
+  static double fraction(double v, double lo, double hi) {
+    if (std::isfinite(hi - lo)) return (v - lo) / (hi - lo);
+    return (v / 2 - lo / 2) / (hi / 2 - lo / 2);
+  }
+
+  // An empty range [v, v] made 10 % of |v| (at least 1) wider each side, within the doubles.
+  static void widen(double& lo, double& hi) {
+    const double d = std::max(1.0, std::abs(lo) * 0.1), big = std::numeric_limits<double>::max();
+    lo = std::max(-big, lo - d), hi = std::min(big, hi + d);
+  }
+
   // About `target` ticks at 1, 2 or 5 times a power of ten; with extend, also the nice values
   // just outside [lo, hi] so the axis ends on a tick.
   static std::vector<Tick> linear_ticks(double lo, double hi, int target, bool extend) {
@@ -280,8 +293,12 @@ class LinePlot {
     }
     const int decimals = std::max(0, -static_cast<int>(std::floor(std::log10(step) + 1e-9)));
     double first = std::ceil(lo / step - 1e-9) * step, last = std::floor(hi / step + 1e-9) * step;
-    if (extend)
-      first = std::floor(lo / step + 1e-9) * step, last = std::ceil(hi / step - 1e-9) * step;
+    if (extend) {  // not past the largest double (a range ending at 1.7e308)
+      const double below = std::floor(lo / step + 1e-9) * step;
+      const double above = std::ceil(hi / step - 1e-9) * step;
+      if (std::isfinite(below)) first = below;
+      if (std::isfinite(above)) last = above;
+    }
     std::vector<Tick> ticks;
     for (double v = first; v <= last + step * 1e-6 && ticks.size() < 50; v += step) {
       const double t = std::abs(v) < step * 1e-9 ? 0.0 : v;  // no "-0"
