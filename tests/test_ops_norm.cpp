@@ -495,6 +495,31 @@ TEST(BatchNormOp, ShapeAndArgumentErrors) {
   expect_error_containing<tg::ValueError>(
       [&] { tg::batch_norm(x, VD{}, VD{}, TD::zeros({3}), TD::ones({3}), true, std::nullopt); },
       {"batch_norm", "[4,3,2,2]", "num_batches_tracked"});
+  // NaN, infinite or negative eps and a momentum outside [0, 1] (the layers check them too)
+  const double nan = std::nan(""), inf = INFINITY;
+  for (const double eps : {nan, inf, -1.0})
+    expect_error_containing<tg::ValueError>(
+        [&] { tg::batch_norm(x, VD{}, VD{}, TD::zeros({3}), TD::ones({3}), true, 0.1, eps); },
+        {"batch_norm", "eps"});
+  for (const double momentum : {nan, inf, -0.1, 1.5}) {
+    TD rm = TD::zeros({3}), rv = TD::ones({3});
+    expect_error_containing<tg::ValueError>(
+        [&] { tg::batch_norm_relu(x, VD{}, VD{}, rm, rv, true, momentum); },
+        {"batch_norm_relu", "momentum"});
+    EXPECT_TRUE(tg::allclose(rm, TD::zeros({3}), 0, 0));  // nothing updated
+  }
+  for (const double eps : {nan, inf})
+    expect_error_containing<tg::ValueError>(
+        [&] {
+          tg::layer_norm(x, {2, 2}, VD{}, VD{}, eps);
+        },
+        {"layer_norm", "eps"});
+  // The boundaries are valid: momentum 0 keeps the running statistics, 1 takes the batch's.
+  TD rm = TD::full({3}, 7.0), rv = TD::ones({3});
+  tg::batch_norm(x, VD{}, VD{}, rm, rv, true, 0.0, 0.0);
+  EXPECT_TRUE(tg::allclose(rm, TD::full({3}, 7.0), 0, 0));
+  tg::batch_norm(x, VD{}, VD{}, rm, rv, true, 1.0, 0.0);
+  EXPECT_TRUE(tg::allclose(rm, TD::ones({3}), 0, 0));  // x is all ones
 }
 
 // ---------------------------------------------------------------- layer_norm

@@ -398,7 +398,12 @@ Var<T> batch_norm_op(const char* op, bool relu, const Var<T>& x, const Var<T>& g
   }
   if (!training && !has_running)
     fail<ValueError>(op, ": input ", xs, ": eval mode needs running_mean and running_var");
-  if (!(eps >= 0)) fail<ValueError>(op, ": eps must be >= 0, got ", eps);
+  // Written so that NaN fails too: an infinite eps zeroes every output, a momentum outside
+  // [0, 1] (or NaN) turns the running statistics into nonsense (or NaN) without a word.
+  if (!(eps >= 0 && std::isfinite(eps)))
+    fail<ValueError>(op, ": eps must be finite and >= 0, got ", eps);
+  if (momentum && !(*momentum >= 0 && *momentum <= 1))
+    fail<ValueError>(op, ": momentum must be in [0, 1], got ", *momentum);
   if (!training) reducer = nullptr;
   if (training && !reducer && N * S == 1)  // the unbiased variance n/(n−1) needs two values
     fail<ValueError>(op, ": Expected more than 1 value per channel when training, got input size ",
@@ -658,7 +663,8 @@ Var<T> layer_norm(const Var<T>& x, const Shape& normalized_shape, const Var<T>& 
   if (beta.defined() && !(beta.shape() == normalized_shape))
     detail::fail<ShapeError>("layer_norm: bias (beta) has shape ", beta.shape(),
                              ", expected normalized_shape ", normalized_shape);
-  if (!(eps >= 0)) detail::fail<ValueError>("layer_norm: eps must be >= 0, got ", eps);
+  if (!(eps >= 0 && std::isfinite(eps)))  // NaN fails too; an infinite eps zeroes the output
+    detail::fail<ValueError>("layer_norm: eps must be finite and >= 0, got ", eps);
   const int64_t D = normalized_shape.numel();
   if (D == 0) detail::fail<ShapeError>("layer_norm: empty normalized_shape ", normalized_shape);
   const int64_t R = xs.numel() / D;
