@@ -192,6 +192,26 @@ TEST(Tape, ClearReusesBuffers) {
   EXPECT_EQ(tape.size(), 3u);
 }
 
+// An op whose output the system cannot hold (2^62 bytes: see the Tensor test) is named in the
+// error, and the tape is left as it was: the failed node is not counted, recording goes on.
+TEST(Tape, AnOpOutOfMemoryIsNamedAndTheTapeRecordsOn) {
+#ifdef __SANITIZE_ADDRESS__
+  GTEST_SKIP() << "AddressSanitizer aborts on a failed operator new";
+#endif
+  tg::Tape<float> tape;
+  auto x = tape.input(tg::Tensor<float>::from({1.0f, 2.0f}));
+  const tg::Shape huge{int64_t{1} << 30, int64_t{1} << 30};
+  const std::string msg = tg::testing::error_message<tg::OutOfMemoryError>(
+      [&] { tape.record("enormous", huge, {x}, [](tg::OpContext<float>&) {}); });
+  EXPECT_EQ(msg.rfind("enormous: ", 0), 0u) << msg;
+  EXPECT_NE(msg.find("[1073741824,1073741824]"), std::string::npos) << msg;
+  EXPECT_EQ(tape.size(), 1u);
+  auto y = square(x);
+  tape.backward(y, tg::Tensor<float>::ones({2}));
+  EXPECT_EQ(x.grad()[0], 2.0f);
+  EXPECT_EQ(x.grad()[1], 4.0f);
+}
+
 // record() and constant() take references that may point into the tape's own nodes (x.shape(),
 // y.value()); growing the tape must not invalidate them before they are read.
 TEST(Tape, ArgumentsReferringIntoTheTapeSurviveGrowth) {

@@ -76,6 +76,28 @@ TEST(Tensor, SizesPastInt64OrTheAddressSpaceAreShapeErrors) {
   EXPECT_EQ(t.shape(), tg::Shape{2});
 }
 
+// 2^60 floats, 2^62 bytes: within ptrdiff_t, so not a ShapeError, but beyond the virtual address
+// space of any x86-64 (2^47 or 2^57 bytes) or AArch64 machine: operator new fails whatever the
+// kernel's overcommit setting. AddressSanitizer ends the process there instead of throwing.
+TEST(Tensor, MemoryTheSystemCannotGiveIsAnOutOfMemoryErrorNamingTheShape) {
+#ifdef __SANITIZE_ADDRESS__
+  GTEST_SKIP() << "AddressSanitizer aborts on a failed operator new";
+#endif
+  const tg::Shape huge{int64_t{1} << 30, int64_t{1} << 30};
+  try {
+    tg::Tensor<float> t(huge);
+    FAIL() << "allocated " << t.numel() << " floats";
+  } catch (const tg::OutOfMemoryError& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("[1073741824,1073741824]"), std::string::npos) << what;
+    EXPECT_NE(what.find("4611686018427387904 bytes"), std::string::npos) << what;
+  }
+  tg::Tensor<float> t = tg::Tensor<float>::full({2}, 5.0f);
+  EXPECT_THROW(t.resize(huge), tg::OutOfMemoryError);
+  EXPECT_EQ(t.shape(), tg::Shape{2});  // unchanged
+  EXPECT_EQ(t[1], 5.0f);
+}
+
 TEST(Tensor, CopiesShareStorageAndCloneDoesNot) {
   auto a = tg::Tensor<float>::zeros({4});
   auto b = a;

@@ -34,6 +34,11 @@ struct IOError : Error {
 struct NonFiniteError : Error {
   using Error::Error;
 };
+/// A tensor larger than the memory the system gives (torch.OutOfMemoryError): the message names
+/// its shape and bytes, and the op when a tape was recording one.
+struct OutOfMemoryError : Error {
+  using Error::Error;
+};
 
 namespace detail {
 // Builds a message from any streamable pieces: fail<ShapeError>("matmul: ", a, " x ", b).

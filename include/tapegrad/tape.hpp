@@ -572,12 +572,20 @@ class Tape {
         "before recording");
   }
 
-  // A node for the next id; its value is sized to *shape, reusing the slot's buffer.
+  // A node for the next id; its value is sized to *shape, reusing the slot's buffer. The node is
+  // counted only once its value exists, so a tape whose op ran out of memory stays usable.
   Node<T>& new_node(const char* op, const Shape* shape) {
     if (size_ == nodes_.size()) nodes_.emplace_back();
-    Node<T>& n = nodes_[size_++];
+    Node<T>& n = nodes_[size_];
+    if (shape) {
+      try {
+        n.value.resize(*shape);
+      } catch (const OutOfMemoryError& e) {
+        detail::fail<OutOfMemoryError>(op, ": ", e.what());
+      }
+    }
+    ++size_;
     n.op = op;
-    if (shape) n.value.resize(*shape);
     n.inputs.clear();
     n.ints.clear();
     n.backward = nullptr;

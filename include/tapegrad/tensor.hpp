@@ -59,7 +59,7 @@ class Tensor {
   Tensor() : shape_{0} {}  ///< an empty tensor of shape [0]; allocates nothing
 
   /// Uninitialised storage of the given shape; throws ShapeError for more elements than memory
-  /// can address (std::bad_alloc for more than it holds).
+  /// can address, OutOfMemoryError for more than the system gives.
   explicit Tensor(const Shape& shape) : shape_(shape) { allocate(shape); }
 
   // ---- creation ----
@@ -320,7 +320,13 @@ class Tensor {
                                " bytes: more than memory can address");
     // At least one element, so data() is never null and always aligned.
     const size_t count = static_cast<size_t>(std::max<int64_t>(n, 1));
-    T* p = static_cast<T*>(::operator new (count * sizeof(T), std::align_val_t{alignment}));
+    T* p = nullptr;
+    try {
+      p = static_cast<T*>(::operator new (count * sizeof(T), std::align_val_t{alignment}));
+    } catch (const std::bad_alloc&) {  // a bare std::bad_alloc would say nothing of the tensor
+      detail::fail<OutOfMemoryError>("Tensor: out of memory for shape ", s, " (", count * sizeof(T),
+                                     " bytes)");
+    }
     data_ = std::shared_ptr<T>(p, [](T* q) { ::operator delete (q, std::align_val_t{alignment}); });
     capacity_ = n;
   }
