@@ -1,5 +1,6 @@
 #include <gtest/gtest.h>
 #include <sys/stat.h>
+#include <sys/types.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -7,11 +8,13 @@
 #include <bit>
 #include <chrono>
 #include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "tapegrad/io/idx.hpp"
@@ -346,6 +349,42 @@ TEST(Safetensors, ConcurrentSavesToOnePathAreAtomic) {
   const float last = std::get<tg::Tensor<float>>(*io::load_safetensors(path).find("w"))[0];
   EXPECT_TRUE(last == 1000 + saves - 1 || last == 2000 + saves - 1) << last;
   EXPECT_EQ(temp_files_of(path), std::vector<std::string>{});
+}
+
+// A writer killed with SIGKILL in the middle of its saves (no handler, no destructor runs) leaves
+// the file as one complete save, never a truncated or mixed one; the temporary file it was writing
+// stays apart and does not disturb the next save.
+TEST(Safetensors, AWriterKilledMidSaveLeavesACompleteFile) {
+  const std::string path = st_tmp("killed.safetensors");
+  constexpr int64_t n = int64_t{1} << 21;  // 8 MB a save: writing and syncing take milliseconds
+  io::save_safetensors<float>(path, {{"w", tg::Tensor<float>::full({n}, -1.0f)}});
+  for (const auto& t : temp_files_of(path)) std::remove(t.c_str());
+  constexpr int rounds = 8;
+  for (int round = 0; round < rounds; ++round) {
+    const pid_t writer = ::fork();
+    ASSERT_GE(writer, 0);
+    if (writer == 0)  // saves until killed
+      for (int i = 0;; ++i)
+        io::save_safetensors<float>(path,
+                                    {{"w", tg::Tensor<float>::full({n}, float(1000 * round + i))}});
+    std::this_thread::sleep_for(std::chrono::microseconds(1500 * (round + 1)));
+    ::kill(writer, SIGKILL);
+    int status = 0;
+    ASSERT_EQ(::waitpid(writer, &status, 0), writer);
+    EXPECT_TRUE(WIFSIGNALED(status) && WTERMSIG(status) == SIGKILL);
+    const auto f = io::load_safetensors(path);
+    const auto& t = std::get<tg::Tensor<float>>(*f.find("w"));
+    ASSERT_EQ(t.numel(), n) << "round " << round;
+    for (int64_t i = 1; i < n; ++i) ASSERT_EQ(t[i], t[0]) << "round " << round << ", element " << i;
+  }
+  // Nearly every kill lands inside a save (the writer is always saving): its temporary remains.
+  const auto left = temp_files_of(path);
+  EXPECT_GE(left.size(), 1u);
+  EXPECT_LE(left.size(), size_t{rounds});
+  io::save_safetensors<float>(path, {{"w", tg::Tensor<float>::full({n}, 7.0f)}});
+  EXPECT_EQ(std::get<tg::Tensor<float>>(*io::load_safetensors(path).find("w"))[n - 1], 7.0f);
+  for (const auto& t : left) std::remove(t.c_str());
+  std::remove(path.c_str());
 }
 
 // ---- safetensors: every validation of the reader ----
