@@ -23,7 +23,6 @@
 /// its name() then reads "SyncBatchNorm(...)"). As in PyTorch, only a module in training mode
 /// synchronises, and summary() never does.
 
-#include <cmath>
 #include <cstdint>
 #include <memory>
 #include <optional>
@@ -166,11 +165,9 @@ class BatchNorm : public Module<T> {
     if (num_features <= 0)
       tapegrad::detail::fail<ValueError>(kind, ": num_features must be positive, got ",
                                          num_features);
-    // Written so that NaN fails too; an infinite eps would zero every output.
-    if (!(eps >= 0 && std::isfinite(eps)))
-      tapegrad::detail::fail<ValueError>(kind, ": eps must be finite and >= 0, got ", eps);
-    if (momentum && !(*momentum >= 0 && *momentum <= 1))
-      tapegrad::detail::fail<ValueError>(kind, ": momentum must be in [0, 1], got ", *momentum);
+    // Checked here too, not only at the first forward: the error comes where the layer is built.
+    tapegrad::detail::check_norm_eps(kind, eps);
+    tapegrad::detail::check_norm_momentum(kind, momentum);
     if (affine) {
       weight = this->register_parameter("weight", Tensor<T>::ones({num_features}));
       bias = this->register_parameter("bias", Tensor<T>::zeros({num_features}));

@@ -5,7 +5,6 @@
 /// γ (weight, = 1) and β (bias, = 0) of shape normalized_shape when elementwise_affine.
 /// The same in train and eval (no running statistics). Equations and backward: ops/norm.hpp.
 
-#include <cmath>
 #include <cstdint>
 #include <initializer_list>
 #include <sstream>
@@ -38,9 +37,7 @@ class LayerNorm : public Module<T> {
         tapegrad::detail::fail<ValueError>(
             "LayerNorm: normalized_shape sizes must be positive, got ", d);
     shape_ = Shape{std::span<const int64_t>(normalized_shape)};
-    // Written so that NaN fails too; an infinite eps would zero every output.
-    if (!(eps >= 0 && std::isfinite(eps)))
-      tapegrad::detail::fail<ValueError>("LayerNorm: eps must be finite and >= 0, got ", eps);
+    tapegrad::detail::check_norm_eps("LayerNorm", eps);  // here, not only at the first forward
     if (affine_) {
       weight = this->register_parameter("weight", Tensor<T>::ones(shape_));
       bias = this->register_parameter("bias", Tensor<T>::zeros(shape_));

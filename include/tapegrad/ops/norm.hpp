@@ -64,6 +64,19 @@ class BatchStatsReducer {
 
 namespace detail {
 
+// A normalisation's eps (the ops' and the layers'): finite and >= 0, written so that NaN fails
+// too; an infinite eps zeroes every output. `who` names the op or layer.
+inline void check_norm_eps(const char* who, double eps) {
+  if (!(eps >= 0 && std::isfinite(eps)))
+    fail<ValueError>(who, ": eps must be finite and >= 0, got ", eps);
+}
+// Batch normalisation's momentum: in [0, 1] (NaN fails too: outside it the running statistics
+// turn into nonsense or NaN without a word); nullopt, the cumulative average, is valid.
+inline void check_norm_momentum(const char* who, std::optional<double> momentum) {
+  if (momentum && !(*momentum >= 0 && *momentum <= 1))
+    fail<ValueError>(who, ": momentum must be in [0, 1], got ", *momentum);
+}
+
 template <class T>
 using ColArray = Eigen::Map<Eigen::Array<T, Eigen::Dynamic, 1>>;
 template <class T>
@@ -398,12 +411,8 @@ Var<T> batch_norm_op(const char* op, bool relu, const Var<T>& x, const Var<T>& g
   }
   if (!training && !has_running)
     fail<ValueError>(op, ": input ", xs, ": eval mode needs running_mean and running_var");
-  // Written so that NaN fails too: an infinite eps zeroes every output, a momentum outside
-  // [0, 1] (or NaN) turns the running statistics into nonsense (or NaN) without a word.
-  if (!(eps >= 0 && std::isfinite(eps)))
-    fail<ValueError>(op, ": eps must be finite and >= 0, got ", eps);
-  if (momentum && !(*momentum >= 0 && *momentum <= 1))
-    fail<ValueError>(op, ": momentum must be in [0, 1], got ", *momentum);
+  check_norm_eps(op, eps);
+  check_norm_momentum(op, momentum);
   if (!training) reducer = nullptr;
   if (training && !reducer && N * S == 1)  // the unbiased variance n/(n−1) needs two values
     fail<ValueError>(op, ": Expected more than 1 value per channel when training, got input size ",
@@ -663,8 +672,7 @@ Var<T> layer_norm(const Var<T>& x, const Shape& normalized_shape, const Var<T>& 
   if (beta.defined() && !(beta.shape() == normalized_shape))
     detail::fail<ShapeError>("layer_norm: bias (beta) has shape ", beta.shape(),
                              ", expected normalized_shape ", normalized_shape);
-  if (!(eps >= 0 && std::isfinite(eps)))  // NaN fails too; an infinite eps zeroes the output
-    detail::fail<ValueError>("layer_norm: eps must be finite and >= 0, got ", eps);
+  detail::check_norm_eps("layer_norm", eps);
   const int64_t D = normalized_shape.numel();
   if (D == 0) detail::fail<ShapeError>("layer_norm: empty normalized_shape ", normalized_shape);
   const int64_t R = xs.numel() / D;
