@@ -22,6 +22,7 @@
 
 #include "example_util.hpp"
 #include "fashion_train.hpp"
+#include "resume_epoch.hpp"
 #include "tapegrad/distributed/distributed.hpp"
 #include "tapegrad/tapegrad.hpp"
 
@@ -163,11 +164,12 @@ int train(dist::Environment& env, int argc, char** argv) {
 
   int first_epoch = 1;
   if (!o.resume.empty()) {
-    const io::Metadata meta = dist::load_checkpoint(o.resume, ddp, *opt);
-    for (const auto& [k, v] : meta)
-      if (k == "epoch") first_epoch = std::stoi(v) + 1;
+    first_epoch = examples::resumed_epoch(dist::load_checkpoint(o.resume, ddp, *opt), o.resume) + 1;
     if (rank == 0)
       std::printf("resumed from %s after epoch %d\n", o.resume.c_str(), first_epoch - 1);
+    if (rank == 0 && first_epoch > o.epochs)
+      std::printf("Nothing to do: the checkpoint already has %d of %d epochs (raise --epochs)\n",
+                  first_epoch - 1, o.epochs);
   }
   if (!o.checkpoint_dir.empty() && rank == 0) examples::make_dirs(o.checkpoint_dir);
   loader.set_epoch(first_epoch - 1);
@@ -233,7 +235,7 @@ int train(dist::Environment& env, int argc, char** argv) {
     }
     if (rank == 0) std::printf("\n"), std::fflush(stdout);
   }
-  if (rank == 0) std::printf("final test accuracy %.4f\n", acc);
+  if (rank == 0 && first_epoch <= o.epochs) std::printf("final test accuracy %.4f\n", acc);
   return 0;
 }
 

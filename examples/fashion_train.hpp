@@ -13,6 +13,7 @@
 #include <string>
 
 #include "example_util.hpp"
+#include "resume_epoch.hpp"
 #include "tapegrad/io/checkpoint.hpp"
 #include "tapegrad/io/dataloader.hpp"
 #include "tapegrad/io/fashion_mnist.hpp"
@@ -62,20 +63,13 @@ double fit(tg::nn::Module<float>& model, Opt& opt, const TrainOptions& o) {
 
   int first_epoch = 1;
   if (!o.resume.empty()) {
-    const io::Metadata meta = io::load_checkpoint(o.resume, model, opt);
-    std::string done;
-    for (const auto& [k, v] : meta)
-      if (k == "epoch") done = v;
-    char* end = nullptr;
-    const long e = std::strtol(done.c_str(), &end, 10);
-    if (done.empty() || *end != '\0' || e < 1)
-      throw tg::IOError(o.resume + ": no valid \"epoch\" entry in the checkpoint's metadata");
-    first_epoch = static_cast<int>(e) + 1;
-    std::printf("Resumed from %s after epoch %ld (test accuracy %.4f)\n", o.resume.c_str(), e,
+    const int done = resumed_epoch(io::load_checkpoint(o.resume, model, opt), o.resume);
+    first_epoch = done + 1;
+    std::printf("Resumed from %s after epoch %d (test accuracy %.4f)\n", o.resume.c_str(), done,
                 accuracy(model, test_loader));
     if (first_epoch > o.epochs)
-      std::printf("Nothing to do: the checkpoint already has %ld of %d epochs (raise --epochs)\n",
-                  e, o.epochs);
+      std::printf("Nothing to do: the checkpoint already has %d of %d epochs (raise --epochs)\n",
+                  done, o.epochs);
   }
   loader.set_epoch(first_epoch - 1);  // the same shuffling as an uninterrupted run
   std::unique_ptr<tg::optim::CosineAnnealingLR<float>> schedule;
