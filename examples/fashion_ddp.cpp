@@ -167,9 +167,7 @@ int train(dist::Environment& env, int argc, char** argv) {
     first_epoch = examples::resumed_epoch(dist::load_checkpoint(o.resume, ddp, *opt), o.resume) + 1;
     if (rank == 0)
       std::printf("resumed from %s after epoch %d\n", o.resume.c_str(), first_epoch - 1);
-    if (rank == 0 && first_epoch > o.epochs)
-      std::printf("Nothing to do: the checkpoint already has %d of %d epochs (raise --epochs)\n",
-                  first_epoch - 1, o.epochs);
+    if (rank == 0) examples::say_if_nothing_to_do(first_epoch - 1, o.epochs);
   }
   if (!o.checkpoint_dir.empty() && rank == 0) examples::make_dirs(o.checkpoint_dir);
   loader.set_epoch(first_epoch - 1);

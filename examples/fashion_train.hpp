@@ -67,9 +67,7 @@ double fit(tg::nn::Module<float>& model, Opt& opt, const TrainOptions& o) {
     first_epoch = done + 1;
     std::printf("Resumed from %s after epoch %d (test accuracy %.4f)\n", o.resume.c_str(), done,
                 accuracy(model, test_loader));
-    if (first_epoch > o.epochs)
-      std::printf("Nothing to do: the checkpoint already has %d of %d epochs (raise --epochs)\n",
-                  done, o.epochs);
+    say_if_nothing_to_do(done, o.epochs);
   }
   loader.set_epoch(first_epoch - 1);  // the same shuffling as an uninterrupted run
   std::unique_ptr<tg::optim::CosineAnnealingLR<float>> schedule;

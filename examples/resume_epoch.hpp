@@ -5,6 +5,7 @@
 
 #include <charconv>
 #include <climits>
+#include <cstdio>
 #include <string>
 #include <system_error>
 
@@ -30,6 +31,13 @@ inline int resumed_epoch(const tapegrad::io::Metadata& meta, const std::string& 
                             std::to_string(INT_MAX - 1));
   }
   throw tapegrad::IOError(path + ": the checkpoint's metadata has no \"epoch\" entry");
+}
+
+// Says so when a resumed run has nothing left to train (`done` of `epochs` epochs).
+inline void say_if_nothing_to_do(int done, int epochs) {
+  if (done >= epochs)
+    std::printf("Nothing to do: the checkpoint already has %d of %d epochs (raise --epochs)\n",
+                done, epochs);
 }
 
 }  // namespace examples
