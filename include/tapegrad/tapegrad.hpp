@@ -5,6 +5,7 @@
 
 // Core: tensors, the tape, parameters.
 #include "tapegrad/any_tensor.hpp"
+#include "tapegrad/denormal.hpp"
 #include "tapegrad/error.hpp"
 #include "tapegrad/parameter.hpp"
 #include "tapegrad/random.hpp"

@@ -13,6 +13,8 @@
 #include <cstdint>
 #include <utility>
 
+#include "tapegrad/denormal.hpp"
+
 #ifdef _OPENMP
 #include <omp.h>
 #endif
@@ -169,7 +171,8 @@ class OneThread {
 // Runs body(t, threads) for t = 0 .. threads - 1, one share per OpenMP thread; on the calling
 // thread alone, share after share, while backing off from contention (Contention) or inside
 // another team (nested: one share, body(0, 1), as OpenMP runs a nested region). The shares and
-// their numbers are the same either way, so the results are too.
+// their numbers are the same either way, and every share runs in the caller's flush-denormal
+// mode (denormal.hpp), so the results are too.
 template <class F>
 void run_team(int threads, F&& body) {
   if (inside_team() || threads <= 1) {
@@ -188,12 +191,14 @@ void run_team(int threads, F&& body) {
   }
 #ifdef _OPENMP
   const int64_t start_cpu = thread_cpu_ns();
+  const unsigned denormals = denormal_mode();
   int64_t own_end = start, own_cpu = 0;
   int team = 1;
 #pragma omp parallel num_threads(threads)
   {
     const int t = omp_get_thread_num();
     {
+      FollowDenormalMode mode(denormals);
       TeamShare share(t);
       body(t, omp_get_num_threads());
     }
