@@ -174,7 +174,7 @@ run_tapegrad() {  # $1 = workload, $2 = threads[, $3 = the label of the threads 
   if [ -z "${3:-}" ] && (($2 > 1)); then run_probe "$1" "$2"; fi
   case "$1" in
     gemm) bin=$bench_core; filter="^BM_GemmFloat/$2/" ;;
-    op-overhead) bin=$bench_core; filter="^BM_TapeOverhead" ;;
+    op-overhead) bin=$bench_core; filter="^BM_TapeOverhead/flush_denormal:0/" ;;
     lstm) bin=$bench_rnn; filter="^BM_LSTM/$2/" ;;
     *) bin=$bench_workloads; filter="^step/$1/threads:$2/" ;;
   esac

@@ -6,10 +6,15 @@
 //                           (each thread one block of rows, or of columns when the result is
 //                           wider than tall; Eigen single-threaded inside),
 //                           split 0 Eigen's own parallel GEMM, which it replaced.
-//   BM_TapeOverhead         on a Tape<float>: x = tanh(x * w + b) 1000 times on [16] vectors
+//   BM_TapeOverhead/flush_denormal:<0|1>
+//                           on a Tape<float>: x = tanh(x * w + b) 1000 times on [16] vectors
 //                           (3000 ops), then backward, then tape.clear(); us_per_op = wall time
 //                           of one iteration / 3000 (forward + backward per op). Tiny tensors,
-//                           so it measures recording, dispatch and the backward sweep, not math.
+//                           so it measures recording, dispatch and the backward sweep, not math;
+//                           but the gradient fades through the subnormal floats, which cost
+//                           Intel CPUs an assist per vector op: flush_denormal:1 runs it under
+//                           set_flush_denormal(true) (compare.sh's row is flush_denormal:0, as
+//                           LibTorch's peer runs).
 //
 // Run with --benchmark_repetitions=5 --benchmark_report_aggregates_only=true for medians.
 
@@ -17,6 +22,7 @@
 
 #include <chrono>
 
+#include "tapegrad/denormal.hpp"
 #include "tapegrad/gemm.hpp"
 #include "tapegrad/ops/activation.hpp"
 #include "tapegrad/ops/elementwise.hpp"
@@ -78,6 +84,7 @@ BENCHMARK(BM_GemmSplit)
 
 static void BM_TapeOverhead(benchmark::State& state) {
   tg::set_num_threads(1);
+  tg::set_flush_denormal(state.range(0) != 0);
   constexpr int steps = 1000;
   tg::Generator gen(2);
   const auto x0 = tg::Tensor<float>::rand({16}, gen, -1.0f, 1.0f);
@@ -101,7 +108,13 @@ static void BM_TapeOverhead(benchmark::State& state) {
       std::chrono::steady_clock::now() - start;
   state.counters["us_per_op"] =
       elapsed.count() / (static_cast<double>(state.iterations()) * 3 * steps);
+  tg::set_flush_denormal(false);
 }
-BENCHMARK(BM_TapeOverhead)->UseRealTime()->Unit(benchmark::kMicrosecond);
+BENCHMARK(BM_TapeOverhead)
+    ->ArgName("flush_denormal")
+    ->Arg(0)
+    ->Arg(1)
+    ->UseRealTime()
+    ->Unit(benchmark::kMicrosecond);
 
 BENCHMARK_MAIN();
