@@ -152,7 +152,6 @@ struct Node {
 };
 
 /// What a tape holds, in bytes (Tape::memory_stats()).
-/// What a tape holds, in bytes (Tape::memory_stats()).
 struct TapeMemoryStats {
   /// The memory of the ops of one name.
   struct Op {
